@@ -1,0 +1,139 @@
+"""Command line: ``kdbench COMMAND [ARGS] [HYDRA_OVERRIDES...]``.
+
+The CLI prints; the library logs. User mistakes (:class:`KDBenchError`) are
+shown as one message with exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import KDBenchError
+
+LISTABLE = ("methods", "models", "datasets", "pairs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge-distillation methods.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", help="list registered methods, models, datasets or pairs")
+    ls.add_argument("what", choices=LISTABLE)
+
+    show = sub.add_parser("show", help="print a method's card")
+    show.add_argument("what", choices=("method",))
+    show.add_argument("name")
+
+    for name, text in (("run", "train one student (method x pair x seed) and write its record"),
+                       ("bench", "run the default benchmark (teacher, vanilla, KD x 3 seeds) and print a table"),
+                       ("config", "print the resolved config")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=kd seed=1 schedule.epochs=5")
+
+    teacher = sub.add_parser("teacher", help="the teacher cache: train, list, show")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
+    tt = tsub.add_parser("train", help="train (or find) the teacher of the configured pair")
+    tt.add_argument("overrides", nargs="*")
+    tl = tsub.add_parser("list", help="list cached teachers")
+    tl.add_argument("overrides", nargs="*")
+    ts = tsub.add_parser("show", help="print a cached teacher's provenance")
+    ts.add_argument("hash", help="hash or unique prefix (see `kdbench teacher list`)")
+    ts.add_argument("overrides", nargs="*")
+    return p
+
+
+def _list(what: str) -> str:
+    from .config import PAIRS
+    from .data import DATASETS
+    from .method import METHODS
+    from .models import MODELS
+
+    reg = {"methods": METHODS, "models": MODELS, "datasets": DATASETS, "pairs": PAIRS}[what]
+    entries = list(reg)
+    width = max((len(e.name) for e in entries), default=0)
+    lines = []
+    for e in entries:
+        if what == "methods":
+            extra = f"[{e.meta['category']}, {e.meta['scheme']}] "
+        elif what == "pairs":
+            extra = f"[{e.meta['teacher']} -> {e.meta['student']}; {', '.join(e.meta['datasets'])}] "
+        else:
+            extra = ""
+        lines.append(f"{e.name:<{width}}  {extra}{e.description}")
+    return "\n".join(lines)
+
+
+def _teacher_line(t) -> str:
+    return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} seed {t.meta['spec']['seed']}  " \
+           f"{t.meta['spec']['schedule']['epochs']:>4} ep  test top-1 {t.test_top1:6.2f}  {t.meta['created']}"
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from .config import compose
+
+    if args.command == "list":
+        print(_list(args.what))
+    elif args.command == "show":
+        from .method import METHODS
+
+        entry = METHODS.get(args.name)
+        print(entry.obj.card())
+    elif args.command == "config":
+        print(OmegaConf.to_yaml(compose(args.overrides)), end="")
+    elif args.command == "run":
+        from .runner import run
+
+        rec = run(compose(args.overrides))
+        m = rec["metrics"]
+        last, sel = m["last"][m["primary_model"]]["test"], m["selected"]
+        sel_txt = (f"; at the validation-selected epoch {sel['epoch']}: {sel[m['primary_model']]['test']['top1']:.2f}"
+                   if sel else "")
+        print(f"{rec['run_id']}: test top-1 {last['top1']:.2f}, top-5 {last['top5']:.2f} at the last epoch"
+              f"{sel_txt}")
+    elif args.command == "bench":
+        from .bench import format_bench, run_bench
+
+        print(format_bench(run_bench(args.overrides)))
+    elif args.command == "teacher":
+        from .teacher import ensure_teacher, get_teacher, list_teachers
+
+        cfg = compose(args.overrides)
+        if args.teacher_command == "train":
+            from .runner import load_data
+
+            print(_teacher_line(ensure_teacher(cfg, load_data(cfg))))
+        elif args.teacher_command == "list":
+            teachers = list_teachers(Path(cfg.paths.teachers))
+            print("\n".join(_teacher_line(t) for t in teachers) if teachers
+                  else f"no cached teachers in {cfg.paths.teachers}")
+        else:
+            t = get_teacher(Path(cfg.paths.teachers), args.hash)
+            meta = {k: v for k, v in t.meta.items() if k != "history"}
+            print(json.dumps({"path": str(t.path), **meta}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return dispatch(args)
+    except KDBenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted; the last completed epoch is checkpointed (resume=true continues)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Config composition (Hydra) and the pair registry, which is the pair/ config group.
+
+Commands compose the same config tree with Hydra's compose API; Hydra's own
+messages for malformed overrides and unknown group options are re-raised as
+:class:`KDBenchError` so the CLI shows them without a traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import KDBenchError
+from .registry import Entry, Registry
+
+CONFIG_MODULE = "kdbench.conf"
+
+# Keys that do not change what a run computes: excluded from run identity.
+NON_SEMANTIC_KEYS = (
+    "paths", "resume", "force", "note", "bench",
+    "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
+    "engine.channels_last", "engine.keep_checkpoint",
+    "data.root", "data.download", "data.cache_dir",
+    "pair.description",
+)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The resolved root config with ``overrides`` applied (Hydra override grammar)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    for ov in overrides:
+        key, eq, value = ov.partition("=")
+        # Hydra lists valid options for flat groups only; pair names are nested (digits/...).
+        if eq and key.lstrip("+") == "pair" and "," not in value:
+            PAIRS.get(value)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        msg = str(exc).split("\nConfig search path:")[0].strip()
+        raise KDBenchError(f"invalid config or override: {msg}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Cross-group consistency Hydra cannot express."""
+    from .data import DATASETS
+    from .method import METHODS
+    from .models import MODELS
+
+    METHODS.get(cfg.method.name)
+    DATASETS.get(cfg.data.name)
+    MODELS.get(cfg.pair.teacher)
+    MODELS.get(cfg.pair.student)
+    if cfg.data.name not in cfg.pair.datasets:
+        raise KDBenchError(f"pair {cfg.pair.name!r} is defined for dataset(s) {list(cfg.pair.datasets)}, "
+                           f"not {cfg.data.name!r}: add dataset={cfg.pair.datasets[0]}")
+
+
+def _strip(d: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head in d:
+        if rest:
+            if isinstance(d[head], dict):
+                _strip(d[head], rest)
+        else:
+            del d[head]
+
+
+def semantic_dict(cfg: DictConfig | dict, drop: tuple[str, ...] = NON_SEMANTIC_KEYS) -> dict[str, Any]:
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
+    for key in drop:
+        _strip(d, key)
+    return d
+
+
+def digest(obj: Any) -> str:
+    """sha256 of a JSON-able object in canonical form."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """Stable, readable run id: method, pair, seed and a hash of the semantic config."""
+    slug = cfg.pair.name.replace("/", "_")
+    return f"{cfg.method.name}__{slug}__s{cfg.seed}__{digest(semantic_dict(cfg))[:10]}"
+
+
+# -- pairs: one config file each under conf/pair/ ------------------------------------
+
+def _load_pairs() -> None:
+    root = resources.files(CONFIG_MODULE) / "pair"
+
+    def walk(node, prefix: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".yaml"):
+                spec = OmegaConf.create(child.read_text())["pair"]
+                name = f"{prefix}{child.name[:-5]}"
+                if spec.name != name:
+                    raise KDBenchError(f"pair config {name}.yaml declares name {spec.name!r}")
+                PAIRS.register(name, str(spec.get("description", "")),
+                               teacher=spec.teacher, student=spec.student,
+                               datasets=list(spec.datasets))(name)
+
+    walk(root, "")
+
+
+PAIRS: Registry[str] = Registry("pair", loader=_load_pairs)
+
+
+def pair_entry(name: str) -> Entry[str]:
+    return PAIRS.get(name)

@@ -1,0 +1,27 @@
+"""The dataset registry: a builder ``fn(data_cfg) -> DataBundle`` per name."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from ..registry import Registry
+from .base import DataBundle
+
+
+def _load() -> None:
+    for mod in ("digits", "imagefolder"):
+        importlib.import_module(f"kdbench.data.{mod}")
+
+
+DATASETS: Registry[Callable[[DictConfig], DataBundle]] = Registry("dataset", loader=_load)
+
+
+def register_dataset(name: str, description: str = "", **meta: Any):
+    return DATASETS.register(name, description, **meta)
+
+
+def build_dataset(cfg: DictConfig) -> DataBundle:
+    """Build the dataset named by ``cfg.name`` (the resolved ``data`` config node)."""
+    return DATASETS.get(cfg.name).obj(cfg)

@@ -1,0 +1,249 @@
+"""The training loop: method-agnostic, device-resident, resumable bit-for-bit.
+
+Per epoch: set the learning rate from the schedule, seed the epoch's global RNG
+from (seed, epoch), run ``method.step`` on every batch, sum its named losses,
+step the optimizer, evaluate every model of ``method.eval_models()`` on the
+validation and test splits, and write a checkpoint atomically. Because every
+epoch's randomness is derived from (seed, epoch), a run resumed from a
+checkpoint reproduces the uninterrupted run exactly (on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from .data import DataBundle, Split, eval_batches, train_batches
+from .errors import KDBenchError
+from .method import Method
+from .records import atomic_write_bytes
+from .seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KDBenchError(f"engine.device={name} but CUDA is not available here; use engine.device=cpu or auto")
+    return dev
+
+
+def lr_at(epoch: int, sched: DictConfig) -> float:
+    """Learning rate for ``epoch`` (0-based), set once at the start of the epoch as in the CRD code."""
+    if sched.lr_schedule == "multistep":
+        return float(sched.lr) * float(sched.gamma) ** sum(epoch >= m for m in sched.milestones)
+    if sched.lr_schedule == "cosine":
+        return 0.5 * float(sched.lr) * (1 + math.cos(math.pi * epoch / int(sched.epochs)))
+    raise KDBenchError(f"schedule.lr_schedule={sched.lr_schedule!r} is not one of: multistep, cosine")
+
+
+def build_optimizer(params, sched: DictConfig) -> torch.optim.Optimizer:
+    if sched.optimizer != "sgd":
+        raise KDBenchError(f"schedule.optimizer={sched.optimizer!r} is not one of: sgd")
+    return torch.optim.SGD(list(params), lr=float(sched.lr), momentum=float(sched.momentum),
+                           weight_decay=float(sched.weight_decay), nesterov=bool(sched.nesterov))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataBundle, split: Split, batch_size: int,
+             autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool) -> dict[str, float]:
+    """Top-1, top-5 (%) and mean cross-entropy of ``model`` on ``split``."""
+    was_training = model.training
+    model.eval()
+    dev = split.images.device
+    correct1 = torch.zeros((), device=dev)
+    correct5 = torch.zeros((), device=dev)
+    loss = torch.zeros((), device=dev)
+    for batch in eval_batches(data, split, batch_size):
+        x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+        with autocast():
+            logits = model(x).logits.float()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hit = topk == batch.labels[:, None]
+        correct1 += hit[:, 0].sum()
+        correct5 += hit.any(dim=1).sum()
+        loss += F.cross_entropy(logits, batch.labels, reduction="sum")
+    model.train(was_training)
+    n = max(len(split), 1)
+    c1, c5, ls = torch.stack([correct1, correct5, loss]).tolist()
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": ls / n}
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    last: dict[str, Any]
+    selected: dict[str, Any] | None
+    train_time_s: float
+    images_per_s: float
+    epochs: int
+    resumed_from_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress_enabled(setting: Any) -> bool:
+    if setting == "auto":
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
+        run_dir: Path, resume: bool, label: str = "",
+        on_step: Callable[[int, int], None] | None = None) -> FitResult:
+    """Train ``method`` on ``data`` for ``sched.epochs`` epochs and evaluate every epoch.
+
+    ``on_step(epoch, step)`` is called after each optimizer step (tests use it
+    to simulate a kill mid-epoch).
+    """
+    device = data.train.images.device
+    amp = engine.get("amp")
+    if amp not in (None, "bf16"):
+        raise KDBenchError(f"engine.amp={amp!r} is not one of: null, bf16")
+    channels_last = bool(engine.channels_last)
+
+    def autocast():
+        if amp == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method.trainable_parameters(), sched)
+    epochs, bs = int(sched.epochs), int(sched.batch_size)
+    history: list[dict[str, Any]] = []
+    train_time, images_seen, start_epoch = 0.0, 0, 0
+
+    ckpt_path = Path(run_dir) / CHECKPOINT
+    if ckpt_path.exists():
+        if not resume:
+            raise KDBenchError(f"a checkpoint of this run exists at {ckpt_path}: pass resume=true to continue "
+                               "it, or delete the file to start over")
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        method.load_checkpoint_state(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
+        start_epoch = state["epoch"]
+        log.info("%sresuming from epoch %d of %d (%s)", label, start_epoch, epochs, ckpt_path)
+
+    show = _progress_enabled(engine.progress)
+    log_every = max(1, int(engine.log_every))
+    steps_per_epoch = math.ceil(len(data.train) / bs)
+    for epoch in range(start_epoch, epochs):
+        lr = lr_at(epoch, sched)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(derive_seed(seed, "epoch-rng", epoch))  # method-side randomness
+        method.train()
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
+        for step, batch in enumerate(train_batches(data, bs, seed, epoch)):
+            if channels_last:
+                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                out = method.step(batch, epoch)
+            loss = sum(out.losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(batch.labels)
+            seen += n
+            # Accumulate on the device: no host sync inside the step.
+            for k, v in out.losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+            correct += (out.logits.detach().argmax(1) == batch.labels).sum()
+            if on_step is not None:
+                on_step(epoch, step)
+            if bar is not None and ((step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
+                el = time.perf_counter() - t0
+                post = {k: f"{v.item() / seen:.3f}" for k, v in sums.items()}
+                post["acc"] = f"{100.0 * correct.item() / seen:.1f}"
+                post["img/s"] = f"{seen / max(el, 1e-9):.0f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update((step + 1) - bar.n)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        train_time += epoch_time
+        images_seen += seen
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": seen / max(epoch_time, 1e-9),
+            "train_loss": {k: v.item() / seen for k, v in sums.items()},
+            "train_top1": 100.0 * correct.item() / seen,
+        }
+        for name, model in method.eval_models().items():
+            row[name] = {"val": evaluate(model, data, data.val, int(engine.eval_batch_size), autocast, channels_last)
+                         if len(data.val) else None,
+                         "test": evaluate(model, data, data.test, int(engine.eval_batch_size), autocast,
+                                          channels_last)}
+        bad = [k for k, v in row["train_loss"].items() if not math.isfinite(v)]
+        if bad:
+            raise KDBenchError(f"{label}loss term(s) {bad} became non-finite at epoch {epoch + 1}: "
+                               "the run diverged (lower schedule.lr or check the method's weights)")
+        history.append(row)
+        primary = next(iter(method.eval_models()))
+        log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", label, epoch + 1,
+                 epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
+                 f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
+                 row[primary]["test"]["top1"], row["images_per_s"])
+        _save_checkpoint(ckpt_path, {
+            "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+            "history": history, "train_time": train_time, "images_seen": images_seen,
+        })
+
+    if channels_last:
+        method.to(memory_format=torch.contiguous_format)
+    return FitResult(history=history, last=_summary(history, len(history) - 1, method),
+                     selected=_select(history, method), train_time_s=train_time,
+                     images_per_s=images_seen / max(train_time, 1e-9), epochs=epochs,
+                     resumed_from_epoch=start_epoch)
+
+
+def _bar(show: bool, total: int, desc: str):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _summary(history: list[dict[str, Any]], i: int, method: Method) -> dict[str, Any]:
+    row = history[i]
+    return {"epoch": row["epoch"], **{name: {"val": row[name]["val"], "test": row[name]["test"]}
+                                      for name in method.eval_models()}}
+
+
+def _select(history: list[dict[str, Any]], method: Method) -> dict[str, Any] | None:
+    """The epoch with the best validation top-1 of the primary model (earliest on ties)."""
+    primary = next(iter(method.eval_models()))
+    if not history or history[0][primary]["val"] is None:
+        return None
+    best = max(range(len(history)), key=lambda i: (history[i][primary]["val"]["top1"], -i))
+    return _summary(history, best, method)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,187 @@
+"""The method interface: what every distillation algorithm implements.
+
+A method is an ``nn.Module`` owning the student, the frozen teacher (or none)
+and any trainable helpers. The engine calls :meth:`Method.step` per batch and
+sums the named loss terms it returns; it knows nothing else about the method.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import pkgutil
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Iterator
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from .data import Batch, DatasetInfo
+from .errors import KDBenchError
+from .models import FeatureSpec, KDModel, ModelOutput, count_parameters
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = ("none", "response", "feature", "relation")
+SCHEMES = ("offline", "online", "self", "none")
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the primary student's logits and weighted loss terms."""
+
+    logits: Tensor
+    losses: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Static facts a method may use to build its helpers before training."""
+
+    data: DatasetInfo
+    student_spec: FeatureSpec
+    teacher_spec: FeatureSpec | None
+    seed: int
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes and implement :meth:`step`.
+
+    Hyper-parameters are keyword-only ``__init__`` arguments; their values come
+    from the method's Hydra config file (``kdbench/conf/method/NAME.yaml``),
+    which is the single place defaults live.
+    """
+
+    name: ClassVar[str] = ""
+    category: ClassVar[str] = "none"
+    scheme: ClassVar[str] = "none"
+    uses_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: KDModel, teacher: KDModel | None, ctx: MethodContext) -> None:
+        super().__init__()
+        if self.uses_teacher and teacher is None:
+            raise KDBenchError(f"method {self.name!r} needs a teacher, but none was given")
+        if not self.uses_teacher and teacher is not None:
+            raise KDBenchError(f"method {self.name!r} trains without a teacher, but one was given")
+        self.student = student
+        self.teacher = teacher
+        self.ctx = ctx
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    # -- what subclasses implement -------------------------------------------------
+    def step(self, batch: Batch, epoch: int) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- defaults subclasses may override -----------------------------------------
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules whose parameters the optimizer updates: everything but the teacher."""
+        return [m for name, m in self.named_children() if name != "teacher"]
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        """Models evaluated each epoch; the first is the one reported and selected on."""
+        return {"student": self.student}
+
+    # -- shared helpers -------------------------------------------------------------
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        seen: set[int] = set()
+        for m in self.trainable_modules():
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def extra_trainable_parameters(self) -> int:
+        """Trainable parameters beyond the student's (regressors, embeddings, ...)."""
+        student_ids = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
+
+    @torch.no_grad()
+    def teacher_forward(self, x: Tensor) -> ModelOutput:
+        assert self.teacher is not None
+        return self.teacher(x)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher is frozen: BN statistics never move
+        return self
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """State to checkpoint: everything except the (cached, frozen) teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise KDBenchError(f"checkpoint does not match method {self.name!r}: "
+                               f"missing {missing}, unexpected {unexpected}")
+
+    @classmethod
+    def card(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or f"{cls.__name__} (no card yet)")
+
+
+def _load_methods() -> None:
+    import kdbench.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"kdbench.methods.{info.name}")
+    for ep in entry_points(group="kdbench.methods"):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plug-in must not hide the built-in methods
+            log.warning("could not load method plug-in %s (%s): %s", ep.name, ep.value, exc)
+
+
+METHODS: Registry[type[Method]] = Registry("method", loader=_load_methods)
+
+
+def register_method(name: str, category: str, scheme: str, description: str = ""):
+    """Class decorator: ``@register_method("kd", category="response", scheme="offline")``."""
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {CATEGORIES}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}")
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name, cls.category, cls.scheme = name, category, scheme
+        return METHODS.register(name, description, category=category, scheme=scheme)(cls)
+
+    return deco
+
+
+def method_hparams(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The method config minus its ``name``: the keyword arguments of ``__init__``."""
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    d.pop("name", None)
+    return d
+
+
+def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | None,
+                  ctx: MethodContext) -> Method:
+    """Build the method named by ``cfg.name`` with the hyper-parameters in ``cfg``."""
+    name = cfg["name"]
+    cls = METHODS.get(name).obj
+    hparams = method_hparams(cfg)
+    sig = inspect.signature(cls.__init__)
+    accepted = [p for p in list(sig.parameters)[4:]]  # after self, student, teacher, ctx
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown and not has_var_kw:
+        raise KDBenchError(f"method {name!r} has no hyper-parameter(s) {unknown}; valid: {accepted}")
+    missing = [p for p in accepted if sig.parameters[p].default is inspect.Parameter.empty
+               and sig.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY and p not in hparams]
+    if missing:
+        raise KDBenchError(f"method {name!r} needs hyper-parameter(s) {missing} in its config")
+    return cls(student, teacher, ctx, **hparams)
+
+
+def student_parameters(method: Method) -> int:
+    return count_parameters(method.student)

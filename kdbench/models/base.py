@@ -1,0 +1,83 @@
+"""The one output structure and feature metadata every kdbench model shares.
+
+Distillation methods read stage features, pre-activation features and the
+pooled embedding; they build connectors (regressors, embeddings) from
+:class:`FeatureSpec` before training, so the spec is static and computed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelOutput:
+    """What ``model(x)`` returns for every kdbench model.
+
+    ``features`` are the post-activation stage outputs, shallow to deep.
+    ``preact_features`` are the same stages before their last non-linearity
+    (as in the CRD benchmark's ``preact=True``), or ``None`` where a model has
+    no such point. ``embedding`` is the pooled vector fed to the classifier.
+    """
+
+    logits: Tensor
+    features: list[Tensor]
+    embedding: Tensor
+    preact_features: list[Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Static shapes of a model's outputs for a given input size."""
+
+    input_shape: tuple[int, int, int]
+    stages: tuple[StageSpec, ...]
+    embedding_dim: int
+    num_classes: int
+    has_preact: bool
+
+
+class KDModel(nn.Module):
+    """Base class: subclasses implement ``forward(x) -> ModelOutput``."""
+
+    num_classes: int
+
+    def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def feature_spec(self, input_shape: tuple[int, int, int]) -> FeatureSpec:
+        """Shapes of every output for ``input_shape`` (C, H, W), by one dry forward.
+
+        Runs in eval mode on a single zero image so BatchNorm statistics are
+        untouched; the caller's train/eval mode is restored.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            out = self(torch.zeros(1, *input_shape, device=device))
+        finally:
+            self.train(was_training)
+        stages = tuple(StageSpec(f.shape[1], f.shape[2], f.shape[3]) for f in out.features)
+        return FeatureSpec(
+            input_shape=tuple(input_shape),
+            stages=stages,
+            embedding_dim=out.embedding.shape[1],
+            num_classes=out.logits.shape[1],
+            has_preact=out.preact_features is not None,
+        )
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,27 @@
+"""The model registry and factory."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from ..registry import Registry
+from .base import KDModel
+
+
+def _load() -> None:
+    # Model modules register on import; list them here so lookups see all.
+    for mod in ("digits",):
+        importlib.import_module(f"kdbench.models.{mod}")
+
+
+MODELS: Registry[Callable[..., KDModel]] = Registry("model", loader=_load)
+
+
+def register_model(name: str, description: str = "", **meta: Any):
+    """Decorator for a factory ``fn(num_classes, in_channels) -> KDModel``."""
+    return MODELS.register(name, description, **meta)
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> KDModel:
+    """Build a registered model by name (one obvious way, as in timm)."""
+    return MODELS.get(name).obj(num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -1,0 +1,117 @@
+"""One run, end to end: config -> data -> teacher -> method -> fit -> result record."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import run_identity
+from .data import DataBundle, build_dataset
+from .engine import fit, resolve_device
+from .method import METHODS, MethodContext, create_method
+from .models import count_parameters
+from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json, write_json_atomic
+from .seeding import data_order_digest, derive_seed, state_dict_digest
+from .teacher import build_model, ensure_teacher, load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def record_path(cfg: DictConfig, run_id: str | None = None) -> Path:
+    return Path(cfg.paths.results) / "runs" / f"{run_id or run_identity(cfg)}.json"
+
+
+def load_data(cfg: DictConfig) -> DataBundle:
+    return build_dataset(cfg.data).to(resolve_device(str(cfg.engine.device)))
+
+
+def run(cfg: DictConfig, data: DataBundle | None = None,
+        on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Train one student as ``cfg`` says and write its result record.
+
+    A completed record for the same run identity is returned as is unless
+    ``force=true``. ``data`` may be passed to reuse an already built dataset.
+    """
+    run_id = run_identity(cfg)
+    out = record_path(cfg, run_id)
+    if out.exists() and not cfg.force:
+        log.info("run %s already has a record (%s); skipping (force=true re-runs it)", run_id, out)
+        return read_json(out)
+    data = data if data is not None else load_data(cfg)
+    device = data.train.images.device
+    seed = int(cfg.seed)
+    method_cls = METHODS.get(cfg.method.name).obj
+
+    teacher = teacher_entry = None
+    if method_cls.uses_teacher:
+        teacher_entry = ensure_teacher(cfg, data)
+        teacher = load_teacher(teacher_entry, device)
+
+    # Fairness: the student's initialisation and the data order depend on the
+    # seed alone, so every method starts from the same point and sees the same batches.
+    student = build_model(str(cfg.pair.student), data.info, seed, "student-init")
+    init_digest = state_dict_digest(student)
+    ctx = MethodContext(data=data.info, student_spec=student.feature_spec(data.info.input_shape),
+                        teacher_spec=teacher.feature_spec(data.info.input_shape) if teacher is not None else None,
+                        seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "method-init", cfg.method.name))
+        method = create_method(cfg.method, student, teacher, ctx)
+    method.to(device)
+
+    run_dir = Path(cfg.paths.runs) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
+    t0 = time.time()
+    started = now_iso()
+    result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
+                 label=f"{cfg.method.name} s{seed} ", on_step=on_step)
+    primary = next(iter(method.eval_models()))
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "completed",
+        "kind": "student",
+        "created": now_iso(),
+        "started": started,
+        "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
+        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": len(data.val),
+                    "num_test": len(data.test), "num_classes": data.info.num_classes},
+        "seed": seed,
+        "schedule": {"name": str(cfg.schedule.name), "epochs": result.epochs},
+        "metrics": {
+            "primary_model": primary,
+            "last": result.last,
+            "selected": result.selected,
+            "selection": "best validation top-1 of the primary model; test metrics at that epoch",
+        },
+        "teacher": None if teacher_entry is None else {
+            "hash": teacher_entry.hash, "arch": teacher_entry.arch, "test_top1": teacher_entry.test_top1,
+            "weights_sha256": teacher_entry.meta["weights"]["sha256"]},
+        "params": {"student": count_parameters(method.student),
+                   "teacher": count_parameters(teacher) if teacher is not None else None,
+                   "extra_trainable": method.extra_trainable_parameters()},
+        "fairness": {"student_init_sha256": init_digest,
+                     "data_order_sha256": data_order_digest(data.info.num_train, seed, result.epochs)},
+        "timing": {"wall_time_s": time.time() - t0, "train_time_s": result.train_time_s,
+                   "images_per_s": result.images_per_s, "resumed_from_epoch": result.resumed_from_epoch},
+        "history": result.history,
+        "environment": environment(device),
+        "git": git_state(),
+        "note": str(cfg.note),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if out.exists():  # force=true: keep the old record, add a new one beside it
+        out = out.with_name(f"{run_id}__{time.strftime('%Y%m%dT%H%M%S')}.json")
+    write_json_atomic(out, record, overwrite=False)
+    log.info("record written: %s", out)
+    if not cfg.engine.keep_checkpoint:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return record

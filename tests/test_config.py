@@ -1,0 +1,93 @@
+"""Registries and config composition."""
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from kdbench import KDBenchError
+from kdbench.config import PAIRS, compose, run_identity
+from kdbench.data import DATASETS
+from kdbench.method import METHODS
+from kdbench.models import MODELS
+
+
+def test_default_config_composes_the_default_benchmark():
+    cfg = compose()
+    assert cfg.data.name == "digits" and cfg.pair.name == "digits/cnn_wide-cnn_small"
+    assert cfg.method.name == "kd" and cfg.method.temperature == 4.0
+    assert cfg.method.ce_weight == 0.1 and cfg.method.kd_weight == 0.9
+    assert cfg.data.val_fraction == 0.1
+
+
+def test_crd_schedule_matches_the_benchmark():
+    s = compose(["schedule=crd"]).schedule
+    assert (s.epochs, s.batch_size, s.lr, s.momentum, s.weight_decay) == (240, 64, 0.05, 0.9, 5e-4)
+    assert list(s.milestones) == [150, 180, 210] and s.gamma == 0.1 and s.lr_schedule == "multistep"
+    c = compose(["schedule=cosine"]).schedule
+    assert c.lr_schedule == "cosine" and c.epochs == 240
+
+
+def test_overrides_reach_the_config():
+    cfg = compose(["method=vanilla", "seed=3", "schedule.epochs=5", "data.val_fraction=0.2"])
+    assert (cfg.method.name, cfg.seed, cfg.schedule.epochs, cfg.data.val_fraction) == ("vanilla", 3, 5, 0.2)
+    # the teacher's schedule is its own: a student override does not retrain the teacher
+    assert cfg.teacher.schedule.epochs == compose().teacher.schedule.epochs
+
+
+def test_every_registered_method_has_a_config_file_and_back():
+    files = {p.name[:-5] for p in (resources.files("kdbench.conf") / "method").iterdir() if p.name.endswith(".yaml")}
+    assert files == set(METHODS.names())
+
+
+@pytest.mark.parametrize("registry", [METHODS, MODELS, DATASETS, PAIRS])
+def test_registries_have_descriptions(registry):
+    assert registry.names()
+    for entry in registry:
+        assert entry.description, f"{registry.kind} {entry.name} has no description"
+
+
+def test_methods_carry_category_and_scheme():
+    assert METHODS.get("kd").meta == {"category": "response", "scheme": "offline"}
+
+
+@pytest.mark.parametrize("registry,name", [(METHODS, "kdd"), (MODELS, "resnet9000"), (DATASETS, "mnist"),
+                                           (PAIRS, "digits/nope")])
+def test_unknown_names_list_valid_choices(registry, name):
+    with pytest.raises(KDBenchError) as err:
+        registry.get(name)
+    for valid in registry.names():
+        assert valid in str(err.value)
+
+
+@pytest.mark.parametrize("override,listed", [("method=kdd", ["kd", "vanilla"]), ("dataset=mnist", ["digits"]),
+                                             ("pair=digits/nope", ["cnn_wide-cnn_small"]),
+                                             ("schedule=fast", ["crd", "cosine", "digits"])])
+def test_unknown_group_options_list_valid_choices(override, listed):
+    with pytest.raises(KDBenchError) as err:
+        compose([override])
+    for valid in listed:
+        assert valid in str(err.value)
+
+
+def test_unknown_model_in_a_pair_lists_models():
+    with pytest.raises(KDBenchError, match="cnn_small"):
+        compose(["pair.student=cnn_tiny"])
+
+
+def test_malformed_override_gives_hydras_message():
+    with pytest.raises(KDBenchError, match="Error parsing override"):
+        compose(["seed=="])
+
+
+def test_pair_dataset_mismatch_is_an_error():
+    with pytest.raises(KDBenchError, match="defined for dataset"):
+        compose(["dataset=imagefolder"])
+
+
+def test_run_identity_ignores_paths_but_not_semantics():
+    a = compose(["paths.results=/x", "engine.progress=false"])
+    b = compose(["paths.results=/y"])
+    assert run_identity(a) == run_identity(b)
+    assert run_identity(a) != run_identity(compose(["seed=1"]))
+    assert run_identity(a) != run_identity(compose(["method.temperature=2"]))

@@ -1,0 +1,115 @@
+"""End-to-end runs: every method trains, records are complete, resume is exact, runs are fair."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdbench import KDBenchError
+from kdbench.engine import lr_at
+from kdbench.method import METHODS
+from kdbench.runner import record_path, run
+from kdbench.config import compose
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_tiny_full_run_per_method(make_cfg, method):
+    cfg = make_cfg(f"method={method}")
+    rec = run(cfg)
+    path = record_path(cfg)
+    assert path.exists() and json.loads(path.read_text())["run_id"] == rec["run_id"]
+    assert rec["status"] == "completed" and rec["method"]["name"] == method
+    last = rec["metrics"]["last"]["student"]
+    assert 0 <= last["test"]["top1"] <= 100 and last["test"]["top5"] >= last["test"]["top1"]
+    assert last["test"]["top1"] > 20  # 10 classes: chance is 10 %
+    assert rec["metrics"]["selected"]["epoch"] in (1, 2)
+    assert len(rec["history"]) == 2
+    assert rec["config"]["method"]["name"] == method  # resolved config saved with the run
+    assert rec["params"]["student"] > 0 and rec["timing"]["images_per_s"] > 0
+    assert rec["environment"]["packages"]["torch"]
+    if METHODS.get(method).obj.uses_teacher:
+        assert rec["teacher"]["test_top1"] > 20
+    else:
+        assert rec["teacher"] is None
+    # the checkpoint is cleaned up once the record is whole
+    assert not (cfg.paths.runs and (__import__("pathlib").Path(cfg.paths.runs) / rec["run_id"]).exists())
+
+
+def test_same_seed_same_student_init_and_data_order_across_methods(make_cfg):
+    a = run(make_cfg("method=vanilla", "seed=1"))
+    b = run(make_cfg("method=kd", "seed=1"))
+    c = run(make_cfg("method=kd", "seed=2"))
+    assert a["fairness"] == b["fairness"]
+    assert a["fairness"]["student_init_sha256"] != c["fairness"]["student_init_sha256"]
+    assert a["fairness"]["data_order_sha256"] != c["fairness"]["data_order_sha256"]
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (BaseException skips `except Exception`)."""
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(make_cfg, tmp_path):
+    full = run(make_cfg("method=kd", epochs=4))
+
+    killed_cfg = make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", epochs=4)
+
+    def kill(epoch, step):
+        if epoch == 2 and step == 3:  # mid-way through the third epoch
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(killed_cfg, on_step=kill)
+    assert not record_path(killed_cfg).exists(), "an interrupted run must leave no record"
+
+    # a plain re-run refuses to silently discard the checkpoint
+    with pytest.raises(KDBenchError, match="resume=true"):
+        run(killed_cfg)
+    resumed = run(make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", "resume=true", epochs=4))
+    assert resumed["timing"]["resumed_from_epoch"] == 2
+    assert resumed["metrics"]["last"] == full["metrics"]["last"]
+    assert resumed["metrics"]["selected"] == full["metrics"]["selected"]
+    drop = ("time_s", "images_per_s")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])
+
+
+def test_completed_runs_are_skipped_and_force_keeps_the_old_record(make_cfg):
+    cfg = make_cfg("method=vanilla")
+    first = run(cfg)
+    again = run(cfg)
+    assert again == first
+    run(make_cfg("method=vanilla", "force=true"))
+    records = list(record_path(cfg).parent.glob("*.json"))
+    assert len(records) == 2
+
+
+def test_lr_schedules():
+    s = compose(["schedule=crd"]).schedule
+    assert lr_at(0, s) == pytest.approx(0.05) and lr_at(149, s) == pytest.approx(0.05)
+    assert lr_at(150, s) == pytest.approx(0.005) and lr_at(239, s) == pytest.approx(0.05e-3)
+    c = compose(["schedule=cosine"]).schedule
+    assert lr_at(0, c) == pytest.approx(0.05) and lr_at(120, c) == pytest.approx(0.025)
+
+
+def test_bf16_and_channels_last_switches_run(make_cfg):
+    rec = run(make_cfg("method=kd", "engine.amp=bf16", "engine.channels_last=true", epochs=1))
+    assert rec["status"] == "completed" and rec["config"]["engine"]["amp"] == "bf16"
+
+
+def test_bad_engine_switch_is_a_clear_error(make_cfg):
+    with pytest.raises(KDBenchError, match="engine.amp"):
+        run(make_cfg("method=vanilla", "engine.amp=fp8", epochs=1))
+
+
+def test_teacher_parameters_do_not_change(make_cfg):
+    from kdbench.runner import load_data
+    from kdbench.teacher import ensure_teacher, load_teacher
+
+    cfg = make_cfg("method=kd")
+    data = load_data(cfg)
+    entry = ensure_teacher(cfg, data)
+    before = {k: v.clone() for k, v in load_teacher(entry, torch.device("cpu")).state_dict().items()}
+    run(cfg, data=data)
+    after = load_teacher(entry, torch.device("cpu")).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -1,0 +1,52 @@
+"""The teacher cache: trained once, reused, verified."""
+from __future__ import annotations
+
+import pytest
+
+from kdbench import KDBenchError
+from kdbench import teacher as teacher_mod
+from kdbench.runner import load_data, run
+from kdbench.teacher import ensure_teacher, find_teacher, get_teacher, list_teachers, load_teacher, teacher_hash
+
+
+def test_teacher_is_trained_once_and_reused(make_cfg, monkeypatch):
+    cfg = make_cfg("method=kd")
+    data = load_data(cfg)
+    entry = ensure_teacher(cfg, data)
+    assert entry.meta["weights"]["sha256"] and entry.meta["source"] == "trained"
+    assert entry.meta["spec"]["arch"] == "cnn_wide" and entry.meta["metrics"]["test_top1"] > 20
+
+    def no_training(*a, **k):
+        raise AssertionError("the cached teacher was trained again")
+
+    monkeypatch.setattr(teacher_mod, "train_teacher", no_training)
+    for seed in (0, 1):
+        rec = run(make_cfg("method=kd", f"seed={seed}"), data=data)
+        assert rec["teacher"]["hash"] == entry.hash
+    assert len(list_teachers(cfg.paths.teachers)) == 1
+
+
+def test_teacher_hash_covers_dataset_arch_schedule_seed_not_paths(make_cfg):
+    base = teacher_hash(make_cfg())
+    assert teacher_hash(make_cfg("paths.results=/elsewhere")) == base
+    assert teacher_hash(make_cfg("schedule.epochs=7")) == base  # the student's schedule
+    for changed in ("teacher.seed=1", "teacher.schedule.lr=0.1", "data.val_fraction=0.2", "pair.teacher=cnn_small"):
+        assert teacher_hash(make_cfg(changed)) != base, changed
+
+
+def test_corrupted_teacher_weights_fail_their_checksum(make_cfg):
+    cfg = make_cfg("method=kd")
+    entry = ensure_teacher(cfg, load_data(cfg))
+    with open(entry.path / "model.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(KDBenchError, match="checksum"):
+        load_teacher(entry, __import__("torch").device("cpu"))
+
+
+def test_get_teacher_by_prefix_and_unknown_prefix(make_cfg):
+    cfg = make_cfg("method=kd")
+    entry = ensure_teacher(cfg, load_data(cfg))
+    assert get_teacher(cfg.paths.teachers, entry.hash[:6]).hash == entry.hash
+    with pytest.raises(KDBenchError, match=entry.hash):
+        get_teacher(cfg.paths.teachers, "zzzz")
+    assert find_teacher(cfg).hash == entry.hash

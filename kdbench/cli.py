@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     tt.add_argument("overrides", nargs="*")
     tl = tsub.add_parser("list", help="list cached teachers")
     tl.add_argument("overrides", nargs="*")
+    ti = tsub.add_parser("import", help="add a published checkpoint (e.g. a CRD-benchmark CIFAR-100 teacher) to the cache")
+    ti.add_argument("path")
+    ti.add_argument("--arch", required=True, help="registered model name, e.g. resnet32x4")
+    ti.add_argument("--dataset", required=True, help="dataset the checkpoint was trained on, e.g. cifar100")
+    ti.add_argument("--no-eval", action="store_true", help="do not measure its test accuracy here")
+    ti.add_argument("overrides", nargs="*")
     ts = tsub.add_parser("show", help="print a cached teacher's provenance")
     ts.add_argument("hash", help="hash or unique prefix (see `kdbench teacher list`)")
     ts.add_argument("overrides", nargs="*")
@@ -71,8 +77,10 @@ def _list(what: str) -> str:
 
 
 def _teacher_line(t) -> str:
-    return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} seed {t.meta['spec']['seed']}  " \
-           f"{t.meta['spec']['schedule']['epochs']:>4} ep  test top-1 {t.test_top1:6.2f}  {t.meta['created']}"
+    acc = f"{t.test_top1:6.2f}" if t.test_top1 is not None else "   n/a"
+    origin = (f"seed {t.meta['spec']['seed']}  {t.meta['spec']['schedule']['epochs']:>4} ep" if t.meta["source"] == "trained"
+              else f"imported from {t.meta['spec']['imported_from']}")
+    return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} {origin}  test top-1 {acc}  {t.meta['created']}"
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -102,8 +110,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
         print(format_bench(run_bench(args.overrides)))
     elif args.command == "teacher":
-        from .teacher import ensure_teacher, get_teacher, list_teachers
+        from .teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
 
+        if args.teacher_command == "import":
+            from .models import check_model_name
+            from .runner import load_data
+
+            check_model_name(args.arch)
+            cfg = compose([f"dataset={args.dataset}", *args.overrides], check=False)
+            data = None if args.no_eval else load_data(cfg)
+            print(_teacher_line(import_teacher(Path(args.path), args.arch, cfg, data)))
+            return 0
         cfg = compose(args.overrides)
         if args.teacher_command == "train":
             from .runner import load_data

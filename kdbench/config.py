@@ -18,18 +18,24 @@ from .registry import Entry, Registry
 
 CONFIG_MODULE = "kdbench.conf"
 
+# Dataset keys that say where data lives or how it is read, not what it is.
+DATA_PATH_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
 # Keys that do not change what a run computes: excluded from run identity.
 NON_SEMANTIC_KEYS = (
     "paths", "resume", "force", "note", "bench",
     "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
     "engine.channels_last", "engine.keep_checkpoint",
-    "data.root", "data.download", "data.cache_dir",
     "pair.description",
+    *(f"data.{k}" for k in DATA_PATH_KEYS),
 )
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The resolved root config with ``overrides`` applied (Hydra override grammar)."""
+def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> DictConfig:
+    """The resolved root config with ``overrides`` applied (Hydra override grammar).
+
+    ``check=False`` skips the cross-group checks (for commands that use only
+    part of the config, such as importing a teacher for a dataset).
+    """
     from hydra import compose as hydra_compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -50,7 +56,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         raise KDBenchError(f"invalid config or override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
-    check_config(cfg)
+    if check:
+        check_config(cfg)
     return cfg
 
 
@@ -58,12 +65,12 @@ def check_config(cfg: DictConfig) -> None:
     """Cross-group consistency Hydra cannot express."""
     from .data import DATASETS
     from .method import METHODS
-    from .models import MODELS
+    from .models import check_model_name
 
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
-    MODELS.get(cfg.pair.teacher)
-    MODELS.get(cfg.pair.student)
+    check_model_name(cfg.pair.teacher)
+    check_model_name(cfg.pair.student)
     if cfg.data.name not in cfg.pair.datasets:
         raise KDBenchError(f"pair {cfg.pair.name!r} is defined for dataset(s) {list(cfg.pair.datasets)}, "
                            f"not {cfg.data.name!r}: add dataset={cfg.pair.datasets[0]}")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from .data import DataBundle, Split, eval_batches, train_batches
+from .data import DataBundle
 from .errors import KDBenchError
 from .method import Method
 from .records import atomic_write_bytes
@@ -61,16 +61,16 @@ def build_optimizer(params, sched: DictConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: Split, batch_size: int,
+def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int,
              autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool) -> dict[str, float]:
     """Top-1, top-5 (%) and mean cross-entropy of ``model`` on ``split``."""
     was_training = model.training
     model.eval()
-    dev = split.images.device
+    dev = data.device
     correct1 = torch.zeros((), device=dev)
     correct5 = torch.zeros((), device=dev)
     loss = torch.zeros((), device=dev)
-    for batch in eval_batches(data, split, batch_size):
+    for batch in data.eval_batches(split, batch_size):
         x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
         with autocast():
             logits = model(x).logits.float()
@@ -81,7 +81,7 @@ def evaluate(model: nn.Module, data: DataBundle, split: Split, batch_size: int,
         correct5 += hit.any(dim=1).sum()
         loss += F.cross_entropy(logits, batch.labels, reduction="sum")
     model.train(was_training)
-    n = max(len(split), 1)
+    n = max(data.split_len(split), 1)
     c1, c5, ls = torch.stack([correct1, correct5, loss]).tolist()
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": ls / n}
 
@@ -112,7 +112,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     ``on_step(epoch, step)`` is called after each optimizer step (tests use it
     to simulate a kill mid-epoch).
     """
-    device = data.train.images.device
+    device = data.device
     amp = engine.get("amp")
     if amp not in (None, "bf16"):
         raise KDBenchError(f"engine.amp={amp!r} is not one of: null, bf16")
@@ -144,7 +144,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
 
     show = _progress_enabled(engine.progress)
     log_every = max(1, int(engine.log_every))
-    steps_per_epoch = math.ceil(len(data.train) / bs)
+    steps_per_epoch = math.ceil(data.split_len("train") / bs)
     for epoch in range(start_epoch, epochs):
         lr = lr_at(epoch, sched)
         for group in optimizer.param_groups:
@@ -156,7 +156,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         seen = 0
         t0 = time.perf_counter()
         bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
-        for step, batch in enumerate(train_batches(data, bs, seed, epoch)):
+        for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
             if channels_last:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             with autocast():
@@ -193,10 +193,8 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
             "train_top1": 100.0 * correct.item() / seen,
         }
         for name, model in method.eval_models().items():
-            row[name] = {"val": evaluate(model, data, data.val, int(engine.eval_batch_size), autocast, channels_last)
-                         if len(data.val) else None,
-                         "test": evaluate(model, data, data.test, int(engine.eval_batch_size), autocast,
-                                          channels_last)}
+            row[name] = {split: evaluate(model, data, split, int(engine.eval_batch_size), autocast, channels_last)
+                         if data.split_len(split) else None for split in ("val", "test")}
         bad = [k for k, v in row["train_loss"].items() if not math.isfinite(v)]
         if bad:
             raise KDBenchError(f"{label}loss term(s) {bad} became non-finite at epoch {epoch + 1}: "

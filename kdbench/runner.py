@@ -43,7 +43,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         log.info("run %s already has a record (%s); skipping (force=true re-runs it)", run_id, out)
         return read_json(out)
     data = data if data is not None else load_data(cfg)
-    device = data.train.images.device
+    device = data.device
     seed = int(cfg.seed)
     method_cls = METHODS.get(cfg.method.name).obj
 
@@ -82,8 +82,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         "started": started,
         "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
-        "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": len(data.val),
-                    "num_test": len(data.test), "num_classes": data.info.num_classes},
+        "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": data.split_len("val"),
+                    "num_test": data.split_len("test"), "num_classes": data.info.num_classes},
         "seed": seed,
         "schedule": {"name": str(cfg.schedule.name), "epochs": result.epochs},
         "metrics": {

@@ -7,6 +7,7 @@ paths), architecture, teacher schedule and teacher seed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import digest, semantic_dict
+from .config import DATA_PATH_KEYS, digest, semantic_dict
 from .data import DataBundle
 from .engine import fit
 from .errors import KDBenchError
@@ -29,9 +30,6 @@ from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json,
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
-
-DATA_PATH_KEYS = ("root", "download", "cache_dir")
-
 
 @dataclass(frozen=True)
 class TeacherEntry:
@@ -44,7 +42,7 @@ class TeacherEntry:
         return self.meta["arch"]
 
     @property
-    def test_top1(self) -> float:
+    def test_top1(self) -> float | None:
         return self.meta["metrics"]["test_top1"]
 
 
@@ -82,6 +80,13 @@ def build_model(arch: str, data_info, seed: int, purpose: str) -> KDModel:
 
 
 def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
+    """The cached teacher ``cfg`` names: ``teacher.hash`` if set, else the one its spec hashes to."""
+    if cfg.teacher.get("hash"):
+        entry = get_teacher(Path(cfg.paths.teachers), str(cfg.teacher.hash))
+        if entry.arch != cfg.pair.teacher or entry.meta["dataset"] != cfg.data.name:
+            raise KDBenchError(f"teacher.hash={cfg.teacher.hash} is a {entry.arch} on {entry.meta['dataset']}, "
+                               f"but pair {cfg.pair.name} on {cfg.data.name} needs a {cfg.pair.teacher}")
+        return entry
     path = Path(cfg.paths.teachers) / teacher_hash(cfg)
     return _entry(path) if (path / "teacher.json").exists() else None
 
@@ -127,7 +132,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     log.info("training teacher %s on %s (seed %d, %d epochs) -> %s", arch, data.info.name, seed,
              int(cfg.teacher.schedule.epochs), final)
     model = build_model(arch, data.info, seed, "student-init")
-    device = data.train.images.device
+    device = data.device
     ctx = MethodContext(data=data.info, student_spec=model.feature_spec(data.info.input_shape),
                         teacher_spec=None, seed=seed)
     trainer = create_method({"name": "vanilla"}, model, None, ctx).to(device)
@@ -172,6 +177,83 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     return entry
 
 
+def load_state_strict(model: KDModel, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a message that names what differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        short = lambda xs: ", ".join(xs[:8]) + (f" ... ({len(xs)} in all)" if len(xs) > 8 else "")  # noqa: E731
+        parts = [f"missing keys: {short(missing)}" if missing else "",
+                 f"unexpected keys: {short(unexpected)}" if unexpected else "",
+                 f"shape mismatches (a different class count?): {short(shapes)}" if shapes else ""]
+        raise KDBenchError(f"{source} does not match architecture {arch!r}; " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
+def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | None) -> TeacherEntry:
+    """Add a published checkpoint (a dict with a ``model`` state dict, or a bare state dict) to the cache.
+
+    Provenance records the source file's name and sha256; accuracy is measured
+    on our test split when the data is available.
+    """
+    from .engine import evaluate
+
+    path = Path(path)
+    if not path.is_file():
+        raise KDBenchError(f"no checkpoint file at {path}")
+    source_sha = file_sha256(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused or not a torch file
+        raise KDBenchError(f"{path} could not be loaded with weights_only=True: {exc}") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KDBenchError(f"{path} holds no state dict (expected a dict with a 'model' entry, or a state dict)")
+    num_classes = data.info.num_classes if data is not None else _num_classes(cfg)
+    model = create_model(arch, num_classes=num_classes, in_channels=3 if data is None else data.info.input_shape[0])
+    load_state_strict(model, state, str(path), arch)
+    key = digest({"imported": source_sha, "arch": arch, "dataset": cfg.data.name})[:16]
+    final = Path(cfg.paths.teachers) / key
+    if (final / "teacher.json").exists():
+        return _entry(final)
+    partial = final.with_name(key + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    weights = partial / "model.pt"
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
+    metrics: dict[str, Any] = {"epoch": None, "test_top1": None, "test_top5": None, "val_top1": None}
+    if data is not None:
+        model = model.to(data.device)
+        test = evaluate(model, data, "test", int(cfg.engine.eval_batch_size), lambda: contextlib.nullcontext(),
+                        False)
+        metrics.update(test_top1=test["top1"], test_top5=test["top5"])
+    meta = {
+        "schema_version": SCHEMA_VERSION, "hash": key, "source": "imported", "arch": arch,
+        "dataset": str(cfg.data.name), "num_classes": num_classes,
+        "input_shape": list(data.info.input_shape) if data is not None else [3, 32, 32],
+        "spec": {"imported_from": path.name, "source_sha256": source_sha, "arch": arch, "seed": None,
+                 "dataset": semantic_dict(cfg.data, drop=DATA_PATH_KEYS), "schedule": {"epochs": None}},
+        "metrics": metrics, "selected": None, "params": count_parameters(model),
+        "weights": {"file": "model.pt", "sha256": file_sha256(weights)},
+        "created": now_iso(), "git": git_state(), "environment": environment(None),
+    }
+    write_json_atomic(partial / "teacher.json", meta)
+    try:
+        os.rename(partial, final)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+    return _entry(final)
+
+
+def _num_classes(cfg: DictConfig) -> int:
+    known = {"cifar10": 10, "cifar10-jpg": 10, "cifar100": 100, "imagenet": 1000, "digits": 10}
+    if cfg.data.name not in known:
+        raise KDBenchError(f"cannot tell the class count of dataset {cfg.data.name!r} without loading it")
+    return known[cfg.data.name]
+
+
 def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:
     """Rebuild the cached teacher, verifying its checksum; frozen and in eval mode."""
     weights = entry.path / entry.meta["weights"]["file"]
@@ -182,10 +264,6 @@ def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:
                            "to retrain it")
     in_ch = entry.meta["input_shape"][0]
     model = create_model(entry.arch, num_classes=entry.meta["num_classes"], in_channels=in_ch)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KDBenchError(f"teacher weights {weights} do not match architecture {entry.arch!r}: "
-                           f"missing keys {missing}, unexpected keys {unexpected}")
+    load_state_strict(model, torch.load(weights, map_location="cpu", weights_only=True), str(weights), entry.arch)
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -31,10 +31,10 @@ def test_show_method_prints_the_card(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["run", "method=kdd"], "Available options in 'method'"),
-    (["run", "pair=digits/nope"], "Valid pairs: digits/cnn_wide-cnn_small"),
+    (["run", "pair=digits/nope"], "cifar100/resnet56-resnet20, cifar100/vgg13-mobilenetv2"),
     (["run", "pair.student=resnet9000"], "Valid models:"),
     (["run", "seed=="], "Error parsing override"),
-    (["show", "method", "kdd"], "Valid methods: kd, vanilla"),
+    (["show", "method", "kdd"], "Did you mean 'kd'? Valid methods: kd, vanilla"),
     (["run", "dataset=imagefolder", "pair.datasets=[imagefolder]", "data.root=/no/such/dir"], "/no/such/dir"),
 ])
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path, args, message):

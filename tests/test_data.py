@@ -11,8 +11,9 @@ from PIL import Image
 
 from kdbench import KDBenchError
 from kdbench.config import compose
-from kdbench.data import build_dataset, train_batches
-from kdbench.data.imagefolder import crop_flip
+from kdbench.data import build_dataset
+from kdbench.data.small import crop_flip
+from tests.helpers import write_image_tree
 
 
 def test_digits_splits_are_disjoint_stratified_and_complete():
@@ -45,20 +46,10 @@ def test_val_fraction_out_of_range_is_an_error():
 
 def test_data_order_depends_on_seed_and_epoch_only():
     data = build_dataset(compose().data)
-    order = lambda s, e: torch.cat([b.indices for b in train_batches(data, 64, s, e)])  # noqa: E731
+    order = lambda s, e: torch.cat([b.indices for b in data.train_batches(64, s, e)])  # noqa: E731
     assert torch.equal(order(0, 3), order(0, 3))
     assert not torch.equal(order(0, 3), order(0, 4)) and not torch.equal(order(0, 3), order(1, 3))
     assert sorted(order(0, 0).tolist()) == list(range(len(data.train)))
-
-
-def _write_tree(root: Path, per_class: int = 4, size: int = 32, classes=("cat", "dog")) -> None:
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for c in classes:
-            (root / split / c).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(root / split / c / f"{i:04d}.jpg", quality=75)
 
 
 def _imagefolder_cfg(root, **kw):
@@ -70,12 +61,12 @@ def _imagefolder_cfg(root, **kw):
 
 
 def test_imagefolder_reads_a_generated_jpeg_tree(tmp_path):
-    _write_tree(tmp_path, per_class=10)
+    write_image_tree(tmp_path, per_class=10)
     data = build_dataset(_imagefolder_cfg(tmp_path, val_fraction=0.2))
     assert data.info.classes == ("cat", "dog") and data.info.input_shape == (3, 32, 32)
     assert len(data.train) == 16 and len(data.val) == 4 and len(data.test) == 20
     assert data.train.images.dtype == torch.uint8
-    batch = next(train_batches(data, 8, seed=0, epoch=0))
+    batch = next(data.train_batches(8, seed=0, epoch=0))
     assert batch.images.dtype == torch.float32 and batch.images.shape == (8, 3, 32, 32)
 
 
@@ -98,7 +89,7 @@ def test_imagefolder_with_no_images_is_an_error(tmp_path):
 
 
 def test_imagefolder_rejects_mixed_sizes(tmp_path):
-    _write_tree(tmp_path)
+    write_image_tree(tmp_path)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "train" / "cat" / "big.jpg")
     with pytest.raises(KDBenchError, match="40x40"):
         build_dataset(_imagefolder_cfg(tmp_path))

@@ -1,6 +1,7 @@
-"""Datasets: registered builders returning device-ready :class:`DataBundle` s."""
-from .base import Batch, DataBundle, DatasetInfo, Split, carve_validation, eval_batches, train_batches
+"""Datasets: registered builders returning a :class:`DataBundle` (device-resident or DataLoader)."""
+from .base import (Batch, DataBundle, DatasetInfo, IndexedDataset, LoaderBundle, Split, TensorBundle,
+                   carve_validation, stratified_split)
 from .registry import DATASETS, build_dataset, register_dataset
 
-__all__ = ["Batch", "DataBundle", "DatasetInfo", "Split", "carve_validation", "eval_batches",
-           "train_batches", "DATASETS", "build_dataset", "register_dataset"]
+__all__ = ["Batch", "DataBundle", "DatasetInfo", "IndexedDataset", "LoaderBundle", "Split", "TensorBundle",
+           "carve_validation", "stratified_split", "DATASETS", "build_dataset", "register_dataset"]

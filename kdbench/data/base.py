@@ -1,23 +1,28 @@
-"""Datasets as device-resident tensors plus batch-level augmentation.
+"""Datasets as batch sources with one interface, two implementations.
 
-A dataset builder returns a :class:`DataBundle`: train/val/test splits already
-decoded into tensors and static :class:`DatasetInfo`. Batches are cut from the
-tensors on the training device, so the hot loop does no per-image Python work.
-Every batch carries the sample index (CRD's memory bank needs it).
+:class:`TensorBundle` (the default for small images) keeps each split decoded
+as a tensor on the training device and augments whole batches there: no
+per-image Python work, no DataLoader workers. :class:`LoaderBundle` wraps
+torch ``Dataset`` s with per-image transforms and a ``DataLoader`` (ImageNet,
+and the reference path for small images). Both draw the training order from
+:func:`kdbench.seeding.epoch_permutation`, so for a seed every method and both
+paths see the same samples in the same order. Every batch carries the sample
+index (CRD's memory bank needs it).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..errors import KDBenchError
-from ..seeding import epoch_permutation, generator
+from ..seeding import derive_seed, epoch_permutation, generator
 
 # (images, generator) -> images; runs on the batch's device.
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -57,21 +62,139 @@ class Batch:
     indices: Tensor
 
 
-@dataclass
 class DataBundle:
-    info: DatasetInfo
-    train: Split
-    val: Split
-    test: Split
-    augment: Augment | None = None
-    # Applied to every batch after augmentation (e.g. uint8 -> normalised float),
-    # so splits can stay compact on the device.
-    prepare: Callable[[Tensor], Tensor] | None = None
-    extra: dict = field(default_factory=dict)
+    """A dataset's three splits as batch iterators on one device."""
 
-    def to(self, device: torch.device | str) -> "DataBundle":
-        return DataBundle(self.info, self.train.to(device), self.val.to(device), self.test.to(device),
-                          self.augment, self.prepare, self.extra)
+    info: DatasetInfo
+    device: torch.device
+
+    def split_len(self, split: str) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:  # pragma: no cover
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:  # pragma: no cover
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> "DataBundle":  # pragma: no cover
+        raise NotImplementedError
+
+
+class TensorBundle(DataBundle):
+    """Device-resident splits; ``augment`` then ``prepare`` run on whole batches."""
+
+    def __init__(self, info: DatasetInfo, train: Split, val: Split, test: Split,
+                 augment: Augment | None = None, prepare: Callable[[Tensor], Tensor] | None = None) -> None:
+        self.info, self.train, self.val, self.test = info, train, val, test
+        self.augment = augment
+        # Applied after augmentation (e.g. uint8 -> normalised float) so splits stay compact.
+        self.prepare = prepare
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.images.device
+
+    def split_len(self, split: str) -> int:
+        return len(getattr(self, split))
+
+    def to(self, device: torch.device | str) -> "TensorBundle":
+        return TensorBundle(self.info, self.train.to(device), self.val.to(device), self.test.to(device),
+                            self.augment, self.prepare)
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+        split = self.train
+        perm = epoch_permutation(len(split), seed, epoch).to(self.device)
+        aug_gen = generator(seed, "augment", epoch, device=self.device) if self.augment else None
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start:start + batch_size]
+            images = split.images[idx]
+            if self.augment is not None:
+                images = self.augment(images, aug_gen)
+            if self.prepare is not None:
+                images = self.prepare(images)
+            yield Batch(images, split.labels[idx], split.indices[idx])
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        s = getattr(self, split)
+        for start in range(0, len(s), batch_size):
+            sl = slice(start, start + batch_size)
+            images = s.images[sl] if self.prepare is None else self.prepare(s.images[sl])
+            yield Batch(images, s.labels[sl], s.indices[sl])
+
+
+class _OrderSampler(torch.utils.data.Sampler):
+    """The shared training order of (seed, epoch), for the DataLoader path."""
+
+    def __init__(self, n: int, seed: int, epoch: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __iter__(self):
+        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LoaderBundle(DataBundle):
+    """torch ``Dataset`` s yielding ``(image, label, index)`` with per-image transforms.
+
+    Worker RNGs are seeded from (seed, epoch), so augmentation is reproducible.
+    """
+
+    def __init__(self, info: DatasetInfo, splits: dict[str, Any], workers: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        self.info, self.splits, self.workers = info, splits, int(workers)
+        self.device = torch.device(device)
+
+    def split_len(self, split: str) -> int:
+        return len(self.splits[split])
+
+    def to(self, device: torch.device | str) -> "LoaderBundle":
+        return LoaderBundle(self.info, self.splits, self.workers, device)
+
+    def _loader(self, split: str, batch_size: int, sampler=None, seed: int = 0) -> torch.utils.data.DataLoader:
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            self.splits[split], batch_size=batch_size, sampler=sampler, shuffle=False,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=g,
+            persistent_workers=False)
+
+    def _batches(self, loader) -> Iterator[Batch]:
+        nb = self.device.type == "cuda"
+        for images, labels, indices in loader:
+            yield Batch(images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb),
+                        indices.to(self.device, non_blocking=nb))
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+        n = len(self.splits["train"])
+        aug_seed = derive_seed(seed, "augment", epoch)
+        if self.workers == 0:
+            # Per-image transforms draw from the global RNG: seed it for this epoch.
+            torch.manual_seed(aug_seed)
+        loader = self._loader("train", batch_size, _OrderSampler(n, seed, epoch), aug_seed)
+        return self._batches(loader)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        return self._batches(self._loader(split, batch_size))
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wrap a dataset of ``(image, label)`` so items are ``(image, label, index)``."""
+
+    def __init__(self, base, transform: Callable | None = None, indices: Tensor | None = None) -> None:
+        self.base, self.transform = base, transform
+        self.subset = indices
+
+    def __len__(self) -> int:
+        return len(self.subset) if self.subset is not None else len(self.base)
+
+    def __getitem__(self, i: int):
+        j = int(self.subset[i]) if self.subset is not None else i
+        image, label = self.base[j]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, i
 
 
 def carve_validation(images: Tensor, labels: Tensor, fraction: float, seed: int,
@@ -81,42 +204,20 @@ def carve_validation(images: Tensor, labels: Tensor, fraction: float, seed: int,
     The split depends only on ``seed`` (``data.split_seed``), not the run seed,
     so every run of a benchmark selects its epoch on the same held-out samples.
     """
+    tr, va = stratified_split(labels, fraction, seed, what)
+    return (Split(images[tr], labels[tr], torch.arange(len(tr))),
+            Split(images[va], labels[va], torch.arange(len(va))))
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int,
+                     what: str = "data.val_fraction") -> tuple[Tensor, Tensor]:
+    """Index tensors (kept, held out), holding out ``fraction`` of each class."""
     if not 0.0 <= fraction < 1.0:
         raise KDBenchError(f"{what} must be in [0, 1), got {fraction}")
     g = torch.Generator().manual_seed(seed)
-    val_idx = []
+    held = torch.zeros(len(labels), dtype=torch.bool)
     for c in torch.unique(labels):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        val_idx.append(idx[: int(round(fraction * len(idx)))])
-    is_val = torch.zeros(len(labels), dtype=torch.bool)
-    if val_idx:
-        is_val[torch.cat(val_idx)] = True
-    tr, va = torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
-    train = Split(images[tr], labels[tr], torch.arange(len(tr)))
-    val = Split(images[va], labels[va], torch.arange(len(va)))
-    return train, val
-
-
-def train_batches(data: DataBundle, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
-    """Shuffled, augmented training batches; a function of (seed, epoch) only."""
-    split = data.train
-    perm = epoch_permutation(len(split), seed, epoch).to(split.images.device)
-    aug_gen = generator(seed, "augment", epoch, device=split.images.device) if data.augment else None
-    for start in range(0, len(perm), batch_size):
-        idx = perm[start:start + batch_size]
-        images = split.images[idx]
-        if data.augment is not None:
-            images = data.augment(images, aug_gen)
-        if data.prepare is not None:
-            images = data.prepare(images)
-        yield Batch(images, split.labels[idx], split.indices[idx])
-
-
-def eval_batches(data: DataBundle, split: Split, batch_size: int) -> Iterator[Batch]:
-    for start in range(0, len(split), batch_size):
-        sl = slice(start, start + batch_size)
-        images = split.images[sl]
-        if data.prepare is not None:
-            images = data.prepare(images)
-        yield Batch(images, split.labels[sl], split.indices[sl])
+        held[idx[: int(round(fraction * len(idx)))]] = True
+    return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from .base import DataBundle, DatasetInfo, Split, carve_validation
+from .base import DatasetInfo, Split, TensorBundle, carve_validation
 from .registry import register_dataset
 
 
 @register_dataset("digits", description="scikit-learn digits: 1,797 real 8x8 grey images, 10 classes (bundled)")
-def build_digits(cfg: DictConfig) -> DataBundle:
+def build_digits(cfg: DictConfig) -> TensorBundle:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -30,4 +30,4 @@ def build_digits(cfg: DictConfig) -> DataBundle:
     norm = lambda s: Split((s.images - mean) / std, s.labels, s.indices)  # noqa: E731
     info = DatasetInfo(name="digits", num_classes=10, input_shape=(1, 8, 8), num_train=len(train),
                        classes=tuple(str(i) for i in range(10)))
-    return DataBundle(info=info, train=norm(train), val=norm(val), test=norm(test))
+    return TensorBundle(info, norm(train), norm(val), norm(test))

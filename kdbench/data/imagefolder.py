@@ -1,103 +1,83 @@
-"""Any ImageFolder tree (``root/train/<class>/*``, ``root/<test_split>/<class>/*``) of small images.
+"""ImageFolder trees of small same-size images, and CIFAR-10 shipped as JPEGs.
 
-Images are decoded once into a uint8 tensor that lives on the training device;
-training batches get random crop (zero padding) and horizontal flip as whole
-batch operations, then normalisation. Every image must already have the
-configured size: resizing would silently change the benchmark.
+``imagefolder``: any ``root/train/<class>/*`` + ``root/<test_split>/<class>/*``
+tree. ``cifar10-jpg``: the CIFAR-10 JPEG archive (``cifar10-jpg.tar.gz``,
+ImageFolder layout inside), extracted once into the cache; its path comes from
+``data.archive``.
 """
 from __future__ import annotations
 
+import hashlib
+import tarfile
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
-from torch import Tensor
 
 from ..errors import KDBenchError
-from .base import DataBundle, DatasetInfo, Split, carve_validation
+from ..config import digest
+from .base import DataBundle
 from .registry import register_dataset
+from .small import cached_decode, decode_files, list_tree, small_image_bundle, tree_fingerprint
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
-
-
-def _read_tree(root: Path, size: int, max_per_class: int | None,
-               classes: list[str] | None = None) -> tuple[Tensor, Tensor, list[str]]:
-    from PIL import Image
-    import numpy as np
-
-    if not root.is_dir():
-        raise KDBenchError(f"expected an image folder at {root} (layout: {root}/<class>/<image>), but it does not exist")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    classes = classes if classes is not None else found
-    if not classes:
-        raise KDBenchError(f"no class folders in {root} (layout: {root}/<class>/<image>)")
-    arrays, labels = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if max_per_class:
-            files = files[:max_per_class]
-        for f in files:
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    raise KDBenchError(f"{f} is {im.size[0]}x{im.size[1]}, but data.image_size={size}: "
-                                       "every image of this dataset must have that size")
-                arrays.append(np.asarray(im, dtype=np.uint8))
-            labels.append(label)
-    if not arrays:
-        raise KDBenchError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.long), classes
+CIFAR10_MEAN, CIFAR10_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
-def crop_flip(padding: int):
-    """Batch augmentation: random crop after zero padding, and horizontal flip (p=0.5)."""
+def _bundle_from_tree(cfg: DictConfig, root: Path, name: str, source_key: str | None = None,
+                      mean=None, std=None) -> DataBundle:
+    size = int(cfg.image_size)
+    tr_files, classes = list_tree(root / "train", None, cfg.get("max_per_class"))
+    te_files, _ = list_tree(root / str(cfg.test_split), classes, cfg.get("max_test_per_class"))
+    key_src = source_key or tree_fingerprint(tr_files + te_files)
+    key = f"{name}-{digest([key_src, size, cfg.get('max_per_class'), cfg.get('max_test_per_class'), str(cfg.test_split)])[:16]}"
 
-    def augment(images: Tensor, gen: torch.Generator | None) -> Tensor:
-        n, _, h, w = images.shape
-        padded = torch.nn.functional.pad(images, (padding,) * 4)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=images.device)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=images.device)
-        rows = (dy[:, None] + torch.arange(h, device=images.device)[None])  # n, h
-        cols = (dx[:, None] + torch.arange(w, device=images.device)[None])  # n, w
-        flip = torch.rand(n, generator=gen, device=images.device) < 0.5
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
-        idx_n = torch.arange(n, device=images.device)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]  # n, h, w, c
-        return out.permute(0, 3, 1, 2).contiguous()
+    def decode() -> dict:
+        tr_x, tr_y = decode_files(tr_files, size)
+        te_x, te_y = decode_files(te_files, size)
+        return {"train_images": tr_x, "train_labels": tr_y, "test_images": te_x, "test_labels": te_y,
+                "classes": classes}
 
-    return augment
-
-
-def normalizer(mean: Tensor, std: Tensor):
-    def prepare(images: Tensor) -> Tensor:
-        m, s = mean.to(images.device), std.to(images.device)
-        return (images.float() / 255.0 - m) / s
-
-    return prepare
+    d = cached_decode(cfg.get("cache_dir"), key, decode)
+    return small_image_bundle(cfg, name, d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
+                              list(d["classes"]), mean, std)
 
 
 @register_dataset("imagefolder", description="any ImageFolder tree of small same-size images (train/ + test/), held on the device")
 def build_imagefolder(cfg: DictConfig) -> DataBundle:
     if not cfg.get("root"):
         raise KDBenchError("data.root is not set: point it at a folder holding train/ and "
-                           f"{cfg.get('test_split', 'test')}/ (e.g. data.root=/path/to/cifar10-jpg)")
+                           f"{cfg.get('test_split', 'test')}/ (e.g. data.root=/path/to/images)")
     root = Path(str(cfg.root)).expanduser()
     if not root.is_dir():
         raise KDBenchError(f"data directory {root} does not exist: expected {root}/train/<class>/* and "
                            f"{root}/{cfg.test_split}/<class>/* (set data.root)")
-    size, cap = int(cfg.image_size), cfg.get("max_per_class")
-    tr_images, tr_labels, classes = _read_tree(root / "train", size, cap)
-    te_images, te_labels, _ = _read_tree(root / str(cfg.test_split), size, cfg.get("max_test_per_class"), classes)
-    train, val = carve_validation(tr_images, tr_labels, float(cfg.val_fraction), int(cfg.split_seed))
-    if cfg.get("mean") is not None:
-        mean, std = torch.tensor(list(cfg.mean)), torch.tensor(list(cfg.std))
-    else:
-        x = train.images.float() / 255.0
-        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
-    info = DatasetInfo(name=str(cfg.name), num_classes=len(classes), input_shape=(3, size, size),
-                       num_train=len(train), classes=tuple(classes))
-    test = Split(te_images, te_labels, torch.arange(len(te_labels)))
-    return DataBundle(info=info, train=train, val=val, test=test,
-                      augment=crop_flip(int(cfg.crop_padding)) if cfg.crop_padding else None,
-                      prepare=normalizer(mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)))
+    return _bundle_from_tree(cfg, root, str(cfg.name))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@register_dataset("cifar10-jpg", description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
+def build_cifar10_jpg(cfg: DictConfig) -> DataBundle:
+    archive = Path(str(cfg.archive)).expanduser() if cfg.get("archive") else None
+    if archive is None or not archive.is_file():
+        raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: set data.archive=/path/to/cifar10-jpg.tar.gz "
+                           "(an archive holding cifar10-jpg/train/<class>/*.jpg and cifar10-jpg/test/<class>/*.jpg)")
+    checksum = _sha256(archive)
+    if cfg.get("sha256") and checksum != cfg.sha256:
+        raise KDBenchError(f"{archive} has sha256 {checksum}, expected {cfg.sha256}")
+    out = Path(str(cfg.extract_dir)).expanduser() / checksum[:16]
+    root = out / "cifar10-jpg"
+    if not (root / "train").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            # The "data" filter refuses absolute paths and links out of the folder (Python >= 3.11.4).
+            kw = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(out, **kw)
+        if not (root / "train").is_dir():
+            raise KDBenchError(f"{archive} does not hold cifar10-jpg/train/: is it the CIFAR-10 JPEG archive?")
+    return _bundle_from_tree(cfg, root, "cifar10-jpg", source_key=checksum, mean=CIFAR10_MEAN, std=CIFAR10_STD)

@@ -11,7 +11,7 @@ from .base import DataBundle
 
 
 def _load() -> None:
-    for mod in ("digits", "imagefolder"):
+    for mod in ("digits", "imagefolder", "cifar", "imagenet"):
         importlib.import_module(f"kdbench.data.{mod}")
 
 

@@ -1,6 +1,6 @@
 """Model zoo: every model returns :class:`ModelOutput` and exposes a :class:`FeatureSpec`."""
 from .base import FeatureSpec, KDModel, ModelOutput, StageSpec, count_parameters
-from .registry import MODELS, create_model, register_model
+from .registry import MODELS, check_model_name, create_model, register_model
 
 __all__ = ["FeatureSpec", "KDModel", "ModelOutput", "StageSpec", "count_parameters",
-           "MODELS", "create_model", "register_model"]
+           "MODELS", "check_model_name", "create_model", "register_model"]

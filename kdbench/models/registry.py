@@ -10,7 +10,7 @@ from .base import KDModel
 
 def _load() -> None:
     # Model modules register on import; list them here so lookups see all.
-    for mod in ("digits",):
+    for mod in ("digits", "cifar", "timm_models"):
         importlib.import_module(f"kdbench.models.{mod}")
 
 
@@ -22,6 +22,19 @@ def register_model(name: str, description: str = "", **meta: Any):
     return MODELS.register(name, description, **meta)
 
 
+TIMM_PREFIX = "timm/"
+
+
+def check_model_name(name: str) -> None:
+    """Raise the registry's error (listing valid names) unless ``name`` can be built."""
+    if not name.startswith(TIMM_PREFIX):
+        MODELS.get(name)
+
+
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> KDModel:
-    """Build a registered model by name (one obvious way, as in timm)."""
+    """Build a registered model by name (one obvious way, as in timm); ``timm/<arch>`` builds any timm model."""
+    if name.startswith(TIMM_PREFIX):
+        from .timm_models import TimmModel
+
+        return TimmModel(name[len(TIMM_PREFIX):], num_classes, in_channels)
     return MODELS.get(name).obj(num_classes=num_classes, in_channels=in_channels, **kwargs)

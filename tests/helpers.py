@@ -1,0 +1,67 @@
+"""Tiny data in the real on-disk formats: CIFAR pickle batches, ImageFolder JPEG trees, archives."""
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def write_cifar_pickles(root: Path, num_classes: int, per_class: int = 6, test_per_class: int = 2,
+                        seed: int = 0) -> None:
+    """The official python-version layout (cifar-10-batches-py / cifar-100-python)."""
+    rng = np.random.default_rng(seed)
+
+    def batch(n_per):
+        labels = [c for c in range(num_classes) for _ in range(n_per)]
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        return data, labels
+
+    if num_classes == 10:
+        d = root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        data, labels = batch(per_class)
+        chunks = np.array_split(np.arange(len(labels)), 5)
+        for i, idx in enumerate(chunks, 1):
+            with open(d / f"data_batch_{i}", "wb") as f:
+                pickle.dump({"data": data[idx], "labels": [labels[j] for j in idx]}, f)
+        data, labels = batch(test_per_class)
+        with open(d / "test_batch", "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+        with open(d / "batches.meta", "wb") as f:
+            pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    else:
+        d = root / "cifar-100-python"
+        d.mkdir(parents=True)
+        for name, n_per in (("train", per_class), ("test", test_per_class)):
+            data, labels = batch(n_per)
+            with open(d / name, "wb") as f:
+                pickle.dump({"data": data, "fine_labels": labels, "coarse_labels": [0] * len(labels)}, f)
+        with open(d / "meta", "wb") as f:
+            pickle.dump({"fine_label_names": [f"class{i}" for i in range(num_classes)]}, f)
+
+
+def write_image_tree(root: Path, per_class: int = 4, size: int = 32, classes=("cat", "dog"),
+                     splits=("train", "test"), seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{i:04d}.jpg", quality=75)
+
+
+def write_cifar10_jpg_archive(path: Path, per_class: int = 3) -> Path:
+    """A miniature of the CIFAR-10 JPEG archive: cifar10-jpg/{train,test}/<class>/NNNN.jpg."""
+    tree = path.parent / "tree"
+    write_image_tree(tree / "cifar10-jpg", per_class=per_class,
+                     classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                              "truck"))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(tree / "cifar10-jpg", arcname="cifar10-jpg")
+    return path

@@ -1,0 +1,127 @@
+"""CIFAR-format datasets, the decode cache, and the device-resident vs DataLoader pipelines."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from kdbench import KDBenchError
+from kdbench.config import compose
+from kdbench.data import LoaderBundle, TensorBundle, build_dataset
+from tests.helpers import SHARED_ARCHIVE, write_cifar10_jpg_archive, write_cifar_pickles
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    # Generated batches cannot carry the official files' md5 sums.
+    for cls in (torchvision.datasets.CIFAR10, torchvision.datasets.CIFAR100):
+        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+
+
+def _data_cfg(tmp_path, dataset, *extra):
+    return compose([f"dataset={dataset}", f"paths.data={tmp_path}", f"paths.work={tmp_path}/work", *extra],
+                   check=False).data
+
+
+@pytest.mark.parametrize("dataset,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_pickles_load_with_indices(tmp_path, no_md5, dataset, num_classes):
+    write_cifar_pickles(tmp_path, num_classes, per_class=10)
+    data = build_dataset(_data_cfg(tmp_path, dataset, "data.val_fraction=0.2"))
+    assert isinstance(data, TensorBundle)
+    assert data.info.num_classes == num_classes and data.info.input_shape == (3, 32, 32)
+    assert data.split_len("train") == 8 * num_classes and data.split_len("val") == 2 * num_classes
+    assert data.split_len("test") == 2 * num_classes
+    batch = next(data.train_batches(16, seed=0, epoch=0))
+    assert batch.images.shape == (16, 3, 32, 32) and batch.images.dtype == torch.float32
+    assert batch.indices.max() < data.info.num_train
+
+
+def test_missing_cifar_names_the_expected_folder(tmp_path):
+    with pytest.raises(KDBenchError, match="cifar-100-python"):
+        build_dataset(_data_cfg(tmp_path, "cifar100"))
+
+
+def test_cifar10_jpg_archive_is_extracted_once_and_decoded_once(tmp_path):
+    archive = write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)
+    cfg = _data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25")
+    data = build_dataset(cfg)
+    assert data.info.classes[0] == "airplane" and data.split_len("train") == 30 and data.split_len("test") == 40
+    cached = list((tmp_path / "work" / "data-cache").glob("cifar10-jpg-*.pt"))
+    assert len(cached) == 1
+    archive.unlink()
+    write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)  # same content, new file
+    again = build_dataset(cfg)
+    assert torch.equal(again.train.images, data.train.images)
+
+
+def test_missing_archive_says_where_to_point(tmp_path):
+    with pytest.raises(KDBenchError, match="data.archive"):
+        build_dataset(_data_cfg(tmp_path, "cifar10-jpg"))
+
+
+def test_unknown_pipeline_is_an_error(tmp_path, no_md5):
+    write_cifar_pickles(tmp_path, 10)
+    with pytest.raises(KDBenchError, match="pipeline"):
+        build_dataset(_data_cfg(tmp_path, "cifar10", "data.pipeline=gpu"))
+
+
+def _offsets_and_flips(images: torch.Tensor, mean, std):
+    """Recover (dx, dy, flip) from augmented copies of a coordinate-coded image."""
+    x = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    px = (x * 255).round().long()
+    col, row = px[:, 0], px[:, 1]  # channel 0 encodes column+1, channel 1 encodes row+1 (0 = padding)
+    centre_c = col[:, 16, 15:17]
+    flip = centre_c[:, 0] > centre_c[:, 1]
+    c16 = torch.where(flip[:, None], col[:, 16].flip(1), col[:, 16])
+    j = (c16 > 0).float().argmax(1)
+    dx = c16[torch.arange(len(c16)), j] - 1 + 4 - j
+    r16 = row[:, :, 16]
+    i = (r16 > 0).float().argmax(1)
+    dy = r16[torch.arange(len(r16)), i] - 1 + 4 - i
+    return dx, dy, flip
+
+
+def test_device_and_dataloader_paths_agree_in_order_and_augmentation(tmp_path, no_md5):
+    n = 3000
+    write_cifar_pickles(tmp_path, 10, per_class=1, test_per_class=1)
+    coords = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    coords[:, 0] = torch.arange(1, 33, dtype=torch.uint8)[None, None, :]
+    coords[:, 1] = torch.arange(1, 33, dtype=torch.uint8)[None, :, None]
+    labels = torch.arange(n) % 10
+    from kdbench.data.small import small_image_bundle
+
+    mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    results = {}
+    for pipeline in ("device", "dataloader"):
+        cfg = _data_cfg(tmp_path, "cifar10", f"data.pipeline={pipeline}", "data.val_fraction=0")
+        bundle = small_image_bundle(cfg, "coords", coords, labels, coords[:10], labels[:10], [str(i) for i in range(10)],
+                                    mean, std)
+        assert isinstance(bundle, TensorBundle if pipeline == "device" else LoaderBundle)
+        batches = list(bundle.train_batches(500, seed=3, epoch=1))
+        idx = torch.cat([b.indices for b in batches])
+        images = torch.cat([b.images for b in batches])
+        results[pipeline] = (idx, *_offsets_and_flips(images, mean, std))
+    (i_d, dx_d, dy_d, f_d), (i_l, dx_l, dy_l, f_l) = results["device"], results["dataloader"]
+    assert torch.equal(i_d, i_l), "both paths must see the same samples in the same order"
+    for a, b in ((dx_d, dx_l), (dy_d, dy_l)):
+        fa = torch.bincount(a, minlength=9).float() / n
+        fb = torch.bincount(b, minlength=9).float() / n
+        assert len(fa) == len(fb) == 9 and (fa - fb).abs().max() < 0.035
+        assert (fa - 1 / 9).abs().max() < 0.025
+    assert abs(f_d.float().mean() - f_l.float().mean()) < 0.04 and abs(f_d.float().mean() - 0.5) < 0.03
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"real CIFAR-10 JPEG archive not found at {SHARED_ARCHIVE}")
+def test_one_epoch_on_real_cifar10_jpeg_subset(tmp_path):
+    from kdbench.runner import run
+
+    rec = run(compose([
+        "pair=cifar10/resnet56-resnet20", "dataset=cifar10-jpg", f"data.archive={SHARED_ARCHIVE}",
+        "pair.teacher=resnet8", "pair.student=resnet8", "method=kd",
+        "data.max_per_class=30", "data.max_test_per_class=20",
+        "schedule.epochs=1", "teacher.schedule.epochs=1", "schedule.batch_size=32", "teacher.schedule.batch_size=32",
+        f"paths.results={tmp_path}/results", f"paths.work={tmp_path}/work", "engine.progress=false"]))
+    assert rec["status"] == "completed" and rec["dataset"]["name"] == "cifar10-jpg"
+    assert rec["dataset"]["num_test"] == 200 and rec["dataset"]["num_train"] == 270
+    assert 0 <= rec["metrics"]["last"]["student"]["test"]["top1"] <= 100

@@ -1,0 +1,163 @@
+"""The CIFAR zoo and timm models: published sizes, feature shapes, checkpoint compatibility."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdbench import KDBenchError
+from kdbench.config import compose
+from kdbench.models import MODELS, ModelOutput, count_parameters, create_model
+from kdbench.teacher import import_teacher, load_teacher
+
+CIFAR = [e.name for e in MODELS if e.meta.get("family") == "cifar"]
+
+# Parameter counts published with the CRD benchmark (100 classes), in millions.
+PUBLISHED_M = {"resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_40_2": 2.26, "vgg13": 9.46, "resnet56": 0.86,
+               "resnet20": 0.28}
+
+
+@pytest.mark.parametrize("name,millions", PUBLISHED_M.items())
+def test_parameter_counts_match_the_published_ones(name, millions):
+    assert round(count_parameters(create_model(name, num_classes=100)) / 1e6, 2) == millions
+
+
+def test_the_whole_crd_zoo_is_registered():
+    expected = {"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+                "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16",
+                "vgg19", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34", "resnet50"}
+    assert expected <= set(CIFAR)
+
+
+# (stem + stage channels, spatial sizes) at 32x32, as in the benchmark's is_feat outputs.
+SHAPES = {
+    "resnet20": ([16, 16, 32, 64], [32, 32, 16, 8], 64),
+    "resnet8x4": ([32, 64, 128, 256], [32, 32, 16, 8], 256),
+    "wrn_40_2": ([16, 32, 64, 128], [32, 32, 16, 8], 128),
+    "vgg8": ([64, 128, 256, 512, 512], [32, 16, 8, 4, 4], 512),
+    "mobilenetv2": ([16, 12, 16, 48, 160], [16, 16, 8, 4, 2], 1280),
+    "shufflenetv1": ([24, 240, 480, 960], [32, 16, 8, 4], 960),
+    "shufflenetv2": ([24, 116, 232, 464], [32, 16, 8, 4], 1024),
+    "resnet50": ([64, 256, 512, 1024, 2048], [32, 32, 16, 8, 4], 2048),
+}
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_every_cifar_model_gives_the_feature_interface(name):
+    m = create_model(name, num_classes=7)
+    out = m(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, ModelOutput) and out.logits.shape == (2, 7)
+    spec = m.feature_spec((3, 32, 32))
+    assert [(s.channels, s.height, s.width) for s in spec.stages] == [tuple(f.shape[1:]) for f in out.features]
+    assert out.embedding.shape == (2, spec.embedding_dim)
+    if out.preact_features is not None:
+        assert [p.shape for p in out.preact_features] == [f.shape for f in out.features]
+    if name in SHAPES:
+        chans, sizes, emb = SHAPES[name]
+        assert [s.channels for s in spec.stages] == chans and [s.height for s in spec.stages] == sizes
+        assert spec.embedding_dim == emb
+
+
+# Parameter names of the benchmark's released code that community checkpoints carry.
+ANCHOR_KEYS = {
+    "resnet8x4": ["conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
+                  "layer3.0.downsample.1.running_mean", "fc.weight"],
+    "wrn_40_2": ["conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.convShortcut.weight",
+                 "block3.layer.5.conv2.weight", "bn1.weight", "fc.bias"],
+    "vgg13": ["block0.0.weight", "block0.0.bias", "block0.1.running_mean", "block0.3.weight", "block4.4.weight",
+              "classifier.weight"],
+    "mobilenetv2": ["conv1.0.weight", "conv1.1.weight", "blocks.0.0.conv.0.weight", "blocks.6.0.conv.7.bias",
+                    "conv2.0.weight", "classifier.0.weight"],
+    "shufflenetv1": ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer3.3.bn3.weight", "linear.weight"],
+    "shufflenetv2": ["conv1.weight", "layer1.0.conv5.weight", "layer1.1.conv3.weight", "conv2.weight", "bn2.weight",
+                     "linear.weight"],
+    "resnet50": ["conv1.weight", "layer1.0.shortcut.0.weight", "layer4.2.conv3.weight", "linear.weight"],
+}
+
+
+@pytest.mark.parametrize("name,keys", ANCHOR_KEYS.items())
+def test_parameter_names_follow_the_benchmark_code(name, keys):
+    sd = create_model(name, num_classes=100).state_dict()
+    for k in keys:
+        assert k in sd, k
+    assert "block1.layer.1.convShortcut.weight" not in create_model("wrn_40_2", 100).state_dict()
+
+
+def test_wrn_preact_features_do_not_update_batchnorm_twice():
+    m = create_model("wrn_16_2", num_classes=10).train()
+    bn = m.block2.layer[0].bn1
+    m(torch.randn(4, 3, 32, 32))
+    assert bn.num_batches_tracked.item() == 1
+
+
+def _community_checkpoint(tmp_path, arch, num_classes=100, extra=None, drop=None):
+    sd = create_model(arch, num_classes=num_classes).state_dict()
+    if drop:
+        sd.pop(drop)
+    if extra:
+        sd[extra] = torch.zeros(1)
+    path = tmp_path / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    torch.save({"epoch": 240, "model": sd, "best_acc": 0.0}, path)
+    return path, sd
+
+
+def test_teacher_import_loads_a_community_checkpoint_strictly(tmp_path):
+    path, sd = _community_checkpoint(tmp_path, "resnet8x4")
+    cfg = compose([f"paths.work={tmp_path}/work", "dataset=cifar100"], check=False)
+    entry = import_teacher(path, "resnet8x4", cfg, data=None)
+    assert entry.meta["source"] == "imported" and entry.meta["spec"]["source_sha256"]
+    assert entry.meta["num_classes"] == 100
+    model = load_teacher(entry, torch.device("cpu"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+
+
+@pytest.mark.parametrize("kw,message", [({"drop": "fc.weight"}, "missing keys: fc.weight"),
+                                        ({"extra": "fc.extra"}, "unexpected keys: fc.extra"),
+                                        ({"num_classes": 10}, "class count")])
+def test_teacher_import_names_what_does_not_match(tmp_path, kw, message):
+    path, _ = _community_checkpoint(tmp_path, "resnet8x4", **kw)
+    cfg = compose([f"paths.work={tmp_path}/work", "dataset=cifar100"], check=False)
+    with pytest.raises(KDBenchError, match=message):
+        import_teacher(path, "resnet8x4", cfg, data=None)
+
+
+def test_imported_teacher_is_used_by_a_run(tmp_path, make_cfg):
+    from kdbench.runner import load_data, run
+
+    cfg = make_cfg()
+    data = load_data(cfg)
+    sd = create_model("cnn_wide", num_classes=10, in_channels=1).state_dict()
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": sd}, path)
+    entry = import_teacher(path, "cnn_wide", cfg, data)
+    assert entry.test_top1 is not None  # measured on our test split
+    rec = run(make_cfg(f"teacher.hash={entry.hash}"), data=data)
+    assert rec["teacher"]["hash"] == entry.hash
+    with pytest.raises(KDBenchError, match="needs a cnn_small"):
+        run(make_cfg(f"teacher.hash={entry.hash}", "pair.teacher=cnn_small", "seed=5"), data=data)
+
+
+@pytest.mark.parametrize("name", ["imagenet/resnet18", "imagenet/mobilenetv1", "timm/resnet10t"])
+def test_timm_models_through_the_same_interface(name):
+    m = create_model(name, num_classes=5)
+    out = m(torch.randn(1, 3, 64, 64))
+    assert out.logits.shape == (1, 5) and out.embedding.ndim == 2 and len(out.features) == 5
+    spec = m.feature_spec((3, 64, 64))
+    assert spec.stages[-1].height == 2 and spec.embedding_dim == out.embedding.shape[1]
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    with pytest.raises(KDBenchError, match="timm has no model"):
+        create_model("timm/not_a_model", num_classes=5)
+
+
+def test_crd_pairs_are_registered_with_their_schedules():
+    from kdbench.config import PAIRS
+
+    cifar100 = [n for n in PAIRS.names() if n.startswith("cifar100/")]
+    assert len(cifar100) == 13
+    assert {"imagenet/resnet34-resnet18", "imagenet/resnet50-mobilenetv1"} <= set(PAIRS.names())
+    cfg = compose(["pair=cifar100/resnet32x4-shufflenetv2"])
+    assert cfg.data.name == "cifar100" and cfg.schedule.name == "crd"
+    assert cfg.schedule.lr == 0.01 and cfg.teacher.schedule.lr == 0.05  # lr 0.01 for the student only
+    assert compose(["pair=cifar100/resnet56-resnet20"]).schedule.lr == 0.05

@@ -27,9 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered methods, models, datasets or pairs")
     ls.add_argument("what", choices=LISTABLE)
 
-    show = sub.add_parser("show", help="print a method's card")
+    show = sub.add_parser("show", help="print a method's card and its extra trainable parameters on a pair")
     show.add_argument("what", choices=("method",))
     show.add_argument("name")
+    show.add_argument("overrides", nargs="*", help="e.g. pair=cifar100/resnet32x4-resnet8x4")
 
     for name, text in (("run", "train one student (method x pair x seed) and write its record"),
                        ("bench", "run the default benchmark (teacher, vanilla, KD x 3 seeds) and print a table"),
@@ -76,6 +77,25 @@ def _list(what: str) -> str:
     return "\n".join(lines)
 
 
+def _extra_parameters(cfg) -> int:
+    """Build the method on the configured pair (random weights, no data) and count its helpers."""
+    from .data import DatasetInfo
+    from .method import METHODS, MethodContext, create_method
+    from .models import create_model
+
+    known = {"digits": (10, (1, 8, 8)), "imagenet": (1000, (3, 224, 224)), "cifar100": (100, (3, 32, 32))}
+    classes, shape = known.get(cfg.data.name, (10, (3, 32, 32)))
+    info = DatasetInfo(cfg.data.name, classes, shape, 1000)
+    student = create_model(cfg.pair.student, classes, shape[0])
+    teacher = create_model(cfg.pair.teacher, classes, shape[0]) if METHODS.get(cfg.method.name).obj.uses_teacher else None
+    import torch
+
+    ctx = MethodContext(info, student.feature_spec(shape), teacher.feature_spec(shape) if teacher else None, 0,
+                        train_labels=torch.arange(1000) % classes, student_arch=str(cfg.pair.student),
+                        teacher_arch=str(cfg.pair.teacher) if teacher else None)
+    return create_method(cfg.method, student, teacher, ctx).extra_trainable_parameters()
+
+
 def _teacher_line(t) -> str:
     acc = f"{t.test_top1:6.2f}" if t.test_top1 is not None else "   n/a"
     origin = (f"seed {t.meta['spec']['seed']}  {t.meta['spec']['schedule']['epochs']:>4} ep" if t.meta["source"] == "trained"
@@ -93,6 +113,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         entry = METHODS.get(args.name)
         print(entry.obj.card())
+        cfg = compose([f"method={args.name}", *args.overrides])
+        extra = _extra_parameters(cfg)
+        print(f"\nExtra trainable parameters on {cfg.pair.name}: {extra:,}")
     elif args.command == "config":
         print(OmegaConf.to_yaml(compose(args.overrides)), end="")
     elif args.command == "run":

@@ -56,9 +56,28 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
         raise KDBenchError(f"invalid config or override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
+    _apply_pair_method_overrides(cfg, overrides)
     if check:
         check_config(cfg)
     return cfg
+
+
+def _apply_pair_method_overrides(cfg: DictConfig, overrides) -> None:
+    """Per-pair hyper-parameters (``pair.method_overrides.<method>``) under the command line.
+
+    Hydra cannot make a pair's value depend on the chosen method, so the pair
+    file lists them and they are applied here; a ``method.KEY=`` override on
+    the command line still wins.
+    """
+    per_method = (cfg.pair.get("method_overrides") or {}).get(cfg.method.name)
+    if not per_method:
+        return
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    for key, value in per_method.items():
+        if f"method.{key}" not in given:
+            if key not in cfg.method:
+                raise KDBenchError(f"pair {cfg.pair.name} overrides method.{key}, which {cfg.method.name} does not have")
+            cfg.method[key] = value
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -159,12 +159,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
             if channels_last:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out = method.step(batch, epoch)
-            loss = sum(out.losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            out = method.train_step(batch, epoch, optimizer, autocast)
             n = len(batch.labels)
             seen += n
             # Accumulate on the device: no host sync inside the step.

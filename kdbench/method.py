@@ -6,13 +6,14 @@ sums the named loss terms it returns; it knows nothing else about the method.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
 import pkgutil
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -45,6 +46,11 @@ class MethodContext:
     student_spec: FeatureSpec
     teacher_spec: FeatureSpec | None
     seed: int
+    # Labels of the training split by sample index, on the training device
+    # (CRD draws its negatives from them); None where a dataset cannot provide them.
+    train_labels: Tensor | None = None
+    student_arch: str = ""
+    teacher_arch: str | None = None
 
 
 class Method(nn.Module):
@@ -76,6 +82,20 @@ class Method(nn.Module):
     # -- what subclasses implement -------------------------------------------------
     def step(self, batch: Batch, epoch: int) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def train_step(self, batch: Batch, epoch: int, optimizer: torch.optim.Optimizer,
+                   autocast: Callable[[], contextlib.AbstractContextManager]) -> StepOutput:
+        """One optimisation step: forward under ``autocast``, sum the losses, backward, step.
+
+        Methods whose paper prescribes another update order (DML's sequential
+        updates) override this; everything else only implements :meth:`step`.
+        """
+        with autocast():
+            out = self.step(batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(out.losses.values()).backward()
+        optimizer.step()
+        return out
 
     # -- defaults subclasses may override -----------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
@@ -121,6 +141,10 @@ class Method(nn.Module):
         if missing or unexpected:
             raise KDBenchError(f"checkpoint does not match method {self.name!r}: "
                                f"missing {missing}, unexpected {unexpected}")
+
+    def report(self) -> dict[str, Any]:
+        """Method-specific facts for the result record (e.g. CRD's memory-bank size)."""
+        return {}
 
     @classmethod
     def card(cls) -> str:
@@ -183,5 +207,7 @@ def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | N
     return cls(student, teacher, ctx, **hparams)
 
 
-def student_parameters(method: Method) -> int:
-    return count_parameters(method.student)
+def require(condition: bool, message: str) -> None:
+    """Fail before training when a method cannot serve a pair or dataset."""
+    if not condition:
+        raise KDBenchError(message)

@@ -58,7 +58,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     init_digest = state_dict_digest(student)
     ctx = MethodContext(data=data.info, student_spec=student.feature_spec(data.info.input_shape),
                         teacher_spec=teacher.feature_spec(data.info.input_shape) if teacher is not None else None,
-                        seed=seed)
+                        seed=seed, train_labels=data.train_labels(), student_arch=str(cfg.pair.student),
+                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "method-init", cfg.method.name))
         method = create_method(cfg.method, student, teacher, ctx)
@@ -98,6 +99,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         "params": {"student": count_parameters(method.student),
                    "teacher": count_parameters(teacher) if teacher is not None else None,
                    "extra_trainable": method.extra_trainable_parameters()},
+        "method_report": method.report(),
         "fairness": {"student_init_sha256": init_digest,
                      "data_order_sha256": data_order_digest(data.info.num_train, seed, result.epochs)},
         "timing": {"wall_time_s": time.time() - t0, "train_time_s": result.train_time_s,

@@ -12,7 +12,7 @@ from kdbench.cli import main
 from tests.conftest import tiny_overrides
 
 
-@pytest.mark.parametrize("what,expect", [("methods", ["kd", "[response, offline]", "vanilla"]),
+@pytest.mark.parametrize("what,expect", [("methods", ["kd", "[response, offline]", "vanilla", "dml", "[response, online]", "crd+kd"]),
                                          ("models", ["cnn_small", "cnn_wide"]),
                                          ("datasets", ["digits", "imagefolder"]),
                                          ("pairs", ["digits/cnn_wide-cnn_small", "cnn_wide -> cnn_small"])])
@@ -34,7 +34,7 @@ def test_show_method_prints_the_card(capsys):
     (["run", "pair=digits/nope"], "cifar100/resnet56-resnet20, cifar100/vgg13-mobilenetv2"),
     (["run", "pair.student=resnet9000"], "Valid models:"),
     (["run", "seed=="], "Error parsing override"),
-    (["show", "method", "kdd"], "Did you mean 'kd'? Valid methods: kd, vanilla"),
+    (["show", "method", "kdd"], "Did you mean 'kd'? Valid methods: at, crd, crd+kd, dml, fitnet, kd, rkd, vanilla"),
     (["run", "dataset=imagefolder", "pair.datasets=[imagefolder]", "data.root=/no/such/dir"], "/no/such/dir"),
 ])
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path, args, message):

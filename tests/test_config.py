@@ -60,7 +60,7 @@ def test_unknown_names_list_valid_choices(registry, name):
         assert valid in str(err.value)
 
 
-@pytest.mark.parametrize("override,listed", [("method=kdd", ["kd", "vanilla"]), ("dataset=mnist", ["digits"]),
+@pytest.mark.parametrize("override,listed", [("method=kdd", ["kd", "vanilla", "crd", "dml"]), ("dataset=mnist", ["digits"]),
                                              ("pair=digits/nope", ["cnn_wide-cnn_small"]),
                                              ("schedule=fast", ["crd", "cosine", "digits"])])
 def test_unknown_group_options_list_valid_choices(override, listed):

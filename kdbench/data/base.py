@@ -71,6 +71,10 @@ class DataBundle:
     def split_len(self, split: str) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def train_labels(self) -> Tensor | None:  # pragma: no cover - abstract
+        """Labels of the training split by sample index, on this bundle's device."""
+        raise NotImplementedError
+
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:  # pragma: no cover
         raise NotImplementedError
 
@@ -97,6 +101,9 @@ class TensorBundle(DataBundle):
 
     def split_len(self, split: str) -> int:
         return len(getattr(self, split))
+
+    def train_labels(self) -> Tensor:
+        return self.train.labels
 
     def to(self, device: torch.device | str) -> "TensorBundle":
         return TensorBundle(self.info, self.train.to(device), self.val.to(device), self.test.to(device),
@@ -149,6 +156,14 @@ class LoaderBundle(DataBundle):
 
     def split_len(self, split: str) -> int:
         return len(self.splits[split])
+
+    def train_labels(self) -> Tensor | None:
+        ds = self.splits["train"]
+        targets = getattr(ds.base, "targets", None) if isinstance(ds, IndexedDataset) else None
+        if targets is None:
+            return None
+        t = torch.as_tensor(targets)
+        return (t[ds.subset] if ds.subset is not None else t).to(self.device)
 
     def to(self, device: torch.device | str) -> "LoaderBundle":
         return LoaderBundle(self.info, self.splits, self.workers, device)

@@ -1,0 +1,197 @@
+"""CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+- Category / scheme: relation-based / offline (the survey files CRD under
+  relation-based knowledge; it contrasts instance relations across models).
+- Heads: student and teacher pooled embeddings -> linear -> L2 norm, 128 dims
+  (both heads trainable, as in the authors' code).
+- Memory: one 128-d vector per training sample for each side (the student
+  bank is contrasted with teacher anchors and vice versa), initialised
+  uniformly in +-1/sqrt(dim/3), updated after each step with momentum 0.5 and
+  renormalised. Size: num_train x 128 x 2 floats, nothing else.
+- Scores: h = exp(v_anchor . m / T) / Z with T = 0.07; Z (one constant per
+  side) is estimated once, on the first batch, as mean(exp(.)) * num_train,
+  then frozen -- the authors' code, not the paper's learned normaliser.
+- Loss: the NCE objective of the authors' code (paper Eq. 18) with
+  K = 16,384 negatives and noise P_n = 1/num_train:
+  -[log(h+/(h+ + K P_n)) + sum_neg log(K P_n/(h- + K P_n))] / batch, both sides summed.
+- Sampling (authors' CIFAR-100 sampler): ``mode=exact`` takes the anchor
+  sample itself as the positive; ``mode=relax`` a random sample of the same
+  class. ``negatives=other_class`` (default) draws K indices from other classes,
+  without replacement when there are at least K of them, else with
+  replacement; ``negatives=uniform`` draws from every sample, as the memory
+  does when no sampler is given. Drawn on the device from the method's own
+  generator.
+- Total: ``ce_weight * CE + kd_weight * KD(T=4) + beta * CRD``. ``crd``: 1 / 0 / 0.8;
+  ``crd+kd``: 1 / 1 / 0.8 (CRD benchmark ``-a 0 -b 0.8`` and ``-a 1 -b 0.8``).
+- Extra trainable parameters: the two heads; the memory banks are buffers.
+- Reported (CRD benchmark, CIFAR-100): crd wrn_40_2->wrn_16_2 75.48, resnet56->resnet20 71.16,
+  resnet32x4->resnet8x4 75.51, vgg13->vgg8 73.94; crd+kd 75.64, 71.63, 75.46, 74.29.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench.connectors import L2Embed
+from kdbench.data import Batch
+from kdbench.method import Method, StepOutput, register_method, require
+from kdbench.methods.kd import kd_loss
+from kdbench.seeding import derive_seed
+
+EPS = 1e-7
+
+
+def nce_loss(scores: Tensor, n_data: int) -> Tensor:
+    """NCE loss of normalised scores (B, 1 + K); column 0 is the positive."""
+    k = scores.shape[1] - 1
+    noise = k / float(n_data)  # K * P_n
+    pos = scores[:, 0]
+    neg = scores[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + EPS))
+    log_d0 = torch.log(noise / (neg + noise + EPS))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]
+
+
+class ContrastMemory(nn.Module):
+    """Two memory banks (student side, teacher side) and the frozen normalisers Z."""
+
+    def __init__(self, dim: int, n_data: int, temperature: float, momentum: float) -> None:
+        super().__init__()
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory_s", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("memory_t", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("z", torch.full((2,), -1.0))  # (Z_s, Z_t); < 0 = not yet estimated
+        self.temperature, self.momentum, self.n_data = temperature, momentum, n_data
+
+    def scores(self, v_s: Tensor, v_t: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised scores of student anchors vs teacher memory and vice versa: (B, 1 + K) each."""
+        b, k1 = idx.shape
+        w_t = self.memory_t[idx.flatten()].view(b, k1, -1)
+        w_s = self.memory_s[idx.flatten()].view(b, k1, -1)
+        out_s = torch.exp(torch.bmm(w_t, v_s.unsqueeze(2)).squeeze(2) / self.temperature)
+        out_t = torch.exp(torch.bmm(w_s, v_t.unsqueeze(2)).squeeze(2) / self.temperature)
+        if self.z[0] < 0:  # first batch: estimate the normalisers once (authors' code)
+            with torch.no_grad():
+                self.z.copy_(torch.stack([out_s.mean(), out_t.mean()]) * self.n_data)
+        return out_s / self.z[0], out_t / self.z[1]
+
+    @torch.no_grad()
+    def update(self, v_s: Tensor, v_t: Tensor, y: Tensor) -> None:
+        for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+            mixed = bank[y] * self.momentum + v.float() * (1 - self.momentum)
+            bank.index_copy_(0, y, F.normalize(mixed, dim=1))
+
+    def size_bytes(self) -> int:
+        return (self.memory_s.numel() + self.memory_t.numel()) * self.memory_s.element_size()
+
+
+class NegativeSampler(nn.Module):
+    """Per-anchor contrast indices (B, 1 + K): positive first, then K negatives."""
+
+    def __init__(self, labels: Tensor, k: int, mode: str, negatives: str, seed: int) -> None:
+        super().__init__()
+        require(mode in ("exact", "relax"), f"method.mode must be exact or relax, got {mode!r}")
+        require(negatives in ("other_class", "uniform"),
+                f"method.negatives must be other_class or uniform, got {negatives!r}")
+        self.k, self.mode, self.negatives = k, mode, negatives
+        self.n = len(labels)
+        self.register_buffer("labels", labels.clone(), persistent=False)
+        classes = int(labels.max()) + 1
+        order = torch.argsort(labels, stable=True)  # sample indices grouped by class
+        counts = torch.bincount(labels, minlength=classes)
+        starts = torch.cumsum(counts, 0) - counts
+        self.register_buffer("by_class", order, persistent=False)
+        self.register_buffer("counts", counts, persistent=False)
+        self.register_buffer("starts", starts, persistent=False)
+        self._seed = derive_seed(seed, "crd-negatives")
+        self._gen: torch.Generator | None = None
+        self._draws = 0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        # A fresh generator per (seed, draw count) keeps sampling resumable from a checkpoint.
+        g = torch.Generator(device=device)
+        g.manual_seed(self._seed + self._draws)
+        self._draws += 1
+        return g
+
+    def forward(self, index: Tensor, y: Tensor) -> Tensor:
+        g = self._generator(index.device)
+        b = len(index)
+        if self.mode == "exact":
+            pos = index
+        else:  # a random sample of the anchor's class
+            off = (torch.rand(b, generator=g, device=index.device) * self.counts[y]).long()
+            pos = self.by_class[self.starts[y] + off]
+        if self.negatives == "uniform":
+            neg = torch.randint(0, self.n, (b, self.k), generator=g, device=index.device)
+        else:
+            neg = self._other_class(y, g)
+        return torch.cat([pos[:, None], neg], 1)
+
+    def _other_class(self, y: Tensor, g: torch.Generator) -> Tensor:
+        # Position r among the n - count[y] other-class samples maps to the sorted
+        # order by skipping the anchor's own class block.
+        avail = self.n - self.counts[y]  # (B,)
+        b, dev = len(y), y.device
+        if self.k <= int(avail.min()):  # without replacement: top-k of random keys
+            keys = torch.rand(b, int(avail.max()), generator=g, device=dev)
+            keys = keys.masked_fill(torch.arange(keys.shape[1], device=dev)[None] >= avail[:, None], -1.0)
+            r = keys.topk(self.k, dim=1).indices
+        else:  # fewer candidates than K: with replacement, as the authors' sampler does
+            r = (torch.rand(b, self.k, generator=g, device=dev) * avail[:, None]).long()
+        start = self.starts[y][:, None]
+        r = torch.where(r >= start, r + self.counts[y][:, None], r)
+        return self.by_class[r]
+
+    def get_extra_state(self) -> dict:
+        return {"draws": self._draws}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._draws = int(state["draws"])
+
+
+@register_method("crd", category="relation", scheme="offline",
+                 description="Tian et al. 2020: contrast student and teacher embeddings against memory banks (NCE)")
+class CRD(Method):
+    __doc__ = __doc__
+
+    def __init__(self, student, teacher, ctx, *, feat_dim: int, nce_k: int, nce_t: float, nce_m: float,
+                 mode: str, negatives: str, beta: float, ce_weight: float, kd_weight: float,
+                 temperature: float) -> None:
+        super().__init__(student, teacher, ctx)
+        require(ctx.data.has_indices and ctx.train_labels is not None,
+                f"crd needs the index and label of every training sample; dataset {ctx.data.name!r} provides none")
+        n = ctx.data.num_train
+        self.embed_s = L2Embed(ctx.student_spec.embedding_dim, feat_dim)
+        self.embed_t = L2Embed(ctx.teacher_spec.embedding_dim, feat_dim)
+        self.memory = ContrastMemory(feat_dim, n, nce_t, nce_m)
+        self.sampler = NegativeSampler(ctx.train_labels, nce_k, mode, negatives, ctx.seed)
+        self.n_data = n
+        self.beta, self.ce_weight, self.kd_weight, self.temperature = beta, ce_weight, kd_weight, temperature
+
+    def step(self, batch: Batch, epoch: int) -> StepOutput:
+        t_out = self.teacher_forward(batch.images)
+        s_out = self.student(batch.images)
+        v_s = self.embed_s(s_out.embedding.float())
+        v_t = self.embed_t(t_out.embedding.float())
+        idx = self.sampler(batch.indices, batch.labels)
+        out_s, out_t = self.memory.scores(v_s, v_t, idx)
+        crd = nce_loss(out_s, self.n_data) + nce_loss(out_t, self.n_data)
+        self.memory.update(v_s.detach(), v_t.detach(), batch.indices)
+        losses = {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels), "crd": self.beta * crd}
+        if self.kd_weight:
+            losses["kd"] = self.kd_weight * kd_loss(s_out.logits, t_out.logits.float(), self.temperature)
+        return StepOutput(s_out.logits, losses)
+
+    def report(self) -> dict:
+        return {"memory_bank_bytes": self.memory.size_bytes(),
+                "memory_bank_shape": [2, *self.memory.memory_s.shape]}
+
+
+@register_method("crd+kd", category="relation", scheme="offline",
+                 description="CRD combined with Hinton KD (CRD benchmark's CRD+KD row)")
+class CRDKD(CRD):
+    __doc__ = __doc__

@@ -1,0 +1,304 @@
+"""Contract tests for every registered method, and loss-level tests on hand-made tensors.
+
+A method author gets the contract tests by registering: one step on every
+CIFAR pair at a tiny batch (connectors built from the pair's metadata, finite
+loss, gradients reach every trainable parameter, the teacher does not change,
+state-dict round trip, identical results under a fixed seed).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdbench import KDBenchError
+from kdbench.config import PAIRS, compose
+from kdbench.data import Batch, DatasetInfo
+from kdbench.method import METHODS, MethodContext, create_method
+from kdbench.models import create_model
+
+CIFAR_PAIRS = [n for n in PAIRS.names() if n.startswith("cifar100/")]
+METHOD_NAMES = [n for n in METHODS.names()]
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def _model(arch: str, num_classes: int) -> torch.nn.Module:
+    key = f"{arch}/{num_classes}"
+    if key not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[key] = create_model(arch, num_classes=num_classes)
+    return copy.deepcopy(_MODELS[key])
+
+
+def _build(method: str, pair: str, n_train: int = 48, classes: int = 100, seed: int = 0):
+    cfg = compose([f"pair={pair}", f"method={method}"])
+    info = DatasetInfo("tiny", classes, (3, 32, 32), n_train)
+    student = _model(cfg.pair.student, classes)
+    cls = METHODS.get(method).obj
+    teacher = _model(cfg.pair.teacher, classes).eval() if cls.uses_teacher else None
+    labels = torch.arange(n_train) % classes
+    ctx = MethodContext(info, student.feature_spec((3, 32, 32)),
+                        teacher.feature_spec((3, 32, 32)) if teacher is not None else None, seed,
+                        train_labels=labels, student_arch=str(cfg.pair.student),
+                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = create_method(cfg.method, student, teacher, ctx)
+    return m, labels
+
+
+def _same(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def _batch(labels: torch.Tensor, b: int = 6) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randperm(len(labels), generator=g)[:b]
+    return Batch(torch.randn(b, 3, 32, 32, generator=g), labels[idx], idx)
+
+
+@pytest.mark.parametrize("pair", CIFAR_PAIRS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_contract_one_step_on_every_cifar_pair(method, pair):
+    m, labels = _build(method, pair)
+    teacher_before = copy.deepcopy(m.teacher.state_dict()) if m.teacher is not None else None
+    opt = torch.optim.SGD(m.trainable_parameters(), lr=0.01, momentum=0.9)
+    batch = _batch(labels)
+    m.train()
+    out = m.step(batch, epoch=0)
+    loss = sum(out.losses.values())
+    assert torch.isfinite(loss), out.losses
+    assert out.logits.shape == (len(batch.labels), 100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and not n.startswith("teacher.")
+               and p.grad is None]
+    assert not missing, f"no gradient reaches {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in m.trainable_parameters())
+    opt.step()
+    if teacher_before is not None:
+        after = m.teacher.state_dict()
+        assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before), "the teacher changed"
+        assert not any(p.requires_grad for p in m.teacher.parameters())
+    # state-dict round trip into a freshly built method
+    m2, _ = _build(method, pair, seed=1)
+    m2.load_checkpoint_state(m.checkpoint_state())
+    for k, v in m.checkpoint_state().items():
+        assert _same(v, m2.checkpoint_state()[k]), k
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_contract_same_seed_same_result(method):
+    pair = "cifar100/resnet32x4-resnet8x4"
+    results = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        m, labels = _build(method, pair)
+        opt = torch.optim.SGD(m.trainable_parameters(), lr=0.05, momentum=0.9)
+        out = m.train_step(_batch(labels), 0, opt, lambda: torch.autocast("cpu", enabled=False))
+        results.append(({k: v.item() for k, v in out.losses.items()},
+                        m.checkpoint_state()))
+    assert results[0][0] == results[1][0]
+    assert all(_same(results[0][1][k], results[1][1][k]) for k in results[0][1])
+
+
+def test_extra_trainable_parameters_are_the_helpers():
+    fit, _ = _build("fitnet", "cifar100/resnet32x4-resnet8x4")
+    reg = sum(p.numel() for p in fit.regressor.parameters())
+    assert fit.extra_trainable_parameters() == reg > 0
+    kd, _ = _build("kd", "cifar100/resnet32x4-resnet8x4")
+    assert kd.extra_trainable_parameters() == 0
+    crd, _ = _build("crd", "cifar100/resnet32x4-resnet8x4")
+    assert crd.extra_trainable_parameters() == (256 * 128 + 128) * 2
+
+
+# -- loss-level tests on hand-made tensors -------------------------------------------
+
+def test_fitnet_hint_loss_is_zero_when_regressed_student_equals_teacher():
+    from kdbench.methods.fitnet import hint_loss
+
+    t = torch.randn(2, 8, 4, 4)
+    assert hint_loss(t.clone(), t).item() == 0.0
+    assert hint_loss(t + 1, t).item() == pytest.approx(1.0)
+
+
+def test_at_is_invariant_to_channel_permutation_and_matches_definition():
+    from kdbench.methods.at import at_loss, attention_map
+
+    f_s, f_t = torch.randn(3, 8, 4, 4), torch.randn(3, 16, 4, 4)
+    perm = torch.randperm(8)
+    assert at_loss(f_s[:, perm], f_t).item() == pytest.approx(at_loss(f_s, f_t).item(), rel=1e-6)
+    q = f_s.pow(2).mean(1).flatten(1)
+    assert torch.allclose(attention_map(f_s), q / q.norm(dim=1, keepdim=True))
+    # a larger map is pooled to the smaller one's size
+    big = torch.randn(3, 8, 8, 8)
+    assert at_loss(big, f_t).item() == pytest.approx(at_loss(F.adaptive_avg_pool2d(big, 4), f_t).item())
+
+
+def test_rkd_is_invariant_to_scaling_both_embeddings():
+    from kdbench.methods.rkd import rkd_angle_loss, rkd_distance_loss
+
+    s, t = torch.randn(6, 5), torch.randn(6, 7)
+    for fn in (rkd_distance_loss, rkd_angle_loss):
+        assert fn(3.0 * s, 0.5 * t).item() == pytest.approx(fn(s, t).item(), rel=1e-5)
+    assert rkd_distance_loss(s, s).item() == pytest.approx(0.0, abs=1e-7)
+    assert rkd_angle_loss(s, 2 * s).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_rkd_distance_loss_equals_direct_computation():
+    from kdbench.methods.rkd import rkd_distance_loss
+
+    s, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+
+    def norm_d(e):
+        d = [[math.dist(a.tolist(), b.tolist()) for b in e] for a in e]
+        mean = sum(x for row in d for x in row if x > 0) / sum(1 for row in d for x in row if x > 0)
+        return torch.tensor(d, dtype=torch.float64) / mean
+
+    expected = F.smooth_l1_loss(norm_d(s), norm_d(t))
+    assert rkd_distance_loss(s, t).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_crd_nce_loss_equals_direct_computation():
+    from kdbench.methods.crd import nce_loss
+
+    scores = torch.tensor([[0.5, 0.1, 0.2, 0.05], [0.9, 0.3, 0.01, 0.2]], dtype=torch.float64)
+    n_data, k = 100, 3
+    pn = 1 / n_data
+    total = 0.0
+    for row in scores.tolist():
+        total += math.log(row[0] / (row[0] + k * pn + 1e-7))
+        total += sum(math.log(k * pn / (x + k * pn + 1e-7)) for x in row[1:])
+    assert nce_loss(scores, n_data).item() == pytest.approx(-total / 2, rel=1e-9)
+
+
+def test_crd_memory_bank_size_is_dataset_size_x_dim_x_2():
+    m, _ = _build("crd", "cifar100/resnet32x4-resnet8x4", n_train=500)
+    assert m.report()["memory_bank_shape"] == [2, 500, 128]
+    assert m.report()["memory_bank_bytes"] == 2 * 500 * 128 * 4
+
+
+def test_crd_normaliser_is_estimated_once_and_memory_is_updated():
+    m, labels = _build("crd", "cifar100/resnet56-resnet20", n_train=200)
+    batch = _batch(labels)
+    before = m.memory.memory_s[batch.indices].clone()
+    m.step(batch, 0)
+    z = m.memory.z.clone()
+    assert (z > 0).all()
+    after = m.memory.memory_s[batch.indices]
+    assert not torch.allclose(before, after) and torch.allclose(after.norm(dim=1), torch.ones(len(after)))
+    m.step(_batch(labels, 4), 0)
+    assert torch.equal(m.memory.z, z)
+
+
+@pytest.mark.parametrize("mode,negatives", [("exact", "other_class"), ("relax", "other_class"),
+                                            ("exact", "uniform")])
+def test_crd_sampler_draws_positives_and_negatives_as_the_authors_sampler(mode, negatives):
+    from kdbench.methods.crd import NegativeSampler
+
+    labels = torch.arange(300) % 10
+    k = 50
+    s = NegativeSampler(labels, k, mode, negatives, seed=0)
+    idx = torch.tensor([0, 11, 25, 299])
+    out = s(idx, labels[idx])
+    assert out.shape == (4, 1 + k)
+    if mode == "exact":
+        assert torch.equal(out[:, 0], idx)
+    else:
+        assert torch.equal(labels[out[:, 0]], labels[idx])
+    if negatives == "other_class":
+        assert (labels[out[:, 1:]] != labels[idx][:, None]).all()
+        assert all(len(set(row.tolist())) == k for row in out[:, 1:])  # without replacement
+    # more negatives than other-class samples: with replacement, still other classes
+    small = NegativeSampler(labels[:20], 64, "exact", "other_class", seed=0)
+    o = small(torch.tensor([3]), labels[3:4])
+    assert (labels[o[:, 1:]] != labels[3]).all()
+
+
+def test_dml_loss_equals_ce_plus_kl_by_hand():
+    from kdbench.methods.dml import dml_loss
+
+    z1 = torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64)
+    z2 = torch.tensor([[0.0, 2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0])
+    ce, kl = dml_loss(z1, [z2], y)
+    p1, p2 = torch.softmax(z1, 1)[0].tolist(), torch.softmax(z2, 1)[0].tolist()
+    assert ce.item() == pytest.approx(-math.log(p1[0]))
+    assert kl.item() == pytest.approx(sum(b * math.log(b / a) for a, b in zip(p1, p2)))
+
+
+def test_dml_sequential_update_uses_the_updated_peer():
+    """Paper Algorithm 1: member 2's KL target is member 1's prediction after member 1's update."""
+    from kdbench.methods.dml import dml_loss
+
+    m, labels = _build("dml", "cifar100/resnet56-resnet20")
+    batch = _batch(labels)
+    opt = torch.optim.SGD(m.trainable_parameters(), lr=0.1)
+    ref = copy.deepcopy(m)
+    m.train_step(batch, 0, opt, lambda: torch.autocast("cpu", enabled=False))
+    # replay by hand
+    ref.train()
+    s, p = ref.student, ref.peers[0]
+    ref_opt = torch.optim.SGD(ref.trainable_parameters(), lr=0.1)
+    z1, z2 = s(batch.images).logits, p(batch.images).logits
+    ce, kl = dml_loss(z1, [z2], batch.labels)
+    ref_opt.zero_grad(set_to_none=True)
+    (ce + kl).backward()
+    ref_opt.step()
+    state = {k: v.clone() for k, v in s.state_dict().items() if "running" in k or "num_batches" in k}
+    with torch.no_grad():
+        z1_new = s(batch.images).logits
+    s.load_state_dict(state, strict=False)
+    ce2, kl2 = dml_loss(z2, [z1_new], batch.labels)
+    ref_opt.zero_grad(set_to_none=True)
+    (ce2 + kl2).backward()
+    ref_opt.step()
+    for k, v in m.state_dict().items():
+        assert torch.allclose(v.float(), ref.state_dict()[k].float(), atol=1e-6), k
+
+
+def test_dml_evaluates_every_cohort_member():
+    m, _ = _build("dml", "cifar100/resnet56-resnet20")
+    assert list(m.eval_models()) == ["student", "peer1"]
+    assert m.extra_trainable_parameters() == sum(p.numel() for p in m.peers.parameters())
+
+
+# -- bad input -----------------------------------------------------------------------
+
+def test_dml_given_a_teacher_fails_before_training():
+    student, teacher = create_model("resnet8", 10), create_model("resnet20", 10)
+    ctx = MethodContext(DatasetInfo("x", 10, (3, 32, 32), 10), student.feature_spec((3, 32, 32)),
+                        teacher.feature_spec((3, 32, 32)), 0, student_arch="resnet8")
+    with pytest.raises(KDBenchError, match="without a teacher"):
+        create_method(compose(["method=dml"]).method, student, teacher, ctx)
+
+
+def test_crd_without_sample_indices_fails_before_training():
+    student, teacher = create_model("resnet8", 10), create_model("resnet20", 10)
+    ctx = MethodContext(DatasetInfo("nolabels", 10, (3, 32, 32), 10, has_indices=False),
+                        student.feature_spec((3, 32, 32)), teacher.feature_spec((3, 32, 32)), 0)
+    with pytest.raises(KDBenchError, match="index and label"):
+        create_method(compose(["method=crd"]).method, student, teacher, ctx)
+
+
+def test_feature_method_on_a_model_without_feature_maps_fails_before_training():
+    from kdbench.models import FeatureSpec
+
+    student, teacher = create_model("resnet8", 10), create_model("resnet20", 10)
+    flat = FeatureSpec((3, 32, 32), (), 64, 10, False)
+    ctx = MethodContext(DatasetInfo("x", 10, (3, 32, 32), 10), flat, teacher.feature_spec((3, 32, 32)), 0)
+    for method in ("fitnet", "at"):
+        with pytest.raises(KDBenchError, match="feature map"):
+            create_method(compose([f"method={method}"]).method, student, teacher, ctx)
+
+
+def test_unknown_hyper_parameter_is_named():
+    student, teacher = create_model("resnet8", 10), create_model("resnet20", 10)
+    ctx = MethodContext(DatasetInfo("x", 10, (3, 32, 32), 10), student.feature_spec((3, 32, 32)),
+                        teacher.feature_spec((3, 32, 32)), 0)
+    with pytest.raises(KDBenchError, match="tempreature"):
+        create_method({"name": "kd", "tempreature": 4, "temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9},
+                      student, teacher, ctx)

@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# The demo keeps its records apart from the committed store in results/.
 demo: install
-	$(BIN)/kdbench bench
+	$(BIN)/kdbench bench paths.results=.kdbench/demo-results
 
 test: install
 	$(BIN)/python -m pytest -q

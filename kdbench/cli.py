@@ -38,6 +38,26 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=kd seed=1 schedule.epochs=5")
 
+    results = sub.add_parser("results", help="the results store: validate, export, import")
+    rsub = results.add_subparsers(dest="results_command", required=True, metavar="ACTION")
+    rv = rsub.add_parser("validate", help="check every record; name each bad file and field")
+    rv.add_argument("overrides", nargs="*")
+    rx = rsub.add_parser("export", help="write a bundle of records (with configs and environments)")
+    rx.add_argument("bundle", help="output .tar.gz")
+    rx.add_argument("overrides", nargs="*")
+    ri = rsub.add_parser("import", help="validate a bundle and add its records")
+    ri.add_argument("bundle")
+    ri.add_argument("overrides", nargs="*")
+
+    lb = sub.add_parser("leaderboard", help="write leaderboard/ (tables, page, plots, CSV) from results/")
+    lb.add_argument("--check", action="store_true", help="exit non-zero if a record is invalid or leaderboard/ is stale")
+    lb.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
+    lb.add_argument("--metric", choices=("last", "selected"), default="last",
+                    help="test accuracy at the last epoch (default, as the CRD benchmark) or at the validation-selected epoch")
+    lb.add_argument("--compare-short", action="store_true",
+                    help="also compare runs on shorter schedules than the papers' with the papers' numbers (labelled)")
+    lb.add_argument("overrides", nargs="*")
+
     teacher = sub.add_parser("teacher", help="the teacher cache: train, list, show")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="ACTION")
     tt = tsub.add_parser("train", help="train (or find) the teacher of the configured pair")
@@ -132,6 +152,39 @@ def dispatch(args: argparse.Namespace) -> int:
         from .bench import format_bench, run_bench
 
         print(format_bench(run_bench(args.overrides)))
+    elif args.command == "results":
+        from . import results as store
+
+        cfg = compose(args.overrides, check=False)
+        root = cfg.paths.results
+        if args.results_command == "validate":
+            stored = store.load_records(root)
+            bad = [r for r in stored if r.errors]
+            if bad:
+                print(store.format_problems(bad))
+                print(f"{len(bad)} of {len(stored)} records in {store.runs_dir(root)} are invalid")
+                return 1
+            print(f"all {len(stored)} records in {store.runs_dir(root)} are valid")
+        elif args.results_command == "export":
+            out = store.export_bundle(root, args.bundle)
+            print(f"wrote {out}")
+        else:
+            added = store.import_bundle(args.bundle, root)
+            print(f"added {len(added)} record(s) to {store.runs_dir(root)}")
+    elif args.command == "leaderboard":
+        from .leaderboard import build_leaderboard, check_leaderboard
+
+        cfg = compose(args.overrides, check=False)
+        opts = {"metric": args.metric, "compare_short": args.compare_short}
+        if args.check:
+            problems = check_leaderboard(cfg.paths.results, Path(args.out), **opts)
+            if problems:
+                print("\n".join(problems))
+                return 1
+            print(f"{args.out}/ is up to date with {cfg.paths.results}/")
+        else:
+            written = build_leaderboard(cfg.paths.results, Path(args.out), **opts)
+            print(f"wrote {len(written)} files to {args.out}/")
     elif args.command == "teacher":
         from .teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
 from .data import DataBundle
 from .errors import KDBenchError
@@ -61,29 +61,64 @@ def build_optimizer(params, sched: DictConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int,
-             autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool) -> dict[str, float]:
-    """Top-1, top-5 (%) and mean cross-entropy of ``model`` on ``split``."""
+def predict(model: nn.Module, data: DataBundle, split: str, batch_size: int,
+            autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool) -> tuple[Tensor, Tensor]:
+    """(logits, labels) of ``model`` over ``split``, in order, on the data's device."""
     was_training = model.training
     model.eval()
-    dev = data.device
-    correct1 = torch.zeros((), device=dev)
-    correct5 = torch.zeros((), device=dev)
-    loss = torch.zeros((), device=dev)
+    logits, labels = [], []
     for batch in data.eval_batches(split, batch_size):
         x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
         with autocast():
-            logits = model(x).logits.float()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        hit = topk == batch.labels[:, None]
-        correct1 += hit[:, 0].sum()
-        correct5 += hit.any(dim=1).sum()
-        loss += F.cross_entropy(logits, batch.labels, reduction="sum")
+            logits.append(model(x).logits.float())
+        labels.append(batch.labels)
     model.train(was_training)
-    n = max(data.split_len(split), 1)
-    c1, c5, ls = torch.stack([correct1, correct5, loss]).tolist()
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": ls / n}
+    return torch.cat(logits), torch.cat(labels)
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> Tensor:
+    """ECE with equal-width confidence bins (Guo et al. 2017), as a fraction in [0, 1]."""
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    which = torch.bucketize(conf, edges[1:-1], right=True)  # bin b holds conf in (e_b, e_{b+1}]
+    n = torch.bincount(which, minlength=bins).float()
+    acc = torch.zeros(bins, device=probs.device).index_add_(0, which, correct)
+    cf = torch.zeros(bins, device=probs.device).index_add_(0, which, conf)
+    return ((acc - cf).abs().sum() / max(len(labels), 1)) if len(labels) else torch.zeros(())
+
+
+def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None,
+                           extended: bool = False) -> dict[str, float | None]:
+    """Top-1/top-5 (%), mean CE; with ``extended``: ECE (%, 15 bins), and against a teacher:
+    top-1 agreement (%) and KL(teacher || student) in nats per sample."""
+    n = max(len(labels), 1)
+    k = min(5, logits.shape[1])
+    hit = logits.topk(k, dim=1).indices == labels[:, None]
+    values = [hit[:, 0].float().sum() * 100 / n, hit.any(1).float().sum() * 100 / n,
+              F.cross_entropy(logits, labels, reduction="sum") / n]
+    names = ["top1", "top5", "loss"]
+    if extended:
+        log_p = F.log_softmax(logits, 1)
+        values.append(expected_calibration_error(log_p.exp(), labels) * 100)
+        names.append("ece")
+        if teacher_logits is not None:
+            log_q = F.log_softmax(teacher_logits, 1)
+            values.append((logits.argmax(1) == teacher_logits.argmax(1)).float().sum() * 100 / n)
+            values.append(F.kl_div(log_p, log_q, reduction="sum", log_target=True) / n)
+            names += ["teacher_agreement", "kl_teacher_student"]
+    out: dict[str, float | None] = dict(zip(names, torch.stack(values).tolist()))  # one host sync
+    if extended and teacher_logits is None:
+        out.update(teacher_agreement=None, kl_teacher_student=None)
+    return out
+
+
+def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int,
+             autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool,
+             teacher_logits: Tensor | None = None, extended: bool = False) -> dict[str, float | None]:
+    """Metrics of ``model`` on ``split`` (see :func:`classification_metrics`)."""
+    logits, labels = predict(model, data, split, batch_size, autocast, channels_last)
+    return classification_metrics(logits, labels, teacher_logits, extended)
 
 
 @dataclass
@@ -95,7 +130,16 @@ class FitResult:
     images_per_s: float
     epochs: int
     resumed_from_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    peak_memory: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of training: CUDA allocator peak on GPU; the process's max RSS on CPU."""
+    if device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_max_allocated"}
+    import resource
+
+    return {"bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_max_rss_process"}
 
 
 def _progress_enabled(setting: Any) -> bool:
@@ -142,6 +186,12 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         start_epoch = state["epoch"]
         log.info("%sresuming from epoch %d of %d (%s)", label, start_epoch, epochs, ckpt_path)
 
+    teacher_test_logits = None
+    if method.teacher is not None:  # fixed: computed once for agreement and KL on the test split
+        teacher_test_logits = predict(method.teacher, data, "test", int(engine.eval_batch_size), autocast,
+                                      channels_last)[0]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     show = _progress_enabled(engine.progress)
     log_every = max(1, int(engine.log_every))
     steps_per_epoch = math.ceil(data.split_len("train") / bs)
@@ -187,9 +237,12 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
             "train_loss": {k: v.item() / seen for k, v in sums.items()},
             "train_top1": 100.0 * correct.item() / seen,
         }
+        ebs = int(engine.eval_batch_size)
         for name, model in method.eval_models().items():
-            row[name] = {split: evaluate(model, data, split, int(engine.eval_batch_size), autocast, channels_last)
-                         if data.split_len(split) else None for split in ("val", "test")}
+            row[name] = {
+                "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val") else None,
+                "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
+            }
         bad = [k for k, v in row["train_loss"].items() if not math.isfinite(v)]
         if bad:
             raise KDBenchError(f"{label}loss term(s) {bad} became non-finite at epoch {epoch + 1}: "
@@ -207,7 +260,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
 
     if channels_last:
         method.to(memory_format=torch.contiguous_format)
-    return FitResult(history=history, last=_summary(history, len(history) - 1, method),
+    return FitResult(peak_memory=measure_peak_memory(device), history=history, last=_summary(history, len(history) - 1, method),
                      selected=_select(history, method), train_time_s=train_time,
                      images_per_s=images_seen / max(train_time, 1e-9), epochs=epochs,
                      resumed_from_epoch=start_epoch)

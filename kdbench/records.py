@@ -1,6 +1,7 @@
 """Result records: one JSON file per finished run, written whole or not at all."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-SCHEMA_VERSION = 1
+from .schema import SCHEMA_VERSION  # noqa: E402,F401  (re-exported for teacher metadata)
 
 
 def now_iso() -> str:
@@ -45,6 +46,15 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
 
 def write_json_atomic(path: Path, obj: Any, overwrite: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), overwrite)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> Any:

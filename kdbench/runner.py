@@ -14,8 +14,9 @@ from .config import run_identity
 from .data import DataBundle, build_dataset
 from .engine import fit, resolve_device
 from .method import METHODS, MethodContext, create_method
-from .models import count_parameters
-from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json, write_json_atomic
+from .models import count_parameters, forward_flops
+from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json
+from .results import add_record
 from .seeding import data_order_digest, derive_seed, state_dict_digest
 from .teacher import build_model, ensure_teacher, load_teacher
 
@@ -98,21 +99,23 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
             "weights_sha256": teacher_entry.meta["weights"]["sha256"]},
         "params": {"student": count_parameters(method.student),
                    "teacher": count_parameters(teacher) if teacher is not None else None,
-                   "extra_trainable": method.extra_trainable_parameters()},
+                   "extra_trainable": method.extra_trainable_parameters(),
+                   "student_flops": forward_flops(method.student, data.info.input_shape),
+                   "teacher_flops": forward_flops(teacher, data.info.input_shape) if teacher is not None else None},
         "method_report": method.report(),
         "fairness": {"student_init_sha256": init_digest,
                      "data_order_sha256": data_order_digest(data.info.num_train, seed, result.epochs)},
         "timing": {"wall_time_s": time.time() - t0, "train_time_s": result.train_time_s,
+                   "epoch_time_s": result.train_time_s / max(len(result.history), 1),
                    "images_per_s": result.images_per_s, "resumed_from_epoch": result.resumed_from_epoch},
+        "memory": result.peak_memory,
         "history": result.history,
         "environment": environment(device),
         "git": git_state(),
         "note": str(cfg.note),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if out.exists():  # force=true: keep the old record, add a new one beside it
-        out = out.with_name(f"{run_id}__{time.strftime('%Y%m%dT%H%M%S')}.json")
-    write_json_atomic(out, record, overwrite=False)
+    out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
     log.info("record written: %s", out)
     if not cfg.engine.keep_checkpoint:
         shutil.rmtree(run_dir, ignore_errors=True)

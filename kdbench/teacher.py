@@ -8,7 +8,6 @@ paths), architecture, teacher schedule and teacher seed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from .engine import fit
 from .errors import KDBenchError
 from .method import MethodContext
 from .models import KDModel, count_parameters, create_model
-from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json, write_json_atomic
+from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -58,14 +57,6 @@ def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
 
 def teacher_hash(cfg: DictConfig) -> str:
     return digest(teacher_spec(cfg))[:16]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_model(arch: str, data_info, seed: int, purpose: str) -> KDModel:

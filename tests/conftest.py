@@ -28,3 +28,29 @@ def make_cfg(tmp_path: Path):
         return compose([*tiny_overrides(tmp_path, epochs), *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def real_records(tmp_path_factory):
+    """Records of real tiny runs (vanilla, kd, dml x seeds 0, 1, 2 on digits, 2 epochs), made once."""
+    from kdbench.results import load_records
+    from kdbench.runner import load_data, run
+
+    tmp = tmp_path_factory.mktemp("records")
+    data = None
+    for seed in (0, 1, 2):
+        for method in ("vanilla", "kd", "dml"):
+            cfg = compose([*tiny_overrides(tmp), f"method={method}", f"seed={seed}"])
+            data = data or load_data(cfg)
+            run(cfg, data=data)
+    return [s.record for s in load_records(tmp / "results")]
+
+
+def write_records(root: Path, records) -> Path:
+    """Store records as files under ``root/runs`` (a results store) and return ``root``."""
+    import json
+
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    for r in records:
+        (root / "runs" / f"{r['run_id']}.json").write_text(json.dumps(r))
+    return root

@@ -7,7 +7,6 @@ ImageFolder layout inside), extracted once into the cache; its path comes from
 """
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from omegaconf import DictConfig
 
 from ..errors import KDBenchError
 from ..config import digest
+from ..records import file_sha256
 from .base import DataBundle
 from .registry import register_dataset
 from .small import cached_decode, decode_files, list_tree, small_image_bundle, tree_fingerprint
@@ -53,21 +53,13 @@ def build_imagefolder(cfg: DictConfig) -> DataBundle:
     return _bundle_from_tree(cfg, root, str(cfg.name))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @register_dataset("cifar10-jpg", description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
 def build_cifar10_jpg(cfg: DictConfig) -> DataBundle:
     archive = Path(str(cfg.archive)).expanduser() if cfg.get("archive") else None
     if archive is None or not archive.is_file():
         raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: set data.archive=/path/to/cifar10-jpg.tar.gz "
                            "(an archive holding cifar10-jpg/train/<class>/*.jpg and cifar10-jpg/test/<class>/*.jpg)")
-    checksum = _sha256(archive)
+    checksum = file_sha256(archive)
     if cfg.get("sha256") and checksum != cfg.sha256:
         raise KDBenchError(f"{archive} has sha256 {checksum}, expected {cfg.sha256}")
     out = Path(str(cfg.extract_dir)).expanduser() / checksum[:16]

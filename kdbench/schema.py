@@ -1,0 +1,153 @@
+"""The result-record schema, version 1, and its validator.
+
+Documented field by field in docs/record-schema.md. The validator names every
+bad field by its path, so ``kdbench results validate`` can say exactly what is
+wrong with which file; the leaderboard refuses invalid records instead of
+skipping them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+SCHEMA_VERSION = 1
+STATUSES = ("completed",)
+CATEGORIES = ("none", "response", "feature", "relation")
+SCHEMES = ("offline", "online", "self", "none")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+
+Check = Callable[[Any, str, list], None]
+
+
+def _num(lo: float | None = None, hi: float | None = None, nullable: bool = False) -> Check:
+    def check(v, path, errs):
+        if v is None and nullable:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            errs.append(f"{path}: expected a number, got {type(v).__name__}")
+        elif v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
+            errs.append(f"{path}: {v} is outside [{lo}, {hi}]")
+    return check
+
+
+def _int(lo: int | None = None, nullable: bool = False) -> Check:
+    def check(v, path, errs):
+        if v is None and nullable:
+            return
+        if isinstance(v, bool) or not isinstance(v, int):
+            errs.append(f"{path}: expected an integer, got {type(v).__name__}")
+        elif lo is not None and v < lo:
+            errs.append(f"{path}: {v} is below {lo}")
+    return check
+
+
+def _str(pattern: re.Pattern | None = None, choices: tuple | None = None, nullable: bool = False) -> Check:
+    def check(v, path, errs):
+        if v is None and nullable:
+            return
+        if not isinstance(v, str):
+            errs.append(f"{path}: expected a string, got {type(v).__name__}")
+        elif choices is not None and v not in choices:
+            errs.append(f"{path}: {v!r} is not one of {', '.join(choices)}")
+        elif pattern is not None and not pattern.match(v):
+            errs.append(f"{path}: {v!r} is not in the expected format")
+    return check
+
+
+def _obj(fields: dict[str, Check], nullable: bool = False, extra: Check | None = None) -> Check:
+    def check(v, path, errs):
+        if v is None and nullable:
+            return
+        if not isinstance(v, dict):
+            errs.append(f"{path}: expected an object, got {type(v).__name__}")
+            return
+        for name, sub in fields.items():
+            if name not in v:
+                errs.append(f"{path}.{name}: missing")
+            else:
+                sub(v[name], f"{path}.{name}", errs)
+        if extra is not None:
+            extra(v, path, errs)
+    return check
+
+
+def _list(item: Check, min_len: int = 0) -> Check:
+    def check(v, path, errs):
+        if not isinstance(v, list):
+            errs.append(f"{path}: expected a list, got {type(v).__name__}")
+            return
+        if len(v) < min_len:
+            errs.append(f"{path}: expected at least {min_len} entries")
+        for i, x in enumerate(v):
+            item(x, f"{path}[{i}]", errs)
+    return check
+
+
+def _any(v, path, errs) -> None:
+    return None
+
+
+PCT = _num(0, 100)
+SPLIT_METRICS = _obj({"top1": PCT, "top5": PCT, "loss": _num(0)})
+TEST_METRICS = _obj({"top1": PCT, "top5": PCT, "loss": _num(0), "ece": PCT,
+                     "teacher_agreement": _num(0, 100, nullable=True),
+                     "kl_teacher_student": _num(None, None, nullable=True)})
+
+
+def _epoch_summary(nullable: bool) -> Check:
+    def models(v, path, errs):
+        names = [k for k in v if k != "epoch"]
+        if not names:
+            errs.append(f"{path}: no model metrics")
+        for k in names:
+            _obj({"val": lambda x, p, e: None if x is None else SPLIT_METRICS(x, p, e), "test": TEST_METRICS})(
+                v[k], f"{path}.{k}", errs)
+    return _obj({"epoch": _int(1)}, nullable=nullable, extra=models)
+
+
+RECORD = _obj({
+    "schema_version": _int(1),
+    "run_id": _str(),
+    "status": _str(choices=STATUSES),
+    "kind": _str(choices=("student",)),
+    "created": _str(_ISO),
+    "started": _str(_ISO),
+    "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
+    "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
+    "dataset": _obj({"name": _str(), "num_train": _int(1), "num_val": _int(0), "num_test": _int(1),
+                     "num_classes": _int(2)}),
+    "seed": _int(),
+    "schedule": _obj({"name": _str(), "epochs": _int(1)}),
+    "metrics": _obj({"primary_model": _str(), "last": _epoch_summary(False), "selected": _epoch_summary(True)}),
+    "teacher": _obj({"hash": _str(), "arch": _str(), "test_top1": _num(0, 100, nullable=True)}, nullable=True),
+    "params": _obj({"student": _int(1), "teacher": _int(1, nullable=True), "extra_trainable": _int(0),
+                    "student_flops": _int(0), "teacher_flops": _int(0, nullable=True)}),
+    "fairness": _obj({"student_init_sha256": _str(_HEX64), "data_order_sha256": _str(_HEX64)}),
+    "timing": _obj({"wall_time_s": _num(0), "train_time_s": _num(0), "epoch_time_s": _num(0),
+                    "images_per_s": _num(0)}),
+    "memory": _obj({"bytes": _int(0), "kind": _str()}),
+    "history": _list(_obj({"epoch": _int(1)}), min_len=1),
+    "environment": _obj({"hardware": _str(), "packages": _obj({"torch": _str()})}),
+    "git": _obj({"commit": _str(nullable=True)}),
+    "note": _str(),
+    "config": _obj({}),
+})
+
+
+def validate_record(record: Any, filename: str | None = None) -> list[str]:
+    """Every problem with ``record`` as 'field.path: what is wrong'; empty when valid."""
+    errs: list[str] = []
+    if isinstance(record, dict) and record.get("schema_version") not in (None, SCHEMA_VERSION):
+        return [f"schema_version: {record.get('schema_version')!r} is not supported (this kdbench reads "
+                f"{SCHEMA_VERSION})"]
+    RECORD(record, "record", errs)
+    if not errs and filename is not None:
+        stem = filename[:-5] if filename.endswith(".json") else filename
+        if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
+            errs.append(f"record.run_id: {record['run_id']!r} does not match the file name {filename!r}")
+    if not errs:
+        primary = record["metrics"]["primary_model"]
+        if primary not in record["metrics"]["last"]:
+            errs.append(f"record.metrics.last: no metrics for the primary model {primary!r}")
+    return [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]

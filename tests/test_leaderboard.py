@@ -1,0 +1,153 @@
+"""The leaderboard: numbers come from records; stale or invalid inputs fail the check."""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kdbench import KDBenchError
+from kdbench.cli import main
+from kdbench.leaderboard import build_leaderboard, check_leaderboard, render
+from tests.conftest import write_records
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
+
+
+def _store(tmp_path, records, reference=True) -> Path:
+    root = write_records(tmp_path / "results", records)
+    if reference:
+        shutil.copytree(REFERENCE, root / "reference")
+    return root
+
+
+def _acc(r):
+    return r["metrics"]["last"]["student"]["test"]["top1"]
+
+
+def _csv(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+def test_cells_are_mean_and_sample_std_of_the_records(real_records, tmp_path):
+    files = render(_store(tmp_path, real_records))
+    agg = {(r["method"]): r for r in _csv(files["aggregate.csv"])}
+    for method in ("vanilla", "kd", "dml"):
+        accs = [_acc(r) for r in real_records if r["method"]["name"] == method]
+        assert float(agg[method]["mean"]) == pytest.approx(statistics.fmean(accs), abs=0.006)
+        assert float(agg[method]["std"]) == pytest.approx(statistics.stdev(accs), abs=0.006)
+        assert agg[method]["n"] == "3" and "†" not in agg[method]["cell"]
+    bench = _csv(files["benchmark.csv"])
+    assert [r["method"] for r in bench][:2] == ["Teacher", "Student (vanilla)"]
+    survey = {r["method"]: r for r in _csv(files["survey.csv"])}
+    gain = float(agg["kd"]["mean"]) - float(agg["vanilla"]["mean"])
+    assert float(survey["kd"]["gain_value"]) == pytest.approx(gain, abs=0.011)
+    assert survey["dml"]["scheme"] == "online" and survey["kd"]["scheme"] == "offline"
+    md = files["README.md"].decode()
+    assert "digits, 2 epochs" in md and "seeds 0,1,2" in md and "hardware:" in md
+
+
+def test_fewer_than_three_seeds_are_marked_and_best_is_bold(real_records, tmp_path):
+    two = [r for r in real_records if r["seed"] != 2]
+    files = render(_store(tmp_path, two))
+    assert all("(n=2)†" in r["cell"] for r in _csv(files["aggregate.csv"]))
+    agg = {r["method"]: float(r["mean"]) for r in _csv(files["aggregate.csv"])}
+    best = max(("kd", "dml"), key=lambda m: agg[m])
+    row = next(line for line in files["README.md"].decode().splitlines() if line.startswith(f"| {best} |"))
+    assert "**" in row
+
+
+def test_selected_metric_uses_the_validation_selected_epoch(real_records, tmp_path):
+    files = render(_store(tmp_path, real_records), metric="selected")
+    agg = {r["method"]: r for r in _csv(files["aggregate.csv"])}
+    accs = [r["metrics"]["selected"]["student"]["test"]["top1"] for r in real_records if r["method"]["name"] == "kd"]
+    assert float(agg["kd"]["mean"]) == pytest.approx(statistics.fmean(accs), abs=0.006)
+    assert "validation" in files["README.md"].decode()
+
+
+def _as_crd_setting(records, epochs: int):
+    """The same runs relabelled as resnet56 -> resnet20 on CIFAR-100 (to exercise the paper join)."""
+    out = []
+    for r in records:
+        r = copy.deepcopy(r)
+        r["dataset"]["name"] = "cifar100"
+        r["pair"].update(name="cifar100/resnet56-resnet20", teacher="resnet56", student="resnet20")
+        r["schedule"]["epochs"] = epochs
+        r["run_id"] = r["run_id"].replace("digits_cnn_wide-cnn_small", "cifar100_resnet56-resnet20")
+        out.append(r)
+    return out
+
+
+def test_paper_comparison_joins_the_reference_and_flags(real_records, tmp_path):
+    files = render(_store(tmp_path, _as_crd_setting(real_records, 240)))
+    rows = {(r["method"], r["source"]): r for r in _csv(files["paper_comparison.csv"])}
+    kd = rows[("kd", "tian2020crd")]
+    assert float(kd["paper"]) == 70.66 and ("kd", "zhao2022dkd") in rows  # DKD re-lists the same KD number
+    assert float(kd["diff"]) == pytest.approx(float(kd["ours_mean"]) - 70.66, abs=0.011)
+    agg = {r["method"]: r for r in _csv(files["aggregate.csv"])}
+    expect_flag = abs(float(kd["diff"])) > 2 * float(agg["kd"]["std"])
+    assert ("|diff|>2std" in kd["flag"]) == expect_flag and "n<3" not in kd["flag"]
+    assert not any(m == "vanilla" for m, _ in rows)
+
+
+def test_shorter_schedules_are_compared_only_on_request_and_labelled(real_records, tmp_path):
+    root = _store(tmp_path, _as_crd_setting(real_records, 30))
+    assert _csv(render(root)["paper_comparison.csv"]) == []
+    rows = _csv(render(root, compare_short=True)["paper_comparison.csv"])
+    assert rows and all(r["schedule"] == "ours 30 ep vs paper 240 ep" for r in rows)
+
+
+def test_settings_are_never_pooled(real_records, tmp_path):
+    other = _as_crd_setting(real_records, 240)
+    files = render(_store(tmp_path, real_records + other))
+    settings = {r["setting"] for r in _csv(files["aggregate.csv"])}
+    assert settings == {"digits-2ep-1295train", "cifar100-240ep-1295train"}
+
+
+def test_check_passes_then_fails_when_stale_or_invalid(real_records, tmp_path, capsys):
+    root = _store(tmp_path, real_records[:6])
+    out = tmp_path / "leaderboard"
+    build_leaderboard(root, out)
+    assert check_leaderboard(root, out) == []
+    assert main(["leaderboard", "--check", "--out", str(out), f"paths.results={root}"]) == 0
+    write_records(root, real_records[6:])  # new results arrive
+    assert any("stale" in p for p in check_leaderboard(root, out))
+    assert main(["leaderboard", "--check", "--out", str(out), f"paths.results={root}"]) == 1
+    build_leaderboard(root, out)
+    assert check_leaderboard(root, out) == []
+    bad = copy.deepcopy(real_records[0])
+    bad["seed"] = None
+    (root / "runs" / f"{bad['run_id']}.json").write_text(json.dumps(bad))
+    problems = check_leaderboard(root, out)
+    assert problems and "seed" in problems[0]
+    with pytest.raises(KDBenchError, match="invalid result records"):
+        build_leaderboard(root, out)
+
+
+def test_hand_edits_are_detected(real_records, tmp_path):
+    root = _store(tmp_path, real_records)
+    out = tmp_path / "lb"
+    build_leaderboard(root, out)
+    (out / "benchmark.csv").write_text("method\nmine\n")
+    assert any("changed after it was generated" in p for p in check_leaderboard(root, out))
+
+
+def test_plots_are_pngs(real_records, tmp_path):
+    files = render(_store(tmp_path, real_records))
+    pngs = [n for n in files if n.endswith(".png")]
+    assert any(n.startswith("gain_") for n in pngs) and any(n.startswith("cost_") for n in pngs)
+    assert any(n.startswith("curves_") for n in pngs)
+    assert all(files[n][:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+
+
+def test_record_fields_are_escaped_in_the_page(real_records, tmp_path):
+    recs = copy.deepcopy(real_records)
+    recs[0]["note"] = "<script>alert(1)</script>"
+    page = render(_store(tmp_path, recs))["index.html"].decode()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -1,0 +1,129 @@
+"""The results store: schema validation, never-overwrite under concurrency, export and import."""
+from __future__ import annotations
+
+import copy
+import json
+import multiprocessing as mp
+
+import pytest
+
+from kdbench import KDBenchError
+from kdbench.cli import main
+from kdbench.results import add_record, export_bundle, import_bundle, load_records, valid_records
+from kdbench.schema import validate_record
+from tests.conftest import write_records
+
+
+def test_real_records_are_valid(real_records):
+    assert len(real_records) == 9
+    for r in real_records:
+        assert validate_record(r) == []
+        last = r["metrics"]["last"]["student"]["test"]
+        assert 0 <= last["ece"] <= 100
+        if r["method"]["name"] == "kd":
+            assert 0 <= last["teacher_agreement"] <= 100 and last["kl_teacher_student"] >= 0
+        else:
+            assert last["teacher_agreement"] is None
+        assert r["params"]["student_flops"] > 0 and r["memory"]["bytes"] > 0
+        assert r["timing"]["epoch_time_s"] > 0
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda r: r.pop("seed"), "seed: missing"),
+    (lambda r: r["metrics"]["last"]["student"]["test"].update(top1=120.0), "metrics.last.student.test.top1"),
+    (lambda r: r["method"].update(scheme="sideways"), "method.scheme"),
+    (lambda r: r["fairness"].update(student_init_sha256="abc"), "fairness.student_init_sha256"),
+    (lambda r: r.update(schema_version=99), "schema_version"),
+    (lambda r: r["timing"].update(images_per_s="fast"), "timing.images_per_s"),
+])
+def test_validation_names_the_bad_field(real_records, mutate, field):
+    r = copy.deepcopy(real_records[0])
+    mutate(r)
+    problems = validate_record(r)
+    assert any(field in p for p in problems), problems
+
+
+def test_validate_command_names_each_bad_file_and_field(real_records, tmp_path, capsys):
+    root = write_records(tmp_path / "results", real_records[:3])
+    bad = copy.deepcopy(real_records[3])
+    bad["dataset"]["num_test"] = -1
+    (root / "runs" / f"{bad['run_id']}.json").write_text(json.dumps(bad))
+    (root / "runs" / "broken.json").write_text("{not json")
+    assert main(["results", "validate", f"paths.results={root}"]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad['run_id']}.json" in out and "dataset.num_test" in out
+    assert "broken.json" in out and "not valid JSON" in out
+    with pytest.raises(KDBenchError, match="dataset.num_test"):
+        valid_records(root)
+
+
+def test_file_name_must_match_run_id(real_records, tmp_path):
+    r = real_records[0]
+    assert validate_record(r, "someone-else.json")
+    assert validate_record(r, f"{r['run_id']}__20261127T000000_1_0.json") == []
+
+
+def _writer(args):
+    root, record, i = args
+    rec = copy.deepcopy(record)
+    if i % 2:  # half the writers race for the same run id
+        rec["note"] = f"writer {i}"
+    else:
+        rec["run_id"] = f"{rec['run_id']}-w{i}"
+    return str(add_record(root, rec))
+
+
+def test_eight_processes_writing_at_once_lose_no_record(real_records, tmp_path):
+    root = tmp_path / "results"
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        paths = pool.map(_writer, [(root, real_records[0], i) for i in range(8)])
+    assert len(set(paths)) == 8
+    stored = load_records(root)
+    assert len(stored) == 8 and all(not s.errors for s in stored)
+    assert sorted(s.record["note"] for s in stored if s.record["note"]) == [f"writer {i}" for i in (1, 3, 5, 7)]
+    assert not list((root / "runs").glob(".*tmp"))  # no temp files left behind
+
+
+def test_add_record_never_overwrites(real_records, tmp_path):
+    root = tmp_path / "results"
+    a = add_record(root, real_records[0])
+    b = add_record(root, real_records[0])
+    assert a != b and a.exists() and b.exists()
+    with pytest.raises(KDBenchError, match="invalid record"):
+        add_record(root, {"run_id": "x"})
+
+
+def test_export_then_import_round_trip(real_records, tmp_path, capsys):
+    src = write_records(tmp_path / "mine", real_records)
+    bundle = tmp_path / "bundle.tar.gz"
+    assert main(["results", "export", str(bundle), f"paths.results={src}"]) == 0
+    dst = tmp_path / "store"
+    assert main(["results", "import", str(bundle), f"paths.results={dst}"]) == 0
+    assert "added 9 record(s)" in capsys.readouterr().out
+    got = sorted(json.dumps(s.record, sort_keys=True) for s in load_records(dst))
+    assert got == sorted(json.dumps(r, sort_keys=True) for r in real_records)
+    assert import_bundle(bundle, dst) == []  # importing again adds nothing
+
+
+def test_import_refuses_a_bundle_with_an_invalid_record(real_records, tmp_path):
+    src = write_records(tmp_path / "mine", real_records[:2])
+    bundle = export_bundle(src, tmp_path / "b.tar.gz")
+    # tamper: rewrite one record inside the bundle
+    import io
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    name = next(n for n in members if n.startswith("records/"))
+    rec = json.loads(members[name])
+    rec["seed"] = "zero"
+    members[name] = json.dumps(rec).encode()
+    with tarfile.open(bundle, "w:gz") as tar:
+        for n, data in members.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(KDBenchError, match="checksum does not match"):
+        import_bundle(bundle, tmp_path / "store")
+    assert not (tmp_path / "store" / "runs").exists() or not list((tmp_path / "store" / "runs").glob("*.json"))

@@ -1,4 +1,4 @@
-"""The default benchmark: teacher, then every bench method over every bench seed, as one table."""
+"""Suites: a grid of pairs x methods x seeds, teachers first, one table per pair."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +6,8 @@ import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import DictConfig
 
 from .config import compose
 from .runner import load_data, run
@@ -15,51 +17,191 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class BenchResult:
+class PairResult:
     pair: str
     dataset: str
     epochs: int
     seeds: list[int]
     teacher_top1: float | None
     rows: list[dict[str, Any]]  # method, mean, std, n, gain
+
+
+@dataclass
+class BenchResult:
+    suite: str
+    pairs: list[PairResult]
     records: list[dict[str, Any]]
     wall_time_s: float
 
 
+def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """The suite named on the command line (``suite=NAME``, ``suite.KEY=...``), default ``digits``."""
+    own = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] == "suite"]
+    return compose(own, check=False).suite
+
+
+def suite_runs(s: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """(pair, overrides) for every run of the suite, in order: pair, then seed, then method.
+
+    The suite's own overrides come first, so the command line wins over them.
+    """
+    out = []
+    for pair in s.pairs:
+        for seed in s.seeds:
+            for method in s.methods:
+                # Suites resume interrupted runs from their checkpoints (the command line may say otherwise).
+                out.append((str(pair), [*s.overrides, f"pair={pair}", "resume=true", *overrides,
+                                        f"method={method}", f"seed={seed}"]))
+    return out
+
+
 def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
-    """Run ``bench.methods`` x ``bench.seeds`` on the configured pair (teacher first, once)."""
+    """Run the configured suite (``suite=NAME``; default ``digits``)."""
     t0 = time.time()
-    base = compose(overrides)
-    data = load_data(base)
-    teacher = ensure_teacher(base, data)
+    s = load_suite(overrides)
+    plan = suite_runs(s, overrides)
+    # Compose every run first: a bad name anywhere fails before anything runs.
+    configs = [(pair, compose(ov)) for pair, ov in plan]
     records: list[dict[str, Any]] = []
-    for seed in base.bench.seeds:
-        for method in base.bench.methods:
-            cfg = compose([*overrides, f"method={method}", f"seed={seed}"])
-            records.append(run(cfg, data=data))
+    results = []
+    for pair in s.pairs:
+        cfgs = [c for p, c in configs if p == pair]
+        data = load_data(cfgs[0])
+        teacher = ensure_teacher(cfgs[0], data)  # teachers first, once per pair
+        # Failures are recorded and the grid goes on; interrupted runs resume from their checkpoints.
+        pair_records = [run(cfg, data=data, on_error="record") for cfg in cfgs]
+        records += pair_records
+        results.append(_summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
+    return BenchResult(str(s.name), results, records, time.time() - t0)
+
+
+def _summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairResult:
     by_method: dict[str, list[float]] = {}
     for rec in records:
-        by_method.setdefault(rec["method"]["name"], []).append(rec["metrics"]["last"]["student"]["test"]["top1"])
+        if rec["status"] != "completed":
+            continue
+        by_method.setdefault(rec["method"]["name"], []).append(
+            rec["metrics"]["last"][rec["metrics"]["primary_model"]]["test"]["top1"])
     base_mean = statistics.fmean(by_method["vanilla"]) if "vanilla" in by_method else None
     rows = []
-    for method in base.bench.methods:
-        accs = by_method[method]
+    for method in methods:
+        accs = by_method.get(method)
+        if not accs:
+            rows.append({"method": method, "mean": float("nan"), "std": float("nan"), "n": 0, "gain": None})
+            continue
         mean = statistics.fmean(accs)
         rows.append({"method": method, "mean": mean, "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "n": len(accs), "gain": None if base_mean is None or method == "vanilla" else mean - base_mean})
-    return BenchResult(pair=str(base.pair.name), dataset=str(base.data.name), epochs=int(base.schedule.epochs),
-                       seeds=list(base.bench.seeds), teacher_top1=teacher.test_top1, rows=rows, records=records,
-                       wall_time_s=time.time() - t0)
+    return PairResult(str(cfg.pair.name), str(cfg.data.name), int(cfg.schedule.epochs), seeds, teacher_top1, rows)
 
 
 def format_bench(res: BenchResult) -> str:
-    """Plain-text table: teacher accuracy, each method's mean +- std (sample std), gain over vanilla."""
-    lines = [f"{res.pair} on {res.dataset}: test top-1 (%) at the last epoch, {res.epochs} epochs, "
-             f"seeds {','.join(map(str, res.seeds))} (mean ± sample std)",
-             f"{'model':<10} {'top-1':>16} {'n':>3} {'gain':>7}",
-             f"{'teacher':<10} {res.teacher_top1:>16.2f} {1:>3} {'':>7}"]
-    for r in res.rows:
-        gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
-        lines.append(f"{r['method']:<10} {r['mean']:>8.2f} ± {r['std']:<5.2f} {r['n']:>3} {gain:>7}")
-    lines.append(f"wall time {res.wall_time_s:.0f} s")
+    """Plain-text tables: teacher accuracy, each method's mean ± sample std, gain over vanilla."""
+    lines = []
+    for p in res.pairs:
+        teacher = f"{p.teacher_top1:>16.2f}" if p.teacher_top1 is not None else f"{'n/a':>16}"
+        lines += [f"{p.pair} on {p.dataset}: test top-1 (%) at the last epoch, {p.epochs} epochs, "
+                  f"seeds {','.join(map(str, p.seeds))} (mean ± sample std)",
+                  f"{'model':<10} {'top-1':>16} {'n':>3} {'gain':>7}",
+                  f"{'teacher':<10} {teacher} {1:>3} {'':>7}"]
+        for r in p.rows:
+            gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
+            lines.append(f"{r['method']:<10} {r['mean']:>8.2f} ± {r['std']:<5.2f} {r['n']:>3} {gain:>7}")
+        lines.append("")
+    lines.append(f"suite {res.suite}: {len(res.records)} runs, wall time {res.wall_time_s:.0f} s")
+    return "\n".join(lines)
+
+
+# -- plan and status ---------------------------------------------------------------------
+
+def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
+    """(state, last record): done | failed | diverged | running | interrupted | missing."""
+    from pathlib import Path
+
+    from .config import run_identity
+    from .locks import is_locked
+    from .results import completed_records, records_of_run
+
+    run_id = run_identity(cfg)
+    recs = records_of_run(cfg.paths.results, run_id)
+    done = completed_records(recs)
+    if done:
+        return "done", done[-1]
+    run_dir = Path(cfg.paths.runs) / run_id
+    if is_locked(run_dir.with_name(run_id + ".lock")):
+        return "running", None
+    if recs:
+        return recs[-1]["status"], recs[-1]
+    if (run_dir / "checkpoint.pt").exists():
+        return "interrupted", None
+    return "missing", None
+
+
+def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every run of the suite with its state, estimated FLOPs and (when measured before) time."""
+    from .config import run_identity
+    from .data import DatasetInfo
+    from .method import METHODS
+    from .models import create_model, forward_flops
+    from .results import load_records
+
+    s = load_suite(overrides)
+    rows, flops_cache = [], {}
+    configs = [compose(ov) for _, ov in suite_runs(s, overrides)]
+    speeds: dict[tuple[str, str], float] = {}
+    if configs:
+        for st in load_records(configs[0].paths.results):
+            r = st.record
+            if r and r.get("status") == "completed":
+                speeds[(r["pair"]["name"], r["method"]["name"])] = r["timing"]["images_per_s"]
+    for cfg in configs:
+        known = {"digits": (10, (1, 8, 8)), "imagenet": (1000, (3, 224, 224)), "cifar100": (100, (3, 32, 32))}
+        classes, shape = known.get(str(cfg.data.name), (10, (3, 32, 32)))
+        key = (str(cfg.pair.student), str(cfg.pair.teacher), shape)
+        if key not in flops_cache:
+            flops_cache[key] = (forward_flops(create_model(key[0], classes, shape[0]), shape),
+                                forward_flops(create_model(key[1], classes, shape[0]), shape))
+        f_s, f_t = flops_cache[key]
+        cls = METHODS.get(cfg.method.name).obj
+        per_image = 3 * f_s * (1 + len(cfg.method.get("peers") or [])) + (f_t if cls.uses_teacher else 0)
+        n_train = _train_size(cfg)
+        images = n_train * int(cfg.schedule.epochs) if n_train else None
+        state, _ = run_state(cfg)
+        ips = speeds.get((str(cfg.pair.name), str(cfg.method.name)))
+        rows.append({"pair": str(cfg.pair.name), "method": str(cfg.method.name), "seed": int(cfg.seed),
+                     "run_id": run_identity(cfg), "state": state,
+                     "train_flops": per_image * images if images else None,
+                     "est_time_s": images / ips if images and ips else None})
+    return rows
+
+
+def _train_size(cfg: DictConfig) -> int | None:
+    """Training-set size without loading the data, where the config determines it."""
+    sizes = {"digits": 1295, "cifar10": 45000, "cifar100": 45000, "cifar10-jpg": 45000}
+    if cfg.data.name not in sizes:
+        return None
+    cap = cfg.data.get("max_per_class")
+    classes = 100 if cfg.data.name == "cifar100" else 10
+    if cap and cfg.data.name != "digits":
+        return int(round(cap * classes * (1 - float(cfg.data.val_fraction))))
+    return sizes[str(cfg.data.name)] if float(cfg.data.val_fraction) == 0.1 else None
+
+
+def format_plan(rows: list[dict[str, Any]], with_estimates: bool) -> str:
+    lines = []
+    for r in rows:
+        est = ""
+        if with_estimates:
+            fl = f"{r['train_flops'] / 1e12:9.2f} TFLOP" if r["train_flops"] else f"{'?':>15}"
+            t = f"{r['est_time_s'] / 60:7.1f} min" if r["est_time_s"] else f"{'?':>11}"
+            est = f"  {fl}  {t}"
+        lines.append(f"{r['state']:<11} {r['pair']:<32} {r['method']:<8} s{r['seed']:<3}{est}  {r['run_id']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if with_estimates:
+        known = [r["est_time_s"] for r in rows if r["state"] != "done" and r["est_time_s"]]
+        lines.append(f"estimated time of the remaining runs with a measured speed: {sum(known) / 3600:.2f} h "
+                     "(from images/s of earlier records of the same pair and method on this store)")
     return "\n".join(lines)

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="e.g. pair=cifar100/resnet32x4-resnet8x4")
 
     for name, text in (("run", "train one student (method x pair x seed) and write its record"),
-                       ("bench", "run the default benchmark (teacher, vanilla, KD x 3 seeds) and print a table"),
+                       ("bench", "run a suite (default: digits; teacher, vanilla, KD x 3 seeds) and print tables"),
+                       ("plan", "print the runs a suite would do, with estimated FLOPs and time"),
+                       ("status", "show each run of a suite: done, running, failed, diverged, interrupted, missing"),
                        ("config", "print the resolved config")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=kd seed=1 schedule.epochs=5")
@@ -152,6 +154,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from .bench import format_bench, run_bench
 
         print(format_bench(run_bench(args.overrides)))
+    elif args.command in ("plan", "status"):
+        from .bench import format_plan, plan_rows
+
+        print(format_plan(plan_rows(args.overrides), with_estimates=args.command == "plan"))
     elif args.command == "results":
         from . import results as store
 
@@ -214,6 +220,17 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and any(a in ("-m", "--multirun") for a in argv[1:]):
+        # Sweeps go through Hydra's entry point so its launchers (joblib, submitit, ray) work.
+        from .hydra_app import launch
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return launch(argv[1:])
+        except KDBenchError as exc:
+            print(f"kdbench: error: {exc}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -22,7 +22,7 @@ CONFIG_MODULE = "kdbench.conf"
 DATA_PATH_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
 # Keys that do not change what a run computes: excluded from run identity.
 NON_SEMANTIC_KEYS = (
-    "paths", "resume", "force", "note", "bench",
+    "paths", "resume", "force", "retry_failed", "note", "suite",
     "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
     "engine.channels_last", "engine.keep_checkpoint",
     "pair.description",
@@ -41,11 +41,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    for ov in overrides:
-        key, eq, value = ov.partition("=")
-        # Hydra lists valid options for flat groups only; pair names are nested (digits/...).
-        if eq and key.lstrip("+") == "pair" and "," not in value:
-            PAIRS.get(value)
+    check_names(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -56,10 +52,41 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
         raise KDBenchError(f"invalid config or override: {msg}") from None
     finally:
         GlobalHydra.instance().clear()
+    return finalize(cfg, overrides, check)
+
+
+def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
+    """What every composed config goes through (compose API and Hydra's own entry point alike)."""
     _apply_pair_method_overrides(cfg, overrides)
     if check:
         check_config(cfg)
     return cfg
+
+
+def check_names(overrides) -> None:
+    """Validate method/pair/dataset names -- every value of a sweep too -- before anything runs.
+
+    Hydra lists valid options only for flat groups and only when a job
+    composes, i.e. after earlier jobs of a sweep have run.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from .data import DATASETS
+    from .method import METHODS
+
+    registries = {"method": METHODS, "pair": PAIRS, "dataset": DATASETS}
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        raise KDBenchError(f"invalid config or override: {exc}") from None
+    for ov in parsed:
+        key = ov.key_or_group
+        if key not in registries or ov.is_delete():
+            continue
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        for v in values:
+            registries[key].get(v)
 
 
 def _apply_pair_method_overrides(cfg: DictConfig, overrides) -> None:

@@ -517,7 +517,7 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     import pandas as pd
 
     results_root = Path(results_root)
-    records = valid_records(results_root)
+    records = [r for r in valid_records(results_root) if r["status"] == "completed"]  # failures: `kdbench status`
     if not records:
         raise KDBenchError(f"no records in {runs_dir(results_root)}: run `kdbench bench` or `kdbench run` first")
     df = runs_frame(records, metric)

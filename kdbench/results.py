@@ -49,6 +49,24 @@ def add_record(results_root: str | Path, record: dict[str, Any]) -> Path:
     raise KDBenchError(f"could not find a free record name for {record['run_id']} in {folder}")
 
 
+def records_of_run(results_root: str | Path, run_id: str) -> list[dict[str, Any]]:
+    """Every stored record of one run identity, oldest first (a failed try, then its retry...)."""
+    folder = runs_dir(results_root)
+    paths = [folder / f"{run_id}.json", *sorted(folder.glob(f"{run_id}__*.json"))]
+    out = []
+    for p in paths:
+        if p.exists():
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return sorted(out, key=lambda r: r.get("created", ""))
+
+
+def completed_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("status") == "completed"]
+
+
 def load_records(results_root: str | Path) -> list[StoredRecord]:
     """Every ``*.json`` under ``runs/``, parsed and validated (sorted by file name)."""
     out = []

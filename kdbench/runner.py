@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,15 +13,36 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import run_identity
 from .data import DataBundle, build_dataset
-from .engine import fit, resolve_device
+from .engine import RunDiverged, fit, resolve_device
+from .errors import KDBenchError
+from .locks import file_lock
 from .method import METHODS, MethodContext, create_method
 from .models import count_parameters, forward_flops
 from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json
-from .results import add_record
+from .results import add_record, completed_records, records_of_run
 from .seeding import data_order_digest, derive_seed, state_dict_digest
 from .teacher import build_model, ensure_teacher, load_teacher
 
 log = logging.getLogger(__name__)
+
+
+def _failure_record(cfg: DictConfig, run_id: str, method, data: DataBundle, started: str,
+                    exc: BaseException) -> dict[str, Any]:
+    diverged = isinstance(exc, RunDiverged)
+    history = exc.history if diverged else []
+    return {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "diverged" if diverged else "failed",
+        "kind": "student", "created": now_iso(), "started": started,
+        "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
+        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        "dataset": {"name": data.info.name, "num_train": data.info.num_train},
+        "seed": int(cfg.seed), "schedule": {"name": str(cfg.schedule.name), "epochs": int(cfg.schedule.epochs)},
+        "error": {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+                  "epoch": exc.epoch + 1 if diverged else None, "step": exc.step + 1 if diverged else None,
+                  "traceback": "" if diverged else "".join(traceback.format_exception(exc))[-4000:]},
+        "history": history, "environment": environment(data.device), "git": git_state(),
+        "note": str(cfg.note), "config": OmegaConf.to_container(cfg, resolve=True),
+    }
 
 
 def record_path(cfg: DictConfig, run_id: str | None = None) -> Path:
@@ -32,17 +54,40 @@ def load_data(cfg: DictConfig) -> DataBundle:
 
 
 def run(cfg: DictConfig, data: DataBundle | None = None,
-        on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        on_step: Callable[[int, int], None] | None = None, on_error: str = "raise") -> dict[str, Any]:
     """Train one student as ``cfg`` says and write its result record.
 
-    A completed record for the same run identity is returned as is unless
-    ``force=true``. ``data`` may be passed to reuse an already built dataset.
+    Idempotent: a run whose completed record exists is returned as is (unless
+    ``force=true``); one whose last try failed or diverged is skipped unless
+    ``retry_failed=true``. A failure during training writes a ``failed`` or
+    ``diverged`` record; with ``on_error="record"`` (suites) the record is
+    returned so the grid continues, otherwise the error is raised after it is
+    written. ``data`` may be passed to reuse an already built dataset.
     """
     run_id = run_identity(cfg)
-    out = record_path(cfg, run_id)
-    if out.exists() and not cfg.force:
-        log.info("run %s already has a record (%s); skipping (force=true re-runs it)", run_id, out)
-        return read_json(out)
+    previous = records_of_run(cfg.paths.results, run_id)
+    if previous and not cfg.force:
+        last = previous[-1]
+        done = completed_records(previous)
+        if done:
+            log.info("run %s already has a completed record; skipping (force=true re-runs it)", run_id)
+            return done[-1]
+        if not cfg.get("retry_failed"):
+            log.warning("run %s %s before (%s); skipping (retry_failed=true runs it again)", run_id,
+                        last["status"], last["error"]["message"])
+            if on_error == "raise":
+                raise KDBenchError(f"run {run_id} {last['status']} before: {last['error']['message']} "
+                                   "(pass retry_failed=true to run it again)")
+            return last
+    run_dir = Path(cfg.paths.runs) / run_id
+    with file_lock(run_dir.with_name(run_id + ".lock"), blocking=False) as mine:
+        if not mine:
+            raise KDBenchError(f"run {run_id} is running in another process ({run_dir})")
+        return _run_locked(cfg, run_id, run_dir, data, on_step, on_error)
+
+
+def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | None,
+                on_step: Callable[[int, int], None] | None, on_error: str) -> dict[str, Any]:
     data = data if data is not None else load_data(cfg)
     device = data.device
     seed = int(cfg.seed)
@@ -66,14 +111,27 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         method = create_method(cfg.method, student, teacher, ctx)
     method.to(device)
 
-    run_dir = Path(cfg.paths.runs) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
     t0 = time.time()
     started = now_iso()
-    result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
-                 label=f"{cfg.method.name} s{seed} ", on_step=on_step)
+    try:
+        result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
+                     label=f"{cfg.method.name} s{seed} ", on_step=on_step)
+    except (RunDiverged, Exception) as exc:
+        if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
+            raise  # a user mistake found late: nothing ran, so nothing to record
+        rec = _failure_record(cfg, run_id, method, data, started, exc)
+        out = add_record(cfg.paths.results, rec)
+        log.error("run %s %s: %s (record: %s)", run_id, rec["status"], rec["error"]["message"], out)
+        if rec["status"] == "diverged":
+            shutil.rmtree(run_dir, ignore_errors=True)  # resuming would diverge again
+        if on_error == "raise":
+            if isinstance(exc, RunDiverged):
+                raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
+            raise
+        return rec
     primary = next(iter(method.eval_models()))
     record = {
         "schema_version": SCHEMA_VERSION,

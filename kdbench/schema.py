@@ -11,7 +11,7 @@ import re
 from typing import Any, Callable
 
 SCHEMA_VERSION = 1
-STATUSES = ("completed",)
+STATUSES = ("completed", "failed", "diverged")
 CATEGORIES = ("none", "response", "feature", "relation")
 SCHEMES = ("offline", "online", "self", "none")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -135,12 +135,42 @@ RECORD = _obj({
 })
 
 
+# A run that did not finish: what was known, and where and why it stopped.
+FAILED_RECORD = _obj({
+    "schema_version": _int(1),
+    "run_id": _str(),
+    "status": _str(choices=STATUSES[1:]),
+    "kind": _str(choices=("student",)),
+    "created": _str(_ISO),
+    "started": _str(_ISO),
+    "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
+    "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
+    "dataset": _obj({"name": _str()}),
+    "seed": _int(),
+    "schedule": _obj({"name": _str(), "epochs": _int(1)}),
+    "error": _obj({"type": _str(), "message": _str(), "epoch": _int(1, nullable=True),
+                   "step": _int(1, nullable=True)}),
+    "history": _list(_obj({"epoch": _int(1)})),
+    "environment": _obj({"hardware": _str(), "packages": _obj({"torch": _str()})}),
+    "git": _obj({"commit": _str(nullable=True)}),
+    "note": _str(),
+    "config": _obj({}),
+})
+
+
 def validate_record(record: Any, filename: str | None = None) -> list[str]:
     """Every problem with ``record`` as 'field.path: what is wrong'; empty when valid."""
     errs: list[str] = []
     if isinstance(record, dict) and record.get("schema_version") not in (None, SCHEMA_VERSION):
         return [f"schema_version: {record.get('schema_version')!r} is not supported (this kdbench reads "
                 f"{SCHEMA_VERSION})"]
+    if isinstance(record, dict) and record.get("status") in STATUSES[1:]:
+        FAILED_RECORD(record, "record", errs)
+        if not errs and filename is not None:
+            stem = filename[:-5] if filename.endswith(".json") else filename
+            if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
+                errs.append(f"record.run_id: {record['run_id']!r} does not match the file name {filename!r}")
+        return [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]
     RECORD(record, "record", errs)
     if not errs and filename is not None:
         stem = filename[:-5] if filename.endswith(".json") else filename

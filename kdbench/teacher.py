@@ -104,12 +104,23 @@ def get_teacher(root: Path, prefix: str) -> TeacherEntry:
 
 
 def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
-    """The cached teacher for ``cfg``, training it first if the cache lacks it."""
+    """The cached teacher for ``cfg``, training it first if the cache lacks it.
+
+    A file lock per teacher makes parallel workers wait for the one that
+    trains it instead of training duplicates.
+    """
+    from .locks import file_lock
+
     found = find_teacher(cfg)
-    if found is not None:
-        log.info("teacher %s (%s) from cache: test top-1 %.2f", found.hash, found.arch, found.test_top1)
-        return found
-    return train_teacher(cfg, data)
+    if found is None:
+        lock = Path(cfg.paths.teachers) / f"{teacher_hash(cfg)}.lock"
+        with file_lock(lock):
+            found = find_teacher(cfg)  # another worker may have finished it while we waited
+            if found is None:
+                return train_teacher(cfg, data)
+    acc = f"{found.test_top1:.2f}" if found.test_top1 is not None else "n/a"
+    log.info("teacher %s (%s) from cache: test top-1 %s", found.hash, found.arch, acc)
+    return found
 
 
 def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:

@@ -30,7 +30,7 @@ def test_show_method_prints_the_card(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "method=kdd"], "Available options in 'method'"),
+    (["run", "method=kdd"], "Did you mean 'kd'? Valid methods:"),
     (["run", "pair=digits/nope"], "cifar100/resnet56-resnet20, cifar100/vgg13-mobilenetv2"),
     (["run", "pair.student=resnet9000"], "Valid models:"),
     (["run", "seed=="], "Error parsing override"),
@@ -51,7 +51,7 @@ def test_error_through_the_real_entry_point_has_no_traceback(tmp_path):
 
 
 def test_bench_reduced_setting_prints_the_table(capsys, tmp_path):
-    assert main(["-q", "bench", *tiny_overrides(tmp_path), "bench.seeds=[0,1]"]) == 0
+    assert main(["-q", "bench", *tiny_overrides(tmp_path), "suite.seeds=[0,1]"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert {"teacher", "vanilla", "kd"} <= set(lines)

@@ -1,0 +1,88 @@
+"""Hydra's own entry point, for sweeps: ``kdbench run -m method=kd,fitnet seed=0,1,2``.
+
+Multirun goes through Hydra so its sweepers and launchers work unchanged:
+the basic launcher (sequential), hydra-joblib-launcher (local processes),
+hydra-submitit-launcher (SLURM, or its local executor), hydra-ray-launcher.
+Each job composes its config, runs idempotently (completed runs are skipped,
+interrupted ones resume) and writes its own record; a failing job writes a
+failure record and the sweep continues.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("kdbench")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def hydra_task(cfg: DictConfig) -> dict[str, Any] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import finalize
+    from .errors import KDBenchError
+    from .runner import run
+
+    overrides = list(HydraConfig.get().overrides.task)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    try:
+        OmegaConf.resolve(cfg)
+        cfg = finalize(cfg, overrides)
+        if multirun:
+            cfg.resume = True if "resume=false" not in overrides else cfg.resume
+        rec = run(cfg, on_error="record" if multirun else "raise")
+    except KDBenchError as exc:
+        log.error("%s", exc)
+        if not multirun:
+            raise SystemExit(2) from None
+        return None
+    top1 = rec["metrics"]["last"][rec["metrics"]["primary_model"]]["test"]["top1"] if rec["status"] == "completed" \
+        else None
+    log.info("%s: %s%s", rec["run_id"], rec["status"], f", test top-1 {top1:.2f}" if top1 is not None else "")
+    return {"run_id": rec["run_id"], "status": rec["status"], "top1": top1}
+
+
+LAUNCHER_PACKAGES = {  # hydra/launcher option -> (module to import, package to install)
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "local_parallel": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
+}
+
+
+def check_launcher(args: list[str]) -> None:
+    """A launcher that is not installed: say which package to install, before anything runs."""
+    import importlib.util
+
+    from .errors import KDBenchError
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key.lstrip("+") == "hydra/launcher" and value in LAUNCHER_PACKAGES:
+            module, package = LAUNCHER_PACKAGES[value]
+            if importlib.util.find_spec(module.split(".")[0]) is None or \
+                    importlib.util.find_spec(module) is None:
+                raise KDBenchError(f"launcher {value!r} needs the package {package}: pip install {package}")
+
+
+def launch(args: list[str]) -> int:
+    """Run Hydra's entry point with ``args`` (``-m`` included) as its command line."""
+    from .config import check_names
+
+    check_launcher(args)
+    check_names([a for a in args if not a.startswith("-") and not a.startswith("hydra")])
+    argv = sys.argv
+    sys.argv = ["kdbench", *args]
+    try:
+        hydra_task()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0

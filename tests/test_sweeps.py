@@ -1,0 +1,125 @@
+"""Sweeps: idempotent runs, failure records, plan/status, Hydra multirun with real launchers."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kdbench import KDBenchError
+from kdbench.bench import plan_rows, run_state
+from kdbench.cli import main
+from kdbench.config import compose
+from kdbench.results import load_records
+from kdbench.runner import run
+from tests.conftest import tiny_overrides
+
+
+def test_diverged_run_writes_a_record_with_the_step_and_is_not_retried_unless_asked(make_cfg):
+    cfg = make_cfg("method=vanilla", "schedule.lr=1e12")
+    with pytest.raises(KDBenchError, match="diverged"):
+        run(cfg)
+    (rec,) = [s.record for s in load_records(cfg.paths.results)]
+    assert rec["status"] == "diverged" and rec["error"]["epoch"] == 1 and rec["error"]["step"] >= 1
+    assert run_state(cfg)[0] == "diverged"
+    with pytest.raises(KDBenchError, match="retry_failed=true"):
+        run(cfg)
+    again = run(make_cfg("method=vanilla", "schedule.lr=1e12", "retry_failed=true"), on_error="record")
+    assert again["status"] == "diverged"
+    assert len(load_records(cfg.paths.results)) == 2
+
+
+def test_exception_writes_a_failed_record_and_a_suite_continues(make_cfg, monkeypatch, tmp_path):
+    from kdbench.methods import kd as kd_module
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(kd_module, "kd_loss", broken)
+    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=1), "suite.seeds=[0]"]) == 0
+    recs = {s.record["method"]["name"]: s.record for s in load_records(tmp_path / "results")}
+    assert recs["vanilla"]["status"] == "completed"
+    assert recs["kd"]["status"] == "failed" and "boom" in recs["kd"]["error"]["message"]
+    assert "RuntimeError" in recs["kd"]["error"]["traceback"]
+
+
+def test_status_and_plan(tmp_path, capsys):
+    ov = [*tiny_overrides(tmp_path, epochs=1), "suite.seeds=[0,1]"]
+    rows = plan_rows(ov)
+    assert [r["state"] for r in rows] == ["missing"] * 4
+    assert all(r["train_flops"] > 0 for r in rows)
+    run(compose([*ov, "method=vanilla", "seed=0"]))
+    assert main(["status", *ov]) == 0
+    out = capsys.readouterr().out
+    assert "done 1" in out and "missing 3" in out
+    assert main(["plan", *ov]) == 0
+    assert "TFLOP" in capsys.readouterr().out
+
+
+def test_interrupted_runs_show_as_interrupted_and_the_suite_resumes_them(tmp_path):
+    ov = [*tiny_overrides(tmp_path, epochs=3), "method=kd", "seed=0"]
+
+    class Killed(BaseException):
+        pass
+
+    def kill(epoch, step):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(compose(ov), on_step=kill)
+    assert run_state(compose(ov))[0] == "interrupted"
+    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=3), "suite.methods=[kd]", "suite.seeds=[0]"]) == 0
+    (rec,) = [s.record for s in load_records(tmp_path / "results")]
+    assert rec["timing"]["resumed_from_epoch"] == 1
+
+
+def test_grid_with_an_unknown_name_fails_before_any_run(tmp_path, capsys):
+    assert main(["run", "-m", "method=kd,kdd", *tiny_overrides(tmp_path, epochs=1)]) == 2
+    assert "Valid methods" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "runs").exists()
+    assert main(["bench", *tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,nope]"]) == 2
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_missing_launcher_package_is_named(monkeypatch):
+    import importlib.util
+
+    from kdbench.hydra_app import check_launcher
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if "joblib_launcher" in name else real(name, *a))
+    with pytest.raises(KDBenchError, match="pip install hydra-joblib-launcher"):
+        check_launcher(["hydra/launcher=local_parallel"])
+
+
+def _sweep(tmp_path, *extra) -> list[dict]:
+    args = ["run", "-m", "method=vanilla,kd", "seed=0,1", *tiny_overrides(tmp_path, epochs=1), *extra]
+    assert main(args) == 0
+    return [s.record for s in load_records(tmp_path / "results")]
+
+
+def test_multirun_sweep_with_the_basic_launcher_is_idempotent(tmp_path):
+    recs = _sweep(tmp_path)
+    assert sorted((r["method"]["name"], r["seed"]) for r in recs) == [("kd", 0), ("kd", 1), ("vanilla", 0),
+                                                                        ("vanilla", 1)]
+    assert all(r["status"] == "completed" for r in recs)
+    assert len(_sweep(tmp_path)) == 4  # re-running the grid skips completed runs
+
+
+def test_multirun_in_parallel_trains_the_teacher_once(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    recs = _sweep(tmp_path, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2")
+    assert len(recs) == 4 and all(r["status"] == "completed" for r in recs)
+    teachers = [p for p in (tmp_path / "work" / "teachers").iterdir() if (p / "teacher.json").exists()]
+    assert len(teachers) == 1
+    assert len({r["teacher"]["hash"] for r in recs if r["teacher"]}) == 1
+    assert not list((tmp_path / "work" / "teachers").glob("*.partial"))
+
+
+def test_multirun_with_submitit_local_executor(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    recs = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert len(recs) == 4 and all(r["status"] == "completed" for r in recs)

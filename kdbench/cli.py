@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("run", "train one student (method x pair x seed) and write its record"),
                        ("bench", "run a suite (default: digits; teacher, vanilla, KD x 3 seeds) and print tables"),
                        ("plan", "print the runs a suite would do, with estimated FLOPs and time"),
+                       ("speed", "measure training-step throughput, FLOPs and MFU beside a reference loop"),
                        ("status", "show each run of a suite: done, running, failed, diverged, interrupted, missing"),
                        ("config", "print the resolved config")):
         sp = sub.add_parser(name, help=text)
@@ -154,6 +155,15 @@ def dispatch(args: argparse.Namespace) -> int:
         from .bench import format_bench, run_bench
 
         print(format_bench(run_bench(args.overrides)))
+    elif args.command == "speed":
+        from .records import write_json_atomic
+        from .speed import format_speed, run_speed, speed_record_name
+
+        rows = run_speed(args.overrides)
+        cfg = compose(args.overrides, check=False)
+        for r in rows:
+            write_json_atomic(Path(cfg.paths.results) / "speed" / speed_record_name(r), r, overwrite=False)
+        print(format_speed(rows))
     elif args.command in ("plan", "status"):
         from .bench import format_plan, plan_rows
 

@@ -22,9 +22,9 @@ CONFIG_MODULE = "kdbench.conf"
 DATA_PATH_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
 # Keys that do not change what a run computes: excluded from run identity.
 NON_SEMANTIC_KEYS = (
-    "paths", "resume", "force", "retry_failed", "note", "suite",
+    "paths", "resume", "force", "retry_failed", "note", "suite", "speed",
     "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
-    "engine.channels_last", "engine.keep_checkpoint",
+    "engine.channels_last", "engine.keep_checkpoint", "engine.compile", "engine.optimizer_impl",
     "pair.description",
     *(f"data.{k}" for k in DATA_PATH_KEYS),
 )

@@ -53,11 +53,70 @@ def lr_at(epoch: int, sched: DictConfig) -> float:
     raise KDBenchError(f"schedule.lr_schedule={sched.lr_schedule!r} is not one of: multistep, cosine")
 
 
-def build_optimizer(params, sched: DictConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, sched: DictConfig, impl: str = "for_loop") -> torch.optim.Optimizer:
+    """SGD as the schedule says; ``impl`` picks PyTorch's fused, foreach or per-tensor kernels (same math)."""
     if sched.optimizer != "sgd":
         raise KDBenchError(f"schedule.optimizer={sched.optimizer!r} is not one of: sgd")
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     return torch.optim.SGD(list(params), lr=float(sched.lr), momentum=float(sched.momentum),
-                           weight_decay=float(sched.weight_decay), nesterov=bool(sched.nesterov))
+                           weight_decay=float(sched.weight_decay), nesterov=bool(sched.nesterov), **kw)
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The engine switches resolved for a device (recorded with every run)."""
+
+    amp: str              # fp32 | bf16
+    channels_last: bool
+    compile: bool
+    optimizer_impl: str   # fused | foreach | for_loop
+
+    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+        if self.amp == "bf16":
+            return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile,
+                "optimizer_impl": self.optimizer_impl}
+
+
+def resolve_fast_path(engine: DictConfig, device: torch.device) -> FastPath:
+    """Defaults where safe: bf16 autocast on CUDA, fp32 on CPU; channels_last everywhere (same
+    math; 1.25x for KD resnet32x4->resnet8x4 on our 2-core CPU); fused SGD on CUDA, foreach on
+    CPU; torch.compile only when asked (it did not help on CPU)."""
+    cuda = device.type == "cuda"
+    amp = engine.get("amp")
+    if amp not in (None, "fp32", "bf16"):
+        raise KDBenchError(f"engine.amp={amp!r} is not one of: null (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    cl = engine.get("channels_last", "auto")
+    if cl not in ("auto", True, False):
+        raise KDBenchError(f"engine.channels_last={cl!r} is not one of: auto, true, false")
+    impl = engine.get("optimizer_impl", "auto")
+    if impl not in ("auto", "fused", "foreach", "for_loop"):
+        raise KDBenchError(f"engine.optimizer_impl={impl!r} is not one of: auto, fused, foreach, for_loop")
+    return FastPath(amp=amp or ("bf16" if cuda else "fp32"),
+                    channels_last=True if cl == "auto" else bool(cl),
+                    compile=bool(engine.get("compile", False)),
+                    optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl)
+
+
+def apply_fast_path(method: Method, fast: FastPath) -> None:
+    """Memory format and compilation of every model the method owns (state-dict keys unchanged)."""
+    if fast.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if fast.compile:
+        for m in {id(m): m for m in [*method.eval_models().values(), method.student,
+                                     *([method.teacher] if method.teacher is not None else [])]}.values():
+            m.compile()
+
+
+def train_one_step(method: Method, batch, epoch: int, optimizer: torch.optim.Optimizer,
+                   autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool):
+    """The hot path: one optimisation step, no host-device synchronisation."""
+    if channels_last:
+        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+    return method.train_step(batch, epoch, optimizer, autocast)
 
 
 @torch.no_grad()
@@ -172,6 +231,7 @@ class FitResult:
     epochs: int
     resumed_from_epoch: int = 0
     peak_memory: dict[str, Any] = field(default_factory=dict)
+    fast_path: dict[str, Any] = field(default_factory=dict)
 
 
 def measure_peak_memory(device: torch.device) -> dict[str, Any]:
@@ -198,19 +258,10 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     to simulate a kill mid-epoch).
     """
     device = data.device
-    amp = engine.get("amp")
-    if amp not in (None, "bf16"):
-        raise KDBenchError(f"engine.amp={amp!r} is not one of: null, bf16")
-    channels_last = bool(engine.channels_last)
-
-    def autocast():
-        if amp == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(method.trainable_parameters(), sched)
+    fast = resolve_fast_path(engine, device)
+    autocast, channels_last = fast.autocast(device), fast.channels_last
+    apply_fast_path(method, fast)
+    optimizer = build_optimizer(method.trainable_parameters(), sched, fast.optimizer_impl)
     epochs, bs = int(sched.epochs), int(sched.batch_size)
     history: list[dict[str, Any]] = []
     train_time, images_seen, start_epoch = 0.0, 0, 0
@@ -249,9 +300,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         t0 = time.perf_counter()
         bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
         for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
-            if channels_last:
-                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-            out = method.train_step(batch, epoch, optimizer, autocast)
+            out = train_one_step(method, batch, epoch, optimizer, autocast, channels_last)
             watch.push(epoch, step, out.losses, history)
             n = len(batch.labels)
             seen += n
@@ -300,7 +349,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
 
     if channels_last:
         method.to(memory_format=torch.contiguous_format)
-    return FitResult(peak_memory=measure_peak_memory(device), history=history, last=_summary(history, len(history) - 1, method),
+    return FitResult(fast_path=fast.as_dict(), peak_memory=measure_peak_memory(device), history=history, last=_summary(history, len(history) - 1, method),
                      selected=_select(history, method), train_time_s=train_time,
                      images_per_s=images_seen / max(train_time, 1e-9), epochs=epochs,
                      resumed_from_epoch=start_epoch)

@@ -504,9 +504,52 @@ def render_html(reports: list[Report], df, metric: str) -> str:
 
 # -- build and check -----------------------------------------------------------------------
 
+def load_speed(results_root: Path) -> list[dict[str, Any]]:
+    """Speed records written by ``kdbench speed`` (results/speed/*.json)."""
+    out = []
+    for path in sorted((Path(results_root) / "speed").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise KDBenchError(f"{path}: not valid JSON: {exc}") from None
+        missing = [k for k in ("pair", "method", "batch_size", "engine", "flops_per_image", "environment")
+                   if k not in rec]
+        if rec.get("kind") != "speed" or missing:
+            raise KDBenchError(f"{path}: not a speed record (missing {missing})")
+        out.append(rec)
+    return out
+
+
+def speed_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        e = r["engine"]
+        rows.append({
+            "pair": r["pair"], "method": r["method"], "batch": r["batch_size"],
+            "hardware": f"{r['environment']['hardware']}, {r['environment'].get('torch_threads')} threads"
+            if r["environment"].get("gpu") is None else r["environment"]["hardware"],
+            "engine": f"{e['amp']}{', channels_last' if e['channels_last'] else ''}"
+                      f"{', compiled' if e['compile'] else ''}, {e['optimizer_impl']} SGD",
+            "ref_images_per_s": round(r["reference"]["images_per_s"], 1) if r.get("reference") else None,
+            "images_per_s": round(e["images_per_s"], 1),
+            "speedup": round(r["speedup"], 2) if r.get("speedup") else None,
+            "gflop_per_image": round(r["flops_per_image"] / 1e9, 3),
+            "tflops": round(r["achieved_tflops"], 3),
+            "mfu_pct": round(100 * r["mfu"], 1) if r.get("mfu") is not None else None,
+            "peak_memory_mib": round(e["peak_memory_bytes"] / 2**20, 0), "date": r["created"][:10]})
+    return sorted(rows, key=lambda x: (x["hardware"], x["pair"], x["batch"], x["method"], x["date"]))
+
+
+SPEED_HEADER = ["pair", "method", "batch", "hardware", "engine", "reference img/s", "img/s", "speed-up",
+                "GFLOP/img", "TFLOP/s", "MFU (%)", "peak MiB", "date"]
+SPEED_KEYS = ["pair", "method", "batch", "hardware", "engine", "ref_images_per_s", "images_per_s", "speedup",
+              "gflop_per_image", "tflops", "mfu_pct", "peak_memory_mib", "date"]
+
+
 def _inputs_digest(results_root: Path, options: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps({"version": LEADERBOARD_VERSION, "options": options}, sort_keys=True).encode())
-    for path in sorted(runs_dir(results_root).glob("*.json")) + sorted((results_root / "reference").glob("*.csv")):
+    for path in (sorted(runs_dir(results_root).glob("*.json")) + sorted((results_root / "reference").glob("*.csv"))
+                 + sorted((results_root / "speed").glob("*.json"))):
         h.update(path.name.encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
@@ -546,8 +589,22 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     files["cost.csv"] = csv(cost_csv)
     files["aggregate.csv"] = agg.to_csv(index=False, lineterminator="\n").encode()
     files["runs.csv"] = df.drop(columns=["curve"]).to_csv(index=False, lineterminator="\n").encode()
-    files["README.md"] = render_markdown(reports, metric).encode()
-    files["index.html"] = render_html(reports, df, metric).encode()
+    speed = speed_table(load_speed(results_root))
+    files["speed.csv"] = csv(speed)
+    md = render_markdown(reports, metric)
+    page = render_html(reports, df, metric)
+    if speed:
+        md += "\n## Training speed\n\n*Full training steps (data, teacher forward, student forward and backward, " \
+              "losses, optimizer) from `kdbench speed`; reference = plain loop measured side by side.*\n\n" + \
+              _md_table(SPEED_HEADER, [[_fmt(r[k]) if isinstance(r[k], float) else str(r[k] if r[k] is not None else "")
+                                        for k in SPEED_KEYS] for r in speed]) + "\n"
+        rows = [_tr({"pair": r["pair"]}, [_td(r[k] if r[k] is not None else "", r[k] if isinstance(r[k], (int, float))
+                                               else None) for k in SPEED_KEYS]) for r in speed]
+        page = page.replace("</body>", '<section data-dataset=""><h2>Training speed</h2>'
+                            + _table("speed", "kdbench speed: images/s of full training steps, reference loop beside",
+                                     SPEED_HEADER, rows) + "</section></body>", 1)
+    files["README.md"] = md.encode()
+    files["index.html"] = page.encode()
     return files
 
 

@@ -167,6 +167,7 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
                    "epoch_time_s": result.train_time_s / max(len(result.history), 1),
                    "images_per_s": result.images_per_s, "resumed_from_epoch": result.resumed_from_epoch},
         "memory": result.peak_memory,
+        "engine": result.fast_path,
         "history": result.history,
         "environment": environment(device),
         "git": git_state(),

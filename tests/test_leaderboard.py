@@ -151,3 +151,22 @@ def test_record_fields_are_escaped_in_the_page(real_records, tmp_path):
     page = render(_store(tmp_path, recs))["index.html"].decode()
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_speed_records_become_a_table(real_records, tmp_path):
+    from kdbench.speed import measure_method
+    from kdbench.config import compose
+
+    root = _store(tmp_path, real_records)
+    r = measure_method(compose(["pair=cifar100/resnet56-resnet20", "pair.teacher=resnet8", "pair.student=resnet8"]),
+                       "kd", batch_size=4, steps=1, warmup=0)
+    (root / "speed").mkdir()
+    (root / "speed" / "kd.json").write_text(json.dumps(r))
+    files = render(root)
+    (row,) = _csv(files["speed.csv"])
+    assert row["method"] == "kd" and float(row["images_per_s"]) == pytest.approx(r["engine"]["images_per_s"], abs=0.06)
+    assert "## Training speed" in files["README.md"].decode() and 'id="speed"' in files["index.html"].decode()
+    out = tmp_path / "lb"
+    build_leaderboard(root, out)
+    (root / "speed" / "kd2.json").write_text(json.dumps(r))
+    assert any("stale" in p for p in check_leaderboard(root, out))

@@ -1,0 +1,220 @@
+"""The speed harness: images/s, FLOPs, TFLOP/s and MFU of a full training step, beside a reference loop.
+
+A *step* is everything the engine does per batch: cut and augment the batch,
+teacher forward, student forward and backward, the method's losses and the
+optimizer step. Each method is measured twice in the same process on the same
+models and batch size: the engine's fast path, and a plain reference loop
+(torchvision DataLoader with per-image transforms, fp32, ``.item()`` on the loss
+every step, teacher forward under ``no_grad``, per-tensor SGD), so every speed-up
+is a ratio measured side by side. Synthetic CIFAR-shaped images keep it
+independent of any data set on disk.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from .config import compose
+from .data import DatasetInfo
+from .data.small import small_image_bundle
+from .engine import apply_fast_path, build_optimizer, resolve_device, resolve_fast_path, train_one_step
+from .errors import KDBenchError
+from .method import METHODS, MethodContext, create_method
+from .models import create_model
+from .records import environment, now_iso
+
+log = logging.getLogger(__name__)
+
+# Dense peak TFLOP/s by device name fragment: (bf16 tensor core, tf32/fp32 matmul).
+PEAK_TFLOPS = {"H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0)}
+DEFAULT_PAIR = "cifar100/resnet32x4-resnet8x4"
+
+
+def peak_tflops(device: torch.device, amp: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (bf16, fp32) in PEAK_TFLOPS.items():
+        if key in name:
+            return bf16 if amp == "bf16" else fp32
+    return None
+
+
+def _flops_per_image(method, batch, optimizer, autocast, channels_last) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_one_step(method, batch, 0, optimizer, autocast, channels_last)
+    return counter.get_total_flops() / len(batch.labels)
+
+
+@dataclass
+class Measurement:
+    images_per_s: float
+    ms_per_step: float
+    peak_memory_bytes: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(loop, device: torch.device, warmup: int, steps: int, batch_size: int) -> Measurement:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loop(warmup)  # compile, cuDNN autotuning, allocator warm-up: excluded
+    _sync(device)
+    t0 = time.perf_counter()
+    loop(steps)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
+    else:
+        import resource
+
+        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return Measurement(steps * batch_size / dt, 1000 * dt / steps, peak)
+
+
+def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: int, pipeline: str):
+    """Synthetic CIFAR-100-shaped data, the pair's models (random weights) and the method."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n_images) % 100
+    data_cfg = compose(["dataset=cifar100", f"data.pipeline={pipeline}", "data.val_fraction=0"], check=False).data
+    data = small_image_bundle(data_cfg, "synthetic-cifar100", images, labels, images[:8], labels[:8],
+                              [str(i) for i in range(100)], [0.5] * 3, [0.25] * 3).to(device)
+    torch.manual_seed(0)
+    student = create_model(str(cfg.pair.student), 100)
+    cls = METHODS.get(method_name).obj
+    teacher = create_model(str(cfg.pair.teacher), 100).eval() if cls.uses_teacher else None
+    info = DatasetInfo("synthetic-cifar100", 100, (3, 32, 32), n_images)
+    ctx = MethodContext(info, student.feature_spec((3, 32, 32)),
+                        teacher.feature_spec((3, 32, 32)) if teacher is not None else None, 0,
+                        train_labels=labels.to(device), student_arch=str(cfg.pair.student),
+                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
+    method_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"]).method
+    method = create_method(method_cfg, student, teacher, ctx).to(device)
+    return data, method
+
+
+def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,
+                   reference: bool = True) -> dict[str, Any]:
+    """Fast path and reference loop for one method; returns a speed record."""
+    device = resolve_device(str(cfg.engine.device))
+    n_images = batch_size * (steps + warmup + 1)
+    fast = resolve_fast_path(cfg.engine, device)
+
+    # -- the engine's fast path
+    data, method = _build(cfg, method_name, device, n_images, "device")
+    apply_fast_path(method, fast)
+    autocast = fast.autocast(device)
+    opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
+    method.train()
+    batches = iter(())
+
+    def engine_loop(n: int) -> None:
+        nonlocal batches
+        for _ in range(n):
+            batch = next(batches, None)
+            if batch is None:
+                batches = data.train_batches(batch_size, 0, 0)
+                batch = next(batches)
+            train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
+
+    flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast, fast.channels_last)
+    eng = _measure(engine_loop, device, warmup, steps, batch_size)
+    del method, opt, data
+    ref = None
+    if reference:
+        ref = _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup)
+    peak = peak_tflops(device, fast.amp)
+    achieved = flops * eng.images_per_s / 1e12
+    return {
+        "kind": "speed", "schema_version": 1, "created": now_iso(),
+        "pair": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student),
+        "method": method_name, "batch_size": batch_size, "steps": steps, "warmup": warmup,
+        "engine": {**fast.as_dict(), "images_per_s": eng.images_per_s, "ms_per_step": eng.ms_per_step,
+                   "peak_memory_bytes": eng.peak_memory_bytes},
+        "reference": None if ref is None else {"images_per_s": ref.images_per_s, "ms_per_step": ref.ms_per_step,
+                                               "peak_memory_bytes": ref.peak_memory_bytes},
+        "speedup": None if ref is None else eng.images_per_s / ref.images_per_s,
+        "flops_per_image": flops, "achieved_tflops": achieved,
+        "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
+        "environment": environment(device),
+    }
+
+
+def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup) -> Measurement:
+    """The plain loop: DataLoader + PIL transforms, fp32, NCHW, .item() every step, per-tensor SGD."""
+    data, method = _build(cfg, method_name, device, n_images, "dataloader")
+    opt = build_optimizer(method.trainable_parameters(), cfg.schedule, "for_loop")
+    method.train()
+    batches = iter(())
+    losses: list[float] = []
+
+    def loop(n: int) -> None:
+        nonlocal batches
+        for _ in range(n):
+            batch = next(batches, None)
+            if batch is None:
+                batches = data.train_batches(batch_size, 0, 0)
+                batch = next(batches)
+            out = method.step(batch, 0)
+            loss = sum(out.losses.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())  # the habitual per-step host sync
+
+    return _measure(loop, device, warmup, steps, batch_size)
+
+
+def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    if not any(o.lstrip("+").split("=", 1)[0] == "pair" for o in overrides):
+        overrides = [f"pair={DEFAULT_PAIR}", *overrides]
+    cfg = compose(overrides)
+    if cfg.data.name not in ("cifar100", "cifar10", "cifar10-jpg"):
+        raise KDBenchError(f"kdbench speed measures CIFAR-shaped pairs; {cfg.pair.name} is on {cfg.data.name}")
+    methods = list(cfg.speed.methods) or METHODS.names()
+    out = []
+    for m in methods:
+        log.info("speed: %s on %s, batch %d", m, cfg.pair.name, cfg.speed.batch_size)
+        out.append(measure_method(cfg, m, int(cfg.speed.batch_size), int(cfg.speed.steps), int(cfg.speed.warmup),
+                                  reference=bool(cfg.speed.reference)))
+    return out
+
+
+def format_speed(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no measurements"
+    r0 = rows[0]
+    lines = [f"{r0['pair']}, batch {r0['batch_size']}, {r0['steps']} timed steps after {r0['warmup']} warm-up, "
+             f"{r0['environment']['hardware']}, engine {r0['engine']['amp']}"
+             f"{' channels_last' if r0['engine']['channels_last'] else ''}"
+             f"{' compiled' if r0['engine']['compile'] else ''}, {r0['engine']['optimizer_impl']} SGD",
+             f"{'method':<8} {'ref img/s':>10} {'img/s':>9} {'speed-up':>8} {'ms/step':>8} {'GFLOP/img':>9} "
+             f"{'TFLOP/s':>8} {'MFU':>6} {'peak MiB':>9}"]
+    for r in rows:
+        ref = f"{r['reference']['images_per_s']:10.1f}" if r["reference"] else f"{'-':>10}"
+        sp = f"{r['speedup']:7.2f}x" if r["speedup"] else f"{'-':>8}"
+        mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else f"{'-':>6}"
+        lines.append(f"{r['method']:<8} {ref} {r['engine']['images_per_s']:9.1f} {sp} "
+                     f"{r['engine']['ms_per_step']:8.1f} {r['flops_per_image'] / 1e9:9.3f} "
+                     f"{r['achieved_tflops']:8.3f} {mfu} {r['engine']['peak_memory_bytes'] / 2**20:9.0f}")
+    return "\n".join(lines)
+
+
+def speed_record_name(r: dict[str, Any]) -> str:
+    hw = "".join(c if c.isalnum() else "-" for c in r["environment"]["hardware"]).strip("-")[:40]
+    return (f"{r['pair'].replace('/', '_')}__{r['method']}__bs{r['batch_size']}__{r['engine']['amp']}__{hw}__"
+            f"{r['created'][:19].replace(':', '')}.json")
+
+

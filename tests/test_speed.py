@@ -1,0 +1,43 @@
+"""The speed harness: a full step is measured beside the reference loop; FLOPs add up."""
+from __future__ import annotations
+
+import pytest
+
+from kdbench.config import compose
+from kdbench.engine import resolve_fast_path
+from kdbench.models import create_model, forward_flops
+from kdbench.speed import format_speed, measure_method, peak_tflops
+
+
+def _cfg(*extra):
+    # a small CIFAR pair keeps this quick; the harness's default is resnet32x4 -> resnet8x4
+    return compose(["pair=cifar100/resnet56-resnet20", "pair.teacher=resnet8", "pair.student=resnet8", *extra])
+
+
+@pytest.mark.parametrize("method", ["vanilla", "kd", "crd"])
+def test_speed_record_has_every_number(method):
+    r = measure_method(_cfg(), method, batch_size=8, steps=2, warmup=1)
+    assert r["engine"]["images_per_s"] > 0 and r["reference"]["images_per_s"] > 0
+    assert r["speedup"] == pytest.approx(r["engine"]["images_per_s"] / r["reference"]["images_per_s"])
+    assert r["achieved_tflops"] > 0 and r["mfu"] is None  # no known peak for a CPU
+    assert r["engine"]["peak_memory_bytes"] > 0
+    assert method in format_speed([r])
+
+
+def test_step_flops_are_forward_plus_backward():
+    fwd = forward_flops(create_model("resnet8", 100), (3, 32, 32))
+    van = measure_method(_cfg(), "vanilla", batch_size=8, steps=1, warmup=0, reference=False)
+    kd = measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=0, reference=False)
+    # backward costs about twice the forward: a training step is ~3x forward
+    assert van["flops_per_image"] == pytest.approx(3 * fwd, rel=0.1)
+    assert kd["flops_per_image"] - van["flops_per_image"] == pytest.approx(fwd, rel=0.1)  # + teacher forward
+
+
+def test_fast_path_defaults():
+    import torch
+
+    cpu = resolve_fast_path(compose().engine, torch.device("cpu"))
+    assert (cpu.amp, cpu.channels_last, cpu.optimizer_impl, cpu.compile) == ("fp32", True, "foreach", False)
+    gpu = resolve_fast_path(compose().engine, torch.device("cuda"))
+    assert (gpu.amp, gpu.optimizer_impl) == ("bf16", "fused")
+    assert peak_tflops(torch.device("cpu"), "bf16") is None

@@ -144,7 +144,11 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "run":
         from .runner import run
 
+        from .distributed import is_main
+
         rec = run(compose(args.overrides))
+        if not is_main():
+            return 0  # under torchrun, rank 0 reports
         m = rec["metrics"]
         last, sel = m["last"][m["primary_model"]]["test"], m["selected"]
         sel_txt = (f"; at the validation-selected epoch {sel['epoch']}: {sel[m['primary_model']]['test']['top1']:.2f}"

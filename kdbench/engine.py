@@ -36,8 +36,13 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def resolve_device(name: str) -> torch.device:
+    from .distributed import info
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        d = info()
+        if torch.cuda.is_available():
+            return torch.device("cuda", d.local_rank) if d else torch.device("cuda")
+        return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KDBenchError(f"engine.device={name} but CUDA is not available here; use engine.device=cpu or auto")
@@ -257,12 +262,22 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     ``on_step(epoch, step)`` is called after each optimizer step (tests use it
     to simulate a kill mid-epoch).
     """
+    from . import distributed as ddp
+
     device = data.device
     fast = resolve_fast_path(engine, device)
     autocast, channels_last = fast.autocast(device), fast.channels_last
     apply_fast_path(method, fast)
     optimizer = build_optimizer(method.trainable_parameters(), sched, fast.optimizer_impl)
     epochs, bs = int(sched.epochs), int(sched.batch_size)
+    n_proc, main = ddp.world(), ddp.is_main()
+    if n_proc > 1:
+        if bs % n_proc:
+            raise KDBenchError(f"schedule.batch_size={bs} does not split over {n_proc} processes")
+        bs //= n_proc  # per-process batch: the global batch stays the schedule's
+        optimizer = ddp.GradSync(optimizer)
+        for t in [*method.parameters(), *method.buffers()]:
+            torch.distributed.broadcast(t.data, 0)
     history: list[dict[str, Any]] = []
     train_time, images_seen, start_epoch = 0.0, 0, 0
 
@@ -279,7 +294,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         log.info("%sresuming from epoch %d of %d (%s)", label, start_epoch, epochs, ckpt_path)
 
     teacher_test_logits = None
-    if method.teacher is not None:  # fixed: computed once for agreement and KL on the test split
+    if method.teacher is not None and main:  # fixed: computed once for agreement and KL on the test split
         teacher_test_logits = predict(method.teacher, data, "test", int(engine.eval_batch_size), autocast,
                                       channels_last)[0]
     if device.type == "cuda":
@@ -287,8 +302,9 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     watch = _DivergenceWatch(device)
     show = _progress_enabled(engine.progress)
     log_every = max(1, int(engine.log_every))
-    steps_per_epoch = math.ceil(data.split_len("train") / bs)
+    steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / n_proc) / bs)
     for epoch in range(start_epoch, epochs):
+        ddp.broadcast_buffers(method)  # BatchNorm statistics from rank 0
         lr = lr_at(epoch, sched)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -323,6 +339,12 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         epoch_time = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        if n_proc > 1:  # totals over every process
+            keys = sorted(sums)
+            tot = ddp.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
+                                                  torch.tensor(float(seen), device=device)]))
+            sums = dict(zip(keys, tot[:len(keys)]))
+            correct, seen = tot[len(keys)], int(tot[-1].item())
         train_time += epoch_time
         images_seen += seen
         row: dict[str, Any] = {
@@ -331,21 +353,28 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
             "train_top1": 100.0 * correct.item() / seen,
         }
         ebs = int(engine.eval_batch_size)
-        for name, model in method.eval_models().items():
-            row[name] = {
-                "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val") else None,
-                "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
-            }
+        if main:  # rank 0 evaluates the whole splits; the others receive its numbers
+            for name, model in method.eval_models().items():
+                row[name] = {
+                    "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val")
+                    else None,
+                    "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
+                }
+        if n_proc > 1:
+            shared = [row]
+            torch.distributed.broadcast_object_list(shared, 0)
+            row = shared[0]
         history.append(row)
         primary = next(iter(method.eval_models()))
         log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", label, epoch + 1,
                  epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
                  f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
                  row[primary]["test"]["top1"], row["images_per_s"])
-        _save_checkpoint(ckpt_path, {
-            "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-            "history": history, "train_time": train_time, "images_seen": images_seen,
-        })
+        if main:
+            _save_checkpoint(ckpt_path, {
+                "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                "history": history, "train_time": train_time, "images_seen": images_seen,
+            })
 
     if channels_last:
         method.to(memory_format=torch.contiguous_format)

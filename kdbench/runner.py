@@ -64,6 +64,9 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     returned so the grid continues, otherwise the error is raised after it is
     written. ``data`` may be passed to reuse an already built dataset.
     """
+    from . import distributed as ddp
+
+    ddp.init_from_env()  # under torchrun: join the process group
     run_id = run_identity(cfg)
     previous = records_of_run(cfg.paths.results, run_id)
     if previous and not cfg.force:
@@ -80,6 +83,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
                                    "(pass retry_failed=true to run it again)")
             return last
     run_dir = Path(cfg.paths.runs) / run_id
+    if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
+        return _run_locked(cfg, run_id, run_dir, data, on_step, on_error)
     with file_lock(run_dir.with_name(run_id + ".lock"), blocking=False) as mine:
         if not mine:
             raise KDBenchError(f"run {run_id} is running in another process ({run_dir})")
@@ -88,6 +93,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
 
 def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str) -> dict[str, Any]:
+    from . import distributed as ddp
+
     data = data if data is not None else load_data(cfg)
     device = data.device
     seed = int(cfg.seed)
@@ -112,7 +119,8 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
     method.to(device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    if ddp.is_main():
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
     t0 = time.time()
     started = now_iso()
@@ -123,6 +131,8 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record
         rec = _failure_record(cfg, run_id, method, data, started, exc)
+        if not ddp.is_main():
+            raise
         out = add_record(cfg.paths.results, rec)
         log.error("run %s %s: %s (record: %s)", run_id, rec["status"], rec["error"]["message"], out)
         if rec["status"] == "diverged":
@@ -169,11 +179,13 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
         "memory": result.peak_memory,
         "engine": result.fast_path,
         "history": result.history,
-        "environment": environment(device),
+        "environment": {**environment(device), "processes": ddp.world()},
         "git": git_state(),
         "note": str(cfg.note),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if not ddp.is_main():
+        return record  # rank 0 writes the record
     out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
     log.info("record written: %s", out)
     if not cfg.engine.keep_checkpoint:

@@ -11,6 +11,7 @@ independent of any data set on disk.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -167,12 +168,9 @@ def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, wa
             if batch is None:
                 batches = data.train_batches(batch_size, 0, 0)
                 batch = next(batches)
-            out = method.step(batch, 0)
-            loss = sum(out.losses.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())  # the habitual per-step host sync
+            # the method's own update rule (DML: sequential), but fp32, NCHW and a per-step host sync
+            out = method.train_step(batch, 0, opt, contextlib.nullcontext)
+            losses.append(sum(out.losses.values()).item())
 
     return _measure(loop, device, warmup, steps, batch_size)
 

@@ -109,9 +109,12 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     A file lock per teacher makes parallel workers wait for the one that
     trains it instead of training duplicates.
     """
+    from . import distributed as ddp
     from .locks import file_lock
 
     found = find_teacher(cfg)
+    if found is None and ddp.world() > 1:  # one torchrun job: its processes train the teacher together
+        return train_teacher(cfg, data)
     if found is None:
         lock = Path(cfg.paths.teachers) / f"{teacher_hash(cfg)}.lock"
         with file_lock(lock):
@@ -141,6 +144,11 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
     result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ")
+    from . import distributed as ddp
+
+    if not ddp.is_main():  # rank 0 stores the teacher; the others wait, then read it
+        ddp.barrier()
+        return _entry(final)
     weights = partial / "model.pt"
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     last, sel = result.last["student"], result.selected
@@ -174,6 +182,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     except OSError:
         # Another worker finished the same teacher first; theirs is equivalent.
         shutil.rmtree(partial, ignore_errors=True)
+    ddp.barrier()
     entry = _entry(final)
     log.info("teacher %s trained: test top-1 %.2f", entry.hash, entry.test_top1)
     return entry

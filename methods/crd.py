@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from kdbench.connectors import L2Embed
 from kdbench.data import Batch
+from kdbench.distributed import all_gather_cat, all_reduce_sum, world
 from kdbench.method import Method, StepOutput, register_method, require
 from kdbench.methods.kd import kd_loss
 from kdbench.seeding import derive_seed
@@ -75,7 +76,8 @@ class ContrastMemory(nn.Module):
         out_t = torch.exp(torch.bmm(w_s, v_t.unsqueeze(2)).squeeze(2) / self.temperature)
         if self.z[0] < 0:  # first batch: estimate the normalisers once (authors' code)
             with torch.no_grad():
-                self.z.copy_(torch.stack([out_s.mean(), out_t.mean()]) * self.n_data)
+                z = torch.stack([out_s.mean(), out_t.mean()]) * self.n_data
+                self.z.copy_(all_reduce_sum(z) / world())  # one value across data-parallel processes
         return out_s / self.z[0], out_t / self.z[1]
 
     @torch.no_grad()
@@ -180,7 +182,9 @@ class CRD(Method):
         idx = self.sampler(batch.indices, batch.labels)
         out_s, out_t = self.memory.scores(v_s, v_t, idx)
         crd = nce_loss(out_s, self.n_data) + nce_loss(out_t, self.n_data)
-        self.memory.update(v_s.detach(), v_t.detach(), batch.indices)
+        # Under data parallelism every process applies the whole global batch, so the banks stay equal.
+        self.memory.update(all_gather_cat(v_s.detach().float()), all_gather_cat(v_t.detach().float()),
+                           all_gather_cat(batch.indices))
         losses = {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels), "crd": self.beta * crd}
         if self.kd_weight:
             losses["kd"] = self.kd_weight * kd_loss(s_out.logits, t_out.logits.float(), self.temperature)

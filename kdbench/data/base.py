@@ -110,9 +110,11 @@ class TensorBundle(DataBundle):
                             self.augment, self.prepare)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+        from ..distributed import shard, stream
+
         split = self.train
-        perm = epoch_permutation(len(split), seed, epoch).to(self.device)
-        aug_gen = generator(seed, "augment", epoch, device=self.device) if self.augment else None
+        perm = shard(epoch_permutation(len(split), seed, epoch)).to(self.device)  # this process's share
+        aug_gen = generator(seed, *stream("augment", epoch), device=self.device) if self.augment else None
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
             images = split.images[idx]
@@ -137,10 +139,14 @@ class _OrderSampler(torch.utils.data.Sampler):
         self.n, self.seed, self.epoch = n, seed, epoch
 
     def __iter__(self):
-        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+        from ..distributed import shard
+
+        return iter(shard(epoch_permutation(self.n, self.seed, self.epoch)).tolist())
 
     def __len__(self) -> int:
-        return self.n
+        from ..distributed import world
+
+        return -(-self.n // world())
 
 
 class LoaderBundle(DataBundle):
@@ -183,7 +189,9 @@ class LoaderBundle(DataBundle):
 
     def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
         n = len(self.splits["train"])
-        aug_seed = derive_seed(seed, "augment", epoch)
+        from ..distributed import stream
+
+        aug_seed = derive_seed(seed, *stream("augment", epoch))
         if self.workers == 0:
             # Per-image transforms draw from the global RNG: seed it for this epoch.
             torch.manual_seed(aug_seed)

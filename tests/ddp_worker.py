@@ -1,0 +1,43 @@
+"""Run by tests/test_distributed.py under torchrun: CRD and DML steps with 2 processes (gloo)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from kdbench import distributed as ddp
+from kdbench.config import compose
+from kdbench.data import build_dataset
+from kdbench.engine import build_optimizer
+from kdbench.method import MethodContext, create_method
+from kdbench.models import create_model
+
+
+def main(out: str) -> None:
+    ddp.init_from_env()
+    cfg = compose(["method=crd"])
+    data = build_dataset(cfg.data)
+    torch.manual_seed(0)
+    student, teacher = create_model("cnn_small", 10, 1), create_model("cnn_wide", 10, 1).eval()
+    ctx = MethodContext(data.info, student.feature_spec((1, 8, 8)), teacher.feature_spec((1, 8, 8)), 0,
+                        train_labels=data.train_labels(), student_arch="cnn_small", teacher_arch="cnn_wide")
+    m = create_method(cfg.method, student, teacher, ctx)
+    opt = ddp.GradSync(build_optimizer(m.trainable_parameters(), cfg.schedule, "foreach"))
+    m.train()
+    for step, batch in enumerate(data.train_batches(32, 0, 0)):
+        m.train_step(batch, 0, opt, contextlib.nullcontext)
+        if step == 5:
+            break
+    sums = torch.stack([m.memory.memory_s.sum(), m.memory.memory_t.sum(), m.memory.z.sum(),
+                        sum(p.sum() for p in m.student.parameters())])
+    gathered = ddp.all_gather_cat(sums[None])
+    if ddp.is_main():
+        json.dump({"per_rank": gathered.tolist()}, open(out, "w"))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

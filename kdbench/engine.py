@@ -193,6 +193,34 @@ class RunDiverged(Exception):
         self.epoch, self.step, self.history = epoch, step, history
 
 
+class _StopOnInterrupt:
+    """Ctrl-C during training: finish the current step, checkpoint it, then stop (a second Ctrl-C kills)."""
+
+    def __init__(self, enabled: bool) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            signal.default_int_handler(signum, frame)
+        self.requested = True
+        log.warning("interrupted: stopping after this step with a checkpoint (Ctrl-C again to abort now)")
+
+    def restore(self) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
 class _DivergenceWatch:
     """Per-step non-finite check without stalling the device.
 
@@ -291,7 +319,11 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         optimizer.load_state_dict(state["optimizer"])
         history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
         start_epoch = state["epoch"]
-        log.info("%sresuming from epoch %d of %d (%s)", label, start_epoch, epochs, ckpt_path)
+        partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
+        log.info("%sresuming from epoch %d%s of %d (%s)", label, start_epoch,
+                 f", step {partial['step']}" if partial else "", epochs, ckpt_path)
+    else:
+        partial = None
 
     teacher_test_logits = None
     if method.teacher is not None and main:  # fixed: computed once for agreement and KL on the test split
@@ -303,79 +335,100 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     show = _progress_enabled(engine.progress)
     log_every = max(1, int(engine.log_every))
     steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / n_proc) / bs)
-    for epoch in range(start_epoch, epochs):
-        ddp.broadcast_buffers(method)  # BatchNorm statistics from rank 0
-        lr = lr_at(epoch, sched)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        torch.manual_seed(derive_seed(seed, "epoch-rng", epoch))  # method-side randomness
-        method.train()
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
-        t0 = time.perf_counter()
-        bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
-        for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
-            out = train_one_step(method, batch, epoch, optimizer, autocast, channels_last)
-            watch.push(epoch, step, out.losses, history)
-            n = len(batch.labels)
-            seen += n
-            # Accumulate on the device: no host sync inside the step.
-            for k, v in out.losses.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() * n
-            correct += (out.logits.detach().argmax(1) == batch.labels).sum()
-            if on_step is not None:
-                on_step(epoch, step)
-            if bar is not None and ((step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
-                el = time.perf_counter() - t0
-                post = {k: f"{v.item() / seen:.3f}" for k, v in sums.items()}
-                post["acc"] = f"{100.0 * correct.item() / seen:.1f}"
-                post["img/s"] = f"{seen / max(el, 1e-9):.0f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update((step + 1) - bar.n)
-        watch.poll(history, wait=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        if n_proc > 1:  # totals over every process
-            keys = sorted(sums)
-            tot = ddp.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
-                                                  torch.tensor(float(seen), device=device)]))
-            sums = dict(zip(keys, tot[:len(keys)]))
-            correct, seen = tot[len(keys)], int(tot[-1].item())
-        train_time += epoch_time
-        images_seen += seen
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": seen / max(epoch_time, 1e-9),
-            "train_loss": {k: v.item() / seen for k, v in sums.items()},
-            "train_top1": 100.0 * correct.item() / seen,
-        }
-        ebs = int(engine.eval_batch_size)
-        if main:  # rank 0 evaluates the whole splits; the others receive its numbers
-            for name, model in method.eval_models().items():
-                row[name] = {
-                    "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val")
-                    else None,
-                    "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
-                }
-        if n_proc > 1:
-            shared = [row]
-            torch.distributed.broadcast_object_list(shared, 0)
-            row = shared[0]
-        history.append(row)
-        primary = next(iter(method.eval_models()))
-        log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", label, epoch + 1,
-                 epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
-                 f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
-                 row[primary]["test"]["top1"], row["images_per_s"])
-        if main:
-            _save_checkpoint(ckpt_path, {
-                "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                "history": history, "train_time": train_time, "images_seen": images_seen,
-            })
+    stop = _StopOnInterrupt(enabled=n_proc == 1)
+    try:
+        for epoch in range(start_epoch, epochs):
+            ddp.broadcast_buffers(method)  # BatchNorm statistics from rank 0
+            lr = lr_at(epoch, sched)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(derive_seed(seed, "epoch-rng", epoch))  # method-side randomness
+            method.train()
+            sums: dict[str, torch.Tensor] = {}
+            correct = torch.zeros((), device=device)
+            seen, first_step, time_before = 0, 0, 0.0
+            if partial is not None:  # the rest of an epoch stopped by Ctrl-C
+                first_step, seen, time_before = partial["step"], partial["seen"], partial["time_s"]
+                sums = {k: torch.tensor(v, device=device) for k, v in partial["sums"].items()}
+                correct = torch.tensor(partial["correct"], device=device)
+                torch.set_rng_state(partial["rng"])
+                partial = None
+            t0 = time.perf_counter()
+            bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
+            for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
+                if step < first_step:
+                    continue  # cut and augmented again so the random streams line up; not trained on
+                out = train_one_step(method, batch, epoch, optimizer, autocast, channels_last)
+                watch.push(epoch, step, out.losses, history)
+                n = len(batch.labels)
+                seen += n
+                # Accumulate on the device: no host sync inside the step.
+                for k, v in out.losses.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * n
+                correct += (out.logits.detach().argmax(1) == batch.labels).sum()
+                if on_step is not None:
+                    on_step(epoch, step)
+                if stop.requested:
+                    _save_checkpoint(ckpt_path, {
+                        "epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                        "history": history, "train_time": train_time, "images_seen": images_seen,
+                        "partial": {"step": step + 1, "seen": seen, "time_s": time_before + time.perf_counter() - t0,
+                                    "sums": {k: float(v) for k, v in sums.items()}, "correct": float(correct),
+                                    "rng": torch.get_rng_state()}})
+                    stop.restore()
+                    raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, step {step + 1}; checkpoint {ckpt_path}")
+                if bar is not None and ((step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
+                    el = time.perf_counter() - t0
+                    post = {k: f"{v.item() / seen:.3f}" for k, v in sums.items()}
+                    post["acc"] = f"{100.0 * correct.item() / seen:.1f}"
+                    post["img/s"] = f"{seen / max(el, 1e-9):.0f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update((step + 1) - bar.n)
+            watch.poll(history, wait=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_time = time.perf_counter() - t0 + time_before
+            if bar is not None:
+                bar.close()
+            if n_proc > 1:  # totals over every process
+                keys = sorted(sums)
+                tot = ddp.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
+                                                      torch.tensor(float(seen), device=device)]))
+                sums = dict(zip(keys, tot[:len(keys)]))
+                correct, seen = tot[len(keys)], int(tot[-1].item())
+            train_time += epoch_time
+            images_seen += seen
+            row: dict[str, Any] = {
+                "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": seen / max(epoch_time, 1e-9),
+                "train_loss": {k: v.item() / seen for k, v in sums.items()},
+                "train_top1": 100.0 * correct.item() / seen,
+            }
+            ebs = int(engine.eval_batch_size)
+            if main:  # rank 0 evaluates the whole splits; the others receive its numbers
+                for name, model in method.eval_models().items():
+                    row[name] = {
+                        "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val")
+                        else None,
+                        "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
+                    }
+            if n_proc > 1:
+                shared = [row]
+                torch.distributed.broadcast_object_list(shared, 0)
+                row = shared[0]
+            history.append(row)
+            primary = next(iter(method.eval_models()))
+            log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", label, epoch + 1,
+                     epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
+                     f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
+                     row[primary]["test"]["top1"], row["images_per_s"])
+            if main:
+                _save_checkpoint(ckpt_path, {
+                    "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                    "history": history, "train_time": train_time, "images_seen": images_seen,
+                })
 
+    finally:
+        stop.restore()  # also when an exception ends training
     if channels_last:
         method.to(memory_format=torch.contiguous_format)
     return FitResult(fast_path=fast.as_dict(), peak_memory=measure_peak_memory(device), history=history, last=_summary(history, len(history) - 1, method),

@@ -113,3 +113,26 @@ def test_teacher_parameters_do_not_change(make_cfg):
     run(cfg, data=data)
     after = load_teacher(entry, torch.device("cpu")).state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_cfg, tmp_path):
+    import os
+    import signal
+
+    full = run(make_cfg("method=kd", epochs=3))
+    cfg = make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", epochs=3)
+
+    def ctrl_c(epoch, step):
+        if epoch == 1 and step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt, match="epoch 2, step 5"):
+        run(cfg, on_step=ctrl_c)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    state = torch.load(next((tmp_path / "work" / "runs").glob("*/checkpoint.pt")), weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["step"] == 5
+    resumed = run(make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", "resume=true", epochs=3))
+    assert resumed["metrics"]["last"] == full["metrics"]["last"]
+    drop = ("time_s", "images_per_s")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"])

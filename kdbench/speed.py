@@ -66,6 +66,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _endless(data, batch_size: int):
+    """Training batches, epoch after epoch, as the loop consumes them (pipeline cost included)."""
+    epoch = 0
+    while True:
+        yield from data.train_batches(batch_size, 0, epoch)
+        epoch += 1
+
+
 def _measure(loop, device: torch.device, warmup: int, steps: int, batch_size: int) -> Measurement:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -106,8 +114,20 @@ def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: in
     return data, method
 
 
+def _profile(loop, device: torch.device, steps: int = 3, rows: int = 15) -> str:
+    """torch.profiler's table of the ops that take the step's time (self time, top rows)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        loop(steps)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,
-                   reference: bool = True) -> dict[str, Any]:
+                   reference: bool = True, profile: bool = False) -> dict[str, Any]:
     """Fast path and reference loop for one method; returns a speed record."""
     device = resolve_device(str(cfg.engine.device))
     n_images = batch_size * (steps + warmup + 1)
@@ -119,19 +139,15 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
     autocast = fast.autocast(device)
     opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
     method.train()
-    batches = iter(())
+    stream = _endless(data, batch_size)
 
     def engine_loop(n: int) -> None:
-        nonlocal batches
-        for _ in range(n):
-            batch = next(batches, None)
-            if batch is None:
-                batches = data.train_batches(batch_size, 0, 0)
-                batch = next(batches)
+        for _, batch in zip(range(n), stream):
             train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
 
     flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast, fast.channels_last)
     eng = _measure(engine_loop, device, warmup, steps, batch_size)
+    table = _profile(engine_loop, device) if profile else None
     del method, opt, data
     ref = None
     if reference:
@@ -150,6 +166,7 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
         "flops_per_image": flops, "achieved_tflops": achieved,
         "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
         "environment": environment(device),
+        "profile": table,
     }
 
 
@@ -158,16 +175,11 @@ def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, wa
     data, method = _build(cfg, method_name, device, n_images, "dataloader")
     opt = build_optimizer(method.trainable_parameters(), cfg.schedule, "for_loop")
     method.train()
-    batches = iter(())
+    stream = _endless(data, batch_size)
     losses: list[float] = []
 
     def loop(n: int) -> None:
-        nonlocal batches
-        for _ in range(n):
-            batch = next(batches, None)
-            if batch is None:
-                batches = data.train_batches(batch_size, 0, 0)
-                batch = next(batches)
+        for _, batch in zip(range(n), stream):
             # the method's own update rule (DML: sequential), but fp32, NCHW and a per-step host sync
             out = method.train_step(batch, 0, opt, contextlib.nullcontext)
             losses.append(sum(out.losses.values()).item())
@@ -186,7 +198,7 @@ def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     for m in methods:
         log.info("speed: %s on %s, batch %d", m, cfg.pair.name, cfg.speed.batch_size)
         out.append(measure_method(cfg, m, int(cfg.speed.batch_size), int(cfg.speed.steps), int(cfg.speed.warmup),
-                                  reference=bool(cfg.speed.reference)))
+                                  reference=bool(cfg.speed.reference), profile=bool(cfg.speed.get("profile"))))
     return out
 
 
@@ -207,6 +219,9 @@ def format_speed(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['method']:<8} {ref} {r['engine']['images_per_s']:9.1f} {sp} "
                      f"{r['engine']['ms_per_step']:8.1f} {r['flops_per_image'] / 1e9:9.3f} "
                      f"{r['achieved_tflops']:8.3f} {mfu} {r['engine']['peak_memory_bytes'] / 2**20:9.0f}")
+    for r in rows:
+        if r.get("profile"):
+            lines += ["", f"profile of the {r['method']} step (torch.profiler, self time):", r["profile"]]
     return "\n".join(lines)
 
 

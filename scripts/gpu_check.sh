@@ -35,7 +35,7 @@ if [ -n "${SMALL:-}" ]; then
   BIG=8; SMALLB=4
   BENCH=(data.max_per_class=20 data.max_test_per_class=10 schedule.epochs=1 teacher.schedule.epochs=1)
 else
-  SPEED=(speed.steps=20 speed.warmup=5)
+  SPEED=(speed.steps=20 speed.warmup=5 speed.profile=true)
   BIG=512; SMALLB=64
   BENCH=()
 fi

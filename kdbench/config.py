@@ -96,14 +96,18 @@ def _apply_pair_method_overrides(cfg: DictConfig, overrides) -> None:
     file lists them and they are applied here; a ``method.KEY=`` override on
     the command line still wins.
     """
-    per_method = (cfg.pair.get("method_overrides") or {}).get(cfg.method.name)
+    per_method = dict((cfg.pair.get("method_overrides") or {}).get(cfg.method.name) or {})
+    # A suite may set its own (after the pair's): e.g. CRD's K on a reduced training set.
+    suite = cfg.get("suite") or {}
+    per_method.update((suite.get("method_overrides") or {}).get(cfg.method.name) or {})
     if not per_method:
         return
     given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
     for key, value in per_method.items():
         if f"method.{key}" not in given:
             if key not in cfg.method:
-                raise KDBenchError(f"pair {cfg.pair.name} overrides method.{key}, which {cfg.method.name} does not have")
+                raise KDBenchError(f"pair {cfg.pair.name} or suite overrides method.{key}, which "
+                                   f"{cfg.method.name} does not have")
             cfg.method[key] = value
 
 

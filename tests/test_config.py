@@ -91,3 +91,11 @@ def test_run_identity_ignores_paths_but_not_semantics():
     assert run_identity(a) == run_identity(b)
     assert run_identity(a) != run_identity(compose(["seed=1"]))
     assert run_identity(a) != run_identity(compose(["method.temperature=2"]))
+
+
+def test_suite_method_overrides_apply_under_the_command_line():
+    base = ["suite=cifar10-mini", "pair=cifar10/resnet56-resnet20", "dataset=cifar10-jpg"]
+    assert compose([*base, "method=crd"]).method.nce_k == 2048
+    assert compose([*base, "method=crd+kd"]).method.nce_k == 2048
+    assert compose([*base, "method=crd", "method.nce_k=512"]).method.nce_k == 512
+    assert compose(["pair=cifar10/resnet56-resnet20", "method=crd"]).method.nce_k == 16384

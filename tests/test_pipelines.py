@@ -125,3 +125,23 @@ def test_one_epoch_on_real_cifar10_jpeg_subset(tmp_path):
     assert rec["status"] == "completed" and rec["dataset"]["name"] == "cifar10-jpg"
     assert rec["dataset"]["num_test"] == 200 and rec["dataset"]["num_train"] == 270
     assert 0 <= rec["metrics"]["last"]["student"]["test"]["top1"] <= 100
+
+
+def test_imagenet_style_tree_through_the_dataloader_path(tmp_path):
+    from tests.helpers import write_image_tree
+
+    write_image_tree(tmp_path / "imagenet", per_class=6, size=40, classes=("n01", "n02"), splits=("train", "val"))
+    cfg = _data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.workers=0", "data.val_fraction=0.5")
+    data = build_dataset(cfg)
+    assert isinstance(data, LoaderBundle) and data.info.input_shape == (3, 32, 32)
+    assert data.split_len("train") == 6 and data.split_len("val") == 6 and data.split_len("test") == 12
+    batch = next(data.train_batches(4, seed=0, epoch=0))
+    assert batch.images.shape == (4, 3, 32, 32) and batch.indices.max() < 6
+    ev = next(data.eval_batches("test", 5))
+    assert ev.images.shape == (5, 3, 32, 32)
+    assert sorted(data.train_labels().tolist()) == [0, 0, 0, 1, 1, 1]  # stratified: half of each class
+
+
+def test_missing_imagenet_names_the_folder(tmp_path):
+    with pytest.raises(KDBenchError, match="imagenet/train"):
+        build_dataset(_data_cfg(tmp_path, "imagenet"))

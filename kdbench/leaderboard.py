@@ -23,7 +23,7 @@ from .errors import KDBenchError
 from .records import write_json_atomic
 from .results import runs_dir, valid_records
 
-LEADERBOARD_VERSION = 1
+LEADERBOARD_VERSION = 2
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
 CATEGORY_ORDER = {"response": 0, "feature": 1, "relation": 2, "none": 3}
 # Schedules of the papers whose numbers we compare against (CIFAR experiments).
@@ -48,6 +48,7 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
         peers = [p for p in (r["config"].get("method", {}).get("peers") or [])]
         rows.append({
             "dataset": r["dataset"]["name"], "num_train": r["dataset"]["num_train"],
+            "num_test": r["dataset"]["num_test"],
             "epochs": r["schedule"]["epochs"], "pair": r["pair"]["name"],
             "teacher": r["pair"]["teacher"], "student": r["pair"]["student"],
             "peer": (peers[0] or r["pair"]["student"]) if peers else None,
@@ -137,6 +138,7 @@ class Setting:
     dataset: str
     epochs: int
     num_train: int
+    num_test: int
     seeds: list[int]
     hardware: list[str]
     dates: tuple[str, str]
@@ -145,7 +147,7 @@ class Setting:
     def caption(self) -> str:
         what = ("test top-1 (%) at the last epoch" if self.metric == "last"
                 else "test top-1 (%) at the epoch selected on the validation split")
-        return (f"{self.dataset}, {self.num_train:,} training images, {self.epochs} epochs, "
+        return (f"{self.dataset}, {self.num_train:,} training / {self.num_test:,} test images, {self.epochs} epochs, "
                 f"seeds {','.join(map(str, self.seeds))}; {what}, mean ± sample std (n runs; "
                 f"{MARK_FEW} = fewer than 3); hardware: {'; '.join(self.hardware)}; "
                 f"runs from {self.dates[0]} to {self.dates[1]}")
@@ -155,7 +157,7 @@ def settings(df, metric: str) -> list[Setting]:
     out = []
     for sid, g in df.groupby("setting", sort=True):
         out.append(Setting(sid, g["dataset"].iloc[0], int(g["epochs"].iloc[0]), int(g["num_train"].iloc[0]),
-                           sorted(set(int(s) for s in g["seed"])), sorted(set(g["hardware"])),
+                           int(g["num_test"].max()), sorted(set(int(s) for s in g["seed"])), sorted(set(g["hardware"])),
                            (min(g["date"]), max(g["date"])), metric))
     return out
 

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdbench: interrupted; the last completed epoch is checkpointed (resume=true continues)",
+        print("kdbench: interrupted; the last step is checkpointed (resume=true continues)",
               file=sys.stderr)
         return 130
 

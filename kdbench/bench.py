@@ -140,7 +140,6 @@ def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
 def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     """Every run of the suite with its state, estimated FLOPs and (when measured before) time."""
     from .config import run_identity
-    from .data import DatasetInfo
     from .method import METHODS
     from .models import create_model, forward_flops
     from .results import load_records

@@ -146,7 +146,6 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) ->
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1, device=probs.device)
     which = torch.bucketize(conf, edges[1:-1], right=True)  # bin b holds conf in (e_b, e_{b+1}]
-    n = torch.bincount(which, minlength=bins).float()
     acc = torch.zeros(bins, device=probs.device).index_add_(0, which, correct)
     cf = torch.zeros(bins, device=probs.device).index_add_(0, which, conf)
     return ((acc - cf).abs().sum() / max(len(labels), 1)) if len(labels) else torch.zeros(())

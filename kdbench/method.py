@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .data import Batch, DatasetInfo
 from .errors import KDBenchError
-from .models import FeatureSpec, KDModel, ModelOutput, count_parameters
+from .models import FeatureSpec, KDModel, ModelOutput
 from .registry import Registry
 
 log = logging.getLogger(__name__)

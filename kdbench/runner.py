@@ -18,7 +18,7 @@ from .errors import KDBenchError
 from .locks import file_lock
 from .method import METHODS, MethodContext, create_method
 from .models import count_parameters, forward_flops
-from .records import SCHEMA_VERSION, environment, git_state, now_iso, read_json
+from .records import SCHEMA_VERSION, environment, git_state, now_iso
 from .results import add_record, completed_records, records_of_run
 from .seeding import data_order_digest, derive_seed, state_dict_digest
 from .teacher import build_model, ensure_teacher, load_teacher

@@ -126,14 +126,8 @@ def _profile(loop, device: torch.device, steps: int = 3, rows: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
-def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,
-                   reference: bool = True, profile: bool = False) -> dict[str, Any]:
-    """Fast path and reference loop for one method; returns a speed record."""
-    device = resolve_device(str(cfg.engine.device))
-    n_images = batch_size * (steps + warmup + 1)
-    fast = resolve_fast_path(cfg.engine, device)
-
-    # -- the engine's fast path
+def _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps, warmup, profile):
+    """The engine's fast path; its models are freed on return, before the reference loop is built."""
     data, method = _build(cfg, method_name, device, n_images, "device")
     apply_fast_path(method, fast)
     autocast = fast.autocast(device)
@@ -147,8 +141,18 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
 
     flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast, fast.channels_last)
     eng = _measure(engine_loop, device, warmup, steps, batch_size)
-    table = _profile(engine_loop, device) if profile else None
-    del method, opt, data
+    return eng, flops, (_profile(engine_loop, device) if profile else None)
+
+
+def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,
+                   reference: bool = True, profile: bool = False) -> dict[str, Any]:
+    """Fast path and reference loop for one method; returns a speed record."""
+    device = resolve_device(str(cfg.engine.device))
+    n_images = batch_size * (steps + warmup + 1)
+    fast = resolve_fast_path(cfg.engine, device)
+
+    eng, flops, table = _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps, warmup,
+                                        profile)
     ref = None
     if reference:
         ref = _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup)

@@ -1,9 +1,6 @@
 """Sweeps: idempotent runs, failure records, plan/status, Hydra multirun with real launchers."""
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -140,6 +140,7 @@ def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
 def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     """Every run of the suite with its state, estimated FLOPs and (when measured before) time."""
     from .config import run_identity
+    from .data import static_shape
     from .method import METHODS
     from .models import create_model, forward_flops
     from .results import load_records
@@ -154,8 +155,7 @@ def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
             if r and r.get("status") == "completed":
                 speeds[(r["pair"]["name"], r["method"]["name"])] = r["timing"]["images_per_s"]
     for cfg in configs:
-        known = {"digits": (10, (1, 8, 8)), "imagenet": (1000, (3, 224, 224)), "cifar100": (100, (3, 32, 32))}
-        classes, shape = known.get(str(cfg.data.name), (10, (3, 32, 32)))
+        classes, shape = static_shape(cfg.data) or (10, (3, 32, 32))  # FLOPs barely depend on the class count
         key = (str(cfg.pair.student), str(cfg.pair.teacher), shape)
         if key not in flops_cache:
             flops_cache[key] = (forward_flops(create_model(key[0], classes, shape[0]), shape),

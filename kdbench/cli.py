@@ -102,12 +102,14 @@ def _list(what: str) -> str:
 
 def _extra_parameters(cfg) -> int:
     """Build the method on the configured pair (random weights, no data) and count its helpers."""
-    from .data import DatasetInfo
+    from .data import DatasetInfo, static_shape
     from .method import METHODS, MethodContext, create_method
     from .models import create_model
 
-    known = {"digits": (10, (1, 8, 8)), "imagenet": (1000, (3, 224, 224)), "cifar100": (100, (3, 32, 32))}
-    classes, shape = known.get(cfg.data.name, (10, (3, 32, 32)))
+    known = static_shape(cfg.data)
+    if known is None:
+        raise KDBenchError(f"dataset {cfg.data.name!r} has no static shape; pick a pair on a registered data set")
+    classes, shape = known
     info = DatasetInfo(cfg.data.name, classes, shape, 1000)
     student = create_model(cfg.pair.student, classes, shape[0])
     teacher = create_model(cfg.pair.teacher, classes, shape[0]) if METHODS.get(cfg.method.name).obj.uses_teacher else None

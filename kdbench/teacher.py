@@ -259,10 +259,12 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
 
 
 def _num_classes(cfg: DictConfig) -> int:
-    known = {"cifar10": 10, "cifar10-jpg": 10, "cifar100": 100, "imagenet": 1000, "digits": 10}
-    if cfg.data.name not in known:
+    from .data import static_shape
+
+    known = static_shape(cfg.data)
+    if known is None:
         raise KDBenchError(f"cannot tell the class count of dataset {cfg.data.name!r} without loading it")
-    return known[cfg.data.name]
+    return known[0]
 
 
 def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:

@@ -1,7 +1,7 @@
 """Datasets: registered builders returning a :class:`DataBundle` (device-resident or DataLoader)."""
 from .base import (Batch, DataBundle, DatasetInfo, IndexedDataset, LoaderBundle, Split, TensorBundle,
                    carve_validation, stratified_split)
-from .registry import DATASETS, build_dataset, register_dataset
+from .registry import DATASETS, build_dataset, register_dataset, static_shape
 
 __all__ = ["Batch", "DataBundle", "DatasetInfo", "IndexedDataset", "LoaderBundle", "Split", "TensorBundle",
-           "carve_validation", "stratified_split", "DATASETS", "build_dataset", "register_dataset"]
+           "carve_validation", "stratified_split", "DATASETS", "build_dataset", "register_dataset", "static_shape"]

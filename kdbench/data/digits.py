@@ -14,7 +14,7 @@ from .base import DatasetInfo, Split, TensorBundle, carve_validation
 from .registry import register_dataset
 
 
-@register_dataset("digits", description="scikit-learn digits: 1,797 real 8x8 grey images, 10 classes (bundled)")
+@register_dataset("digits", num_classes=10, channels=1, image_size=8, description="scikit-learn digits: 1,797 real 8x8 grey images, 10 classes (bundled)")
 def build_digits(cfg: DictConfig) -> TensorBundle:
     from sklearn.datasets import load_digits
 

@@ -146,10 +146,12 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "run":
         from .runner import run
 
-        from .distributed import is_main
+        from .distributed import is_main, shutdown
 
         rec = run(compose(args.overrides))
-        if not is_main():
+        main_rank = is_main()
+        shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+        if not main_rank:
             return 0  # under torchrun, rank 0 reports
         m = rec["metrics"]
         last, sel = m["last"][m["primary_model"]]["test"], m["selected"]

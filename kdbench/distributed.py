@@ -40,6 +40,19 @@ def init_from_env() -> DistInfo | None:
     return info()
 
 
+def shutdown() -> None:
+    """Leave the process group together: every rank waits at a barrier, then tears it down.
+
+    Exiting with a live gloo group, or destroying it while a peer still talks
+    to it, can abort the process at exit ("terminate called without an active
+    exception", SIGABRT) even though the run itself succeeded.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def info() -> DistInfo | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None

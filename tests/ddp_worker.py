@@ -6,7 +6,6 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 
 from kdbench import distributed as ddp
 from kdbench.config import compose
@@ -36,7 +35,7 @@ def main(out: str) -> None:
     gathered = ddp.all_gather_cat(sums[None])
     if ddp.is_main():
         json.dump({"per_rank": gathered.tolist()}, open(out, "w"))
-    dist.destroy_process_group()
+    ddp.shutdown()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .config import compose
+from .data import static_train_size
 from .runner import load_data, run
 from .teacher import ensure_teacher
 
@@ -163,7 +164,7 @@ def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
         f_s, f_t = flops_cache[key]
         cls = METHODS.get(cfg.method.name).obj
         per_image = 3 * f_s * (1 + len(cfg.method.get("peers") or [])) + (f_t if cls.uses_teacher else 0)
-        n_train = _train_size(cfg)
+        n_train = static_train_size(cfg.data)
         images = n_train * int(cfg.schedule.epochs) if n_train else None
         state, _ = run_state(cfg)
         ips = speeds.get((str(cfg.pair.name), str(cfg.method.name)))
@@ -172,18 +173,6 @@ def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
                      "train_flops": per_image * images if images else None,
                      "est_time_s": images / ips if images and ips else None})
     return rows
-
-
-def _train_size(cfg: DictConfig) -> int | None:
-    """Training-set size without loading the data, where the config determines it."""
-    sizes = {"digits": 1295, "cifar10": 45000, "cifar100": 45000, "cifar10-jpg": 45000}
-    if cfg.data.name not in sizes:
-        return None
-    cap = cfg.data.get("max_per_class")
-    classes = 100 if cfg.data.name == "cifar100" else 10
-    if cap and cfg.data.name != "digits":
-        return int(round(cap * classes * (1 - float(cfg.data.val_fraction))))
-    return sizes[str(cfg.data.name)] if float(cfg.data.val_fraction) == 0.1 else None
 
 
 def format_plan(rows: list[dict[str, Any]], with_estimates: bool) -> str:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .data import DataBundle
 from .errors import KDBenchError
 from .method import Method
+from .models.fold import fold_batchnorm
 from .records import atomic_write_bytes
 from .seeding import derive_seed
 
@@ -73,8 +74,9 @@ class FastPath:
 
     amp: str              # fp32 | bf16
     channels_last: bool
-    compile: bool
+    compile: str          # off | teacher | all
     optimizer_impl: str   # fused | foreach | for_loop
+    fold_teacher_bn: bool = True  # the frozen teacher's BatchNorms folded into its convs
 
     def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
         if self.amp == "bf16":
@@ -83,7 +85,7 @@ class FastPath:
 
     def as_dict(self) -> dict[str, Any]:
         return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile,
-                "optimizer_impl": self.optimizer_impl}
+                "optimizer_impl": self.optimizer_impl, "fold_teacher_bn": self.fold_teacher_bn}
 
 
 def resolve_fast_path(engine: DictConfig, device: torch.device) -> FastPath:
@@ -100,19 +102,48 @@ def resolve_fast_path(engine: DictConfig, device: torch.device) -> FastPath:
     impl = engine.get("optimizer_impl", "auto")
     if impl not in ("auto", "fused", "foreach", "for_loop"):
         raise KDBenchError(f"engine.optimizer_impl={impl!r} is not one of: auto, fused, foreach, for_loop")
+    fold = engine.get("fold_teacher_bn", "auto")
+    if fold not in ("auto", True, False):
+        raise KDBenchError(f"engine.fold_teacher_bn={fold!r} is not one of: auto, true, false")
     return FastPath(amp=amp or ("bf16" if cuda else "fp32"),
                     channels_last=True if cl == "auto" else bool(cl),
-                    compile=bool(engine.get("compile", False)),
-                    optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl)
+                    compile=_compile_setting(engine.get("compile", False)),
+                    optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl,
+                    fold_teacher_bn=fold != False)  # noqa: E712 - "auto" means on
+
+
+def describe_fast_path(e: dict[str, Any]) -> str:
+    """One line naming a recorded fast path, e.g. "fp32, channels_last, teacher BN folded, foreach SGD"."""
+    compiled = {True: "compiled", "all": "compiled", "teacher": "teacher compiled"}.get(e.get("compile"))
+    parts = [e["amp"], "channels_last" if e.get("channels_last") else None,
+             "teacher BN folded" if e.get("fold_teacher_bn") else None, compiled, f"{e['optimizer_impl']} SGD"]
+    return ", ".join(p for p in parts if p)
+
+
+def _compile_setting(value: Any) -> str:
+    if value in (False, None, "off"):
+        return "off"
+    if value in (True, "all"):
+        return "all"
+    if value == "teacher":
+        return "teacher"
+    raise KDBenchError(f"engine.compile={value!r} is not one of: false, teacher, true")
 
 
 def apply_fast_path(method: Method, fast: FastPath) -> None:
-    """Memory format and compilation of every model the method owns (state-dict keys unchanged)."""
+    """BatchNorm folding of the frozen teacher, then memory format and compilation of every
+    model the method owns (the checkpointed state -- everything but the teacher -- is unchanged)."""
+    if fast.fold_teacher_bn and method.teacher is not None and method.ctx.teacher_spec is not None:
+        n = fold_batchnorm(method.teacher, method.ctx.teacher_spec.input_shape)
+        log.debug("folded %d BatchNorm layers into the teacher's convolutions", n)
     if fast.channels_last:
         method.to(memory_format=torch.channels_last)
-    if fast.compile:
-        for m in {id(m): m for m in [*method.eval_models().values(), method.student,
-                                     *([method.teacher] if method.teacher is not None else [])]}.values():
+    if fast.compile != "off" and method.teacher is not None:
+        # Frozen weights: inductor may treat them as constants (folding, pre-packed conv weights),
+        # which applies to graphs compiled without gradients -- the teacher's forward.
+        method.teacher.compile(options={"freezing": True})
+    if fast.compile == "all":
+        for m in {id(m): m for m in [*method.eval_models().values(), method.student]}.values():
             m.compile()
 
 

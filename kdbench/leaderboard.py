@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engine import describe_fast_path
 from .errors import KDBenchError
 from .records import write_json_atomic
 from .results import runs_dir, valid_records
 
-LEADERBOARD_VERSION = 2
+LEADERBOARD_VERSION = 3
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
 CATEGORY_ORDER = {"response": 0, "feature": 1, "relation": 2, "none": 3}
 # Schedules of the papers whose numbers we compare against (CIFAR experiments).
@@ -530,8 +531,7 @@ def speed_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "pair": r["pair"], "method": r["method"], "batch": r["batch_size"],
             "hardware": f"{r['environment']['hardware']}, {r['environment'].get('torch_threads')} threads"
             if r["environment"].get("gpu") is None else r["environment"]["hardware"],
-            "engine": f"{e['amp']}{', channels_last' if e['channels_last'] else ''}"
-                      f"{', compiled' if e['compile'] else ''}, {e['optimizer_impl']} SGD",
+            "engine": describe_fast_path(e),
             "ref_images_per_s": round(r["reference"]["images_per_s"], 1) if r.get("reference") else None,
             "images_per_s": round(e["images_per_s"], 1),
             "speedup": round(r["speedup"], 2) if r.get("speedup") else None,

@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from .config import compose
 from .data import DatasetInfo
 from .data.small import small_image_bundle
-from .engine import apply_fast_path, build_optimizer, resolve_device, resolve_fast_path, train_one_step
+from .engine import (apply_fast_path, build_optimizer, describe_fast_path, resolve_device, resolve_fast_path,
+                     train_one_step)
 from .errors import KDBenchError
 from .method import METHODS, MethodContext, create_method
 from .models import create_model
@@ -211,9 +212,7 @@ def format_speed(rows: list[dict[str, Any]]) -> str:
         return "no measurements"
     r0 = rows[0]
     lines = [f"{r0['pair']}, batch {r0['batch_size']}, {r0['steps']} timed steps after {r0['warmup']} warm-up, "
-             f"{r0['environment']['hardware']}, engine {r0['engine']['amp']}"
-             f"{' channels_last' if r0['engine']['channels_last'] else ''}"
-             f"{' compiled' if r0['engine']['compile'] else ''}, {r0['engine']['optimizer_impl']} SGD",
+             f"{r0['environment']['hardware']}, engine: {describe_fast_path(r0['engine'])}",
              f"{'method':<8} {'ref img/s':>10} {'img/s':>9} {'speed-up':>8} {'ms/step':>8} {'GFLOP/img':>9} "
              f"{'TFLOP/s':>8} {'MFU':>6} {'peak MiB':>9}"]
     for r in rows:

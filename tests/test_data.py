@@ -113,3 +113,21 @@ def test_crop_flip_statistics_and_content():
     assert torch.equal(row, expected)
     freq = torch.bincount(dx, minlength=9).float() / n
     assert len(freq) == 9 and (freq - 1 / 9).abs().max() < 0.02
+
+
+def test_static_train_size_matches_the_built_and_the_recorded_splits():
+    import json
+    from pathlib import Path
+
+    from kdbench.data import static_train_size
+
+    for extra in ([], ["data.val_fraction=0.25"], ["data.test_fraction=0.5"]):
+        cfg = compose(extra)
+        assert static_train_size(cfg.data) == build_dataset(cfg.data).info.num_train, extra
+    # committed CIFAR-10 records (real JPEG data, 500 per class cap) say what their splits held
+    recs = [json.loads(p.read_text()) for p in sorted(Path("results/runs").glob("*cifar10_*.json"))[:3]]
+    assert recs, "the committed cifar10-mini records are missing"
+    for r in recs:
+        cfg = compose([f"pair={r['pair']['name']}", f"data.max_per_class={r['config']['data']['max_per_class']}"])
+        assert static_train_size(cfg.data) == r["dataset"]["num_train"]
+    assert static_train_size(compose(["dataset=imagefolder"], check=False).data) is None  # unknown until read

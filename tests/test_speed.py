@@ -37,7 +37,8 @@ def test_fast_path_defaults():
     import torch
 
     cpu = resolve_fast_path(compose().engine, torch.device("cpu"))
-    assert (cpu.amp, cpu.channels_last, cpu.optimizer_impl, cpu.compile) == ("fp32", True, "foreach", False)
+    assert (cpu.amp, cpu.channels_last, cpu.optimizer_impl, cpu.compile, cpu.fold_teacher_bn) == (
+        "fp32", True, "foreach", "off", True)
     gpu = resolve_fast_path(compose().engine, torch.device("cuda"))
     assert (gpu.amp, gpu.optimizer_impl) == ("bf16", "fused")
     assert peak_tflops(torch.device("cpu"), "bf16") is None

@@ -232,6 +232,11 @@ def carve_validation(images: Tensor, labels: Tensor, fraction: float, seed: int,
             Split(images[va], labels[va], torch.arange(len(va))))
 
 
+def held_out_count(class_size: int, fraction: float) -> int:
+    """How many of one class's samples a stratified split holds out (the one rounding rule)."""
+    return int(round(fraction * class_size))
+
+
 def stratified_split(labels: Tensor, fraction: float, seed: int,
                      what: str = "data.val_fraction") -> tuple[Tensor, Tensor]:
     """Index tensors (kept, held out), holding out ``fraction`` of each class."""
@@ -242,5 +247,5 @@ def stratified_split(labels: Tensor, fraction: float, seed: int,
     for c in torch.unique(labels):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        held[idx[: int(round(fraction * len(idx)))]] = True
+        held[idx[: held_out_count(len(idx), fraction)]] = True
     return torch.nonzero(~held).flatten(), torch.nonzero(held).flatten()

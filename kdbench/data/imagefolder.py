@@ -53,7 +53,7 @@ def build_imagefolder(cfg: DictConfig) -> DataBundle:
     return _bundle_from_tree(cfg, root, str(cfg.name))
 
 
-@register_dataset("cifar10-jpg", num_classes=10, channels=3, description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
+@register_dataset("cifar10-jpg", num_classes=10, channels=3, train_per_class=(5000,) * 10, description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
 def build_cifar10_jpg(cfg: DictConfig) -> DataBundle:
     archive = Path(str(cfg.archive)).expanduser() if cfg.get("archive") else None
     if archive is None or not archive.is_file():

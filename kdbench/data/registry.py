@@ -7,7 +7,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from ..registry import Registry
-from .base import DataBundle
+from .base import DataBundle, held_out_count
 
 
 def _load() -> None:
@@ -32,6 +32,27 @@ def static_shape(cfg: DictConfig) -> tuple[int, tuple[int, int, int]] | None:
         return None  # e.g. an arbitrary ImageFolder tree: its classes are its folders
     size = int(cfg.get("image_size") or meta["image_size"])
     return int(meta["num_classes"]), (int(meta["channels"]), size, size)
+
+
+def static_train_size(cfg: DictConfig) -> int | None:
+    """Training-split size (after the validation carve) known without loading the data, else None.
+
+    Uses the per-class counts of the official training set in the registry
+    metadata (``train_per_class``), ``data.max_per_class`` and the same
+    stratified rounding as the splits themselves; datasets with no official
+    test split carve ``data.test_fraction`` first.
+    """
+    per_class = DATASETS.get(cfg.name).meta.get("train_per_class")
+    if per_class is None:
+        return None
+    cap = cfg.get("max_per_class")
+    total = 0
+    for n in per_class:
+        n = min(n, int(cap)) if cap else n
+        if cfg.get("test_fraction") is not None:
+            n -= held_out_count(n, float(cfg.test_fraction))
+        total += n - held_out_count(n, float(cfg.val_fraction))
+    return total
 
 
 def build_dataset(cfg: DictConfig) -> DataBundle:

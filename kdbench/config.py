@@ -25,7 +25,7 @@ NON_SEMANTIC_KEYS = (
     "paths", "resume", "force", "retry_failed", "note", "suite", "speed",
     "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
     "engine.channels_last", "engine.keep_checkpoint", "engine.compile", "engine.optimizer_impl",
-    "engine.fold_teacher_bn",
+    "engine.fold_teacher_bn", "engine.teacher_inference_mode",
     "pair.description",
     *(f"data.{k}" for k in DATA_PATH_KEYS),
 )

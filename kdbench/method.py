@@ -53,6 +53,28 @@ class MethodContext:
     teacher_arch: str | None = None
 
 
+def _copy(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy(v) for v in value)
+    return value
+
+
+class _CopiedOnRead:
+    """A ModelOutput made in inference mode; each field is copied out of it on first read."""
+
+    def __init__(self, out: ModelOutput) -> None:
+        self._out, self._copies = out, {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._copies:
+            self._copies[name] = _copy(getattr(self._out, name))
+        return self._copies[name]
+
+
 class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement :meth:`step`.
 
@@ -120,10 +142,24 @@ class Method(nn.Module):
         student_ids = {id(p) for p in self.student.parameters()}
         return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
 
-    @torch.no_grad()
+    #: set by the engine (``engine.teacher_inference_mode``)
+    teacher_inference_mode: bool = False
+
     def teacher_forward(self, x: Tensor) -> ModelOutput:
+        """The frozen teacher's outputs without autograd history; call it once per step and
+        share the result between loss terms.
+
+        Under ``teacher_inference_mode`` the forward runs in ``torch.inference_mode`` and each
+        field is copied to a normal tensor when first read: losses such as KL and MSE save
+        their target for the backward pass, which inference tensors do not allow.
+        """
         assert self.teacher is not None
-        return self.teacher(x)
+        if not self.teacher_inference_mode:
+            with torch.no_grad():
+                return self.teacher(x)
+        with torch.inference_mode():
+            out = self.teacher(x)
+        return _CopiedOnRead(out)  # type: ignore[return-value]  # reads like a ModelOutput
 
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)

@@ -95,6 +95,8 @@ def _measure(loop, device: torch.device, warmup: int, steps: int, batch_size: in
 
 def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: int, pipeline: str):
     """Synthetic CIFAR-100-shaped data, the pair's models (random weights) and the method."""
+    from .data import static_train_size
+
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.arange(n_images) % 100
@@ -105,10 +107,13 @@ def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: in
     student = create_model(str(cfg.pair.student), 100)
     cls = METHODS.get(method_name).obj
     teacher = create_model(str(cfg.pair.teacher), 100).eval() if cls.uses_teacher else None
-    info = DatasetInfo("synthetic-cifar100", 100, (3, 32, 32), n_images)
+    # Per-sample state (CRD's memory banks) is sized for the pair's real training set, not
+    # for the few synthetic images that feed the step: its cost depends on that size.
+    n_train = max(static_train_size(cfg.data) or n_images, n_images)
+    info = DatasetInfo("synthetic-cifar100", 100, (3, 32, 32), n_train)
     ctx = MethodContext(info, student.feature_spec((3, 32, 32)),
                         teacher.feature_spec((3, 32, 32)) if teacher is not None else None, 0,
-                        train_labels=labels.to(device), student_arch=str(cfg.pair.student),
+                        train_labels=(torch.arange(n_train) % 100).to(device), student_arch=str(cfg.pair.student),
                         teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
     method_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"]).method
     method = create_method(method_cfg, student, teacher, ctx).to(device)

@@ -194,6 +194,28 @@ def test_crd_normaliser_is_estimated_once_and_memory_is_updated():
     assert torch.equal(m.memory.z, z)
 
 
+def test_crd_dense_and_gathered_scores_are_the_same_numbers(monkeypatch):
+    """The whole-bank product and the authors' row gather give equal scores and gradients,
+    also when the banks are updated in place before the backward pass (as in a step)."""
+    import kdbench.methods.crd as crd
+
+    idx = torch.randint(0, 300, (5, 41), generator=torch.Generator().manual_seed(0))
+    results = []
+    for ratio in (10**9, 0):  # dense, then gathered
+        monkeypatch.setattr(crd, "DENSE_RATIO", ratio)
+        torch.manual_seed(0)
+        mem = crd.ContrastMemory(16, 300, 0.07, 0.5)
+        g = torch.Generator().manual_seed(1)
+        v_s, v_t = (torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1).requires_grad_()
+                    for _ in range(2))
+        out_s, out_t = mem.scores(v_s, v_t, idx)
+        mem.update(v_s.detach(), v_t.detach(), idx[:, 0])
+        (crd.nce_loss(out_s, 300) + crd.nce_loss(out_t, 300)).backward()
+        results.append([out_s.detach(), out_t.detach(), v_s.grad, v_t.grad, mem.memory_s.clone()])
+    for dense, gathered in zip(*results):
+        torch.testing.assert_close(dense, gathered, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("mode,negatives", [("exact", "other_class"), ("relax", "other_class"),
                                             ("exact", "uniform")])
 def test_crd_sampler_draws_positives_and_negatives_as_the_authors_sampler(mode, negatives):
@@ -302,3 +324,35 @@ def test_unknown_hyper_parameter_is_named():
     with pytest.raises(KDBenchError, match="tempreature"):
         create_method({"name": "kd", "tempreature": 4, "temperature": 4, "ce_weight": 0.1, "kd_weight": 0.9},
                       student, teacher, ctx)
+
+
+@pytest.mark.parametrize("method", [n for n in METHOD_NAMES if METHODS.get(n).obj.uses_teacher])
+def test_teacher_in_inference_mode_gives_the_same_losses_and_gradients(method):
+    """The fast path runs the teacher in inference mode; its outputs are copied before any
+    loss saves them for backward, so nothing changes but speed."""
+    results = []
+    for inference in (False, True):
+        m, labels = _build(method, "cifar100/resnet56-resnet20")
+        m.teacher_inference_mode = inference
+        m.train()
+        out = m.step(_batch(labels), 0)
+        sum(out.losses.values()).backward()
+        results.append(({k: v.detach() for k, v in out.losses.items()},
+                        [p.grad.clone() for p in m.trainable_parameters() if p.grad is not None]))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert loss_a.keys() == loss_b.keys() and all(torch.equal(loss_a[k], loss_b[k]) for k in loss_a)
+    assert len(grad_a) == len(grad_b) > 0 and all(torch.equal(a, b) for a, b in zip(grad_a, grad_b))
+
+
+def test_inference_mode_teacher_outputs_are_usable_by_autograd():
+    m, labels = _build("kd", "cifar100/resnet56-resnet20")
+    m.teacher_inference_mode = True
+    x = _batch(labels).images
+    t = m.teacher_forward(x)
+    assert not t.logits.is_inference() and not t.logits.requires_grad
+    s = m.student(x).logits
+    (t.logits * F.log_softmax(s, 1)).sum().backward()  # the product saves the teacher's tensor
+    with torch.inference_mode():
+        raw = m.teacher(x).logits
+    with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+        (raw * F.log_softmax(m.student(x).logits, 1)).sum().backward()

@@ -23,6 +23,7 @@ from .engine import describe_fast_path
 from .errors import KDBenchError
 from .records import write_json_atomic
 from .results import runs_dir, valid_records
+from .speed import speedup_range
 
 LEADERBOARD_VERSION = 3
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
@@ -535,17 +536,20 @@ def speed_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "ref_images_per_s": round(r["reference"]["images_per_s"], 1) if r.get("reference") else None,
             "images_per_s": round(e["images_per_s"], 1),
             "speedup": round(r["speedup"], 2) if r.get("speedup") else None,
+            "rounds": r.get("repeats", 1), "speedup_range": speedup_range(r) or None,
             "gflop_per_image": round(r["flops_per_image"] / 1e9, 3),
             "tflops": round(r["achieved_tflops"], 3),
             "mfu_pct": round(100 * r["mfu"], 1) if r.get("mfu") is not None else None,
             "peak_memory_mib": round(e["peak_memory_bytes"] / 2**20, 0), "date": r["created"][:10]})
-    return sorted(rows, key=lambda x: (x["hardware"], x["pair"], x["batch"], x["method"], x["date"]))
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["hardware"], rows[i]["pair"], rows[i]["batch"],
+                                                    rows[i]["method"], records[i]["created"]))
+    return [rows[i] for i in order]
 
 
 SPEED_HEADER = ["pair", "method", "batch", "hardware", "engine", "reference img/s", "img/s", "speed-up",
-                "GFLOP/img", "TFLOP/s", "MFU (%)", "peak MiB", "date"]
+                "rounds", "speed-up range", "GFLOP/img", "TFLOP/s", "MFU (%)", "peak MiB", "date"]
 SPEED_KEYS = ["pair", "method", "batch", "hardware", "engine", "ref_images_per_s", "images_per_s", "speedup",
-              "gflop_per_image", "tflops", "mfu_pct", "peak_memory_mib", "date"]
+              "rounds", "speedup_range", "gflop_per_image", "tflops", "mfu_pct", "peak_memory_mib", "date"]
 
 
 def _inputs_digest(results_root: Path, options: dict[str, Any]) -> str:

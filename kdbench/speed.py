@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -151,28 +152,47 @@ def _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps,
 
 
 def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,
-                   reference: bool = True, profile: bool = False) -> dict[str, Any]:
-    """Fast path and reference loop for one method; returns a speed record."""
+                   reference: bool = True, profile: bool = False, repeats: int = 1) -> dict[str, Any]:
+    """Fast path and reference loop for one method; returns a speed record.
+
+    With ``repeats`` > 1 the two are measured in alternating rounds (engine, reference,
+    engine, ...) and the record keeps every round: images/s are medians and the
+    speed-up is the median of the per-round ratios, so a drift in the machine's speed
+    during the measurement hits both sides of each ratio alike.
+    """
+    if repeats < 1:
+        raise KDBenchError(f"speed.repeats must be at least 1, got {repeats}")
     device = resolve_device(str(cfg.engine.device))
     n_images = batch_size * (steps + warmup + 1)
     fast = resolve_fast_path(cfg.engine, device)
 
-    eng, flops, table = _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps, warmup,
-                                        profile)
-    ref = None
-    if reference:
-        ref = _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup)
+    rounds: list[tuple[Measurement, Measurement | None]] = []
+    table = None
+    for i in range(repeats):
+        eng, flops, t = _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps, warmup,
+                                        profile and i == 0)
+        table = table or t
+        ref = _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup) if reference else None
+        rounds.append((eng, ref))
+    eng_ips = statistics.median(e.images_per_s for e, _ in rounds)
+    ms = statistics.median(e.ms_per_step for e, _ in rounds)
+    peak_mem = max(e.peak_memory_bytes for e, _ in rounds)
+    refs = [r for _, r in rounds if r is not None]
+    ratios = [e.images_per_s / r.images_per_s for e, r in rounds if r is not None]
     peak = peak_tflops(device, fast.amp)
-    achieved = flops * eng.images_per_s / 1e12
+    achieved = flops * eng_ips / 1e12
     return {
         "kind": "speed", "schema_version": 1, "created": now_iso(),
         "pair": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student),
-        "method": method_name, "batch_size": batch_size, "steps": steps, "warmup": warmup,
-        "engine": {**fast.as_dict(), "images_per_s": eng.images_per_s, "ms_per_step": eng.ms_per_step,
-                   "peak_memory_bytes": eng.peak_memory_bytes},
-        "reference": None if ref is None else {"images_per_s": ref.images_per_s, "ms_per_step": ref.ms_per_step,
-                                               "peak_memory_bytes": ref.peak_memory_bytes},
-        "speedup": None if ref is None else eng.images_per_s / ref.images_per_s,
+        "method": method_name, "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
+        "engine": {**fast.as_dict(), "images_per_s": eng_ips, "ms_per_step": ms, "peak_memory_bytes": peak_mem},
+        "reference": None if not refs else {
+            "images_per_s": statistics.median(r.images_per_s for r in refs),
+            "ms_per_step": statistics.median(r.ms_per_step for r in refs),
+            "peak_memory_bytes": max(r.peak_memory_bytes for r in refs)},
+        "speedup": statistics.median(ratios) if ratios else None,
+        "rounds": [{"images_per_s": e.images_per_s, "reference_images_per_s": r.images_per_s if r else None}
+                   for e, r in rounds],
         "flops_per_image": flops, "achieved_tflops": achieved,
         "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
         "environment": environment(device),
@@ -208,25 +228,36 @@ def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     for m in methods:
         log.info("speed: %s on %s, batch %d", m, cfg.pair.name, cfg.speed.batch_size)
         out.append(measure_method(cfg, m, int(cfg.speed.batch_size), int(cfg.speed.steps), int(cfg.speed.warmup),
-                                  reference=bool(cfg.speed.reference), profile=bool(cfg.speed.get("profile"))))
+                                  reference=bool(cfg.speed.reference), profile=bool(cfg.speed.get("profile")),
+                                  repeats=int(cfg.speed.get("repeats", 1))))
     return out
+
+
+def speedup_range(r: dict[str, Any]) -> str:
+    """The lowest and highest per-round speed-up, where a record has several rounds."""
+    ratios = [x["images_per_s"] / x["reference_images_per_s"] for x in r.get("rounds") or []
+              if x.get("reference_images_per_s")]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""
 
 
 def format_speed(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no measurements"
     r0 = rows[0]
-    lines = [f"{r0['pair']}, batch {r0['batch_size']}, {r0['steps']} timed steps after {r0['warmup']} warm-up, "
+    rounds = f" x {r0['repeats']} alternating rounds (medians)" if r0.get("repeats", 1) > 1 else ""
+    lines = [f"{r0['pair']}, batch {r0['batch_size']}, {r0['steps']} timed steps after {r0['warmup']} warm-up"
+             f"{rounds}, "
              f"{r0['environment']['hardware']}, engine: {describe_fast_path(r0['engine'])}",
              f"{'method':<8} {'ref img/s':>10} {'img/s':>9} {'speed-up':>8} {'ms/step':>8} {'GFLOP/img':>9} "
-             f"{'TFLOP/s':>8} {'MFU':>6} {'peak MiB':>9}"]
+             f"{'TFLOP/s':>8} {'MFU':>6} {'peak MiB':>9}  ratio range"]
     for r in rows:
         ref = f"{r['reference']['images_per_s']:10.1f}" if r["reference"] else f"{'-':>10}"
         sp = f"{r['speedup']:7.2f}x" if r["speedup"] else f"{'-':>8}"
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else f"{'-':>6}"
         lines.append(f"{r['method']:<8} {ref} {r['engine']['images_per_s']:9.1f} {sp} "
                      f"{r['engine']['ms_per_step']:8.1f} {r['flops_per_image'] / 1e9:9.3f} "
-                     f"{r['achieved_tflops']:8.3f} {mfu} {r['engine']['peak_memory_bytes'] / 2**20:9.0f}")
+                     f"{r['achieved_tflops']:8.3f} {mfu} {r['engine']['peak_memory_bytes'] / 2**20:9.0f}"
+                     f"  {speedup_range(r)}")
     for r in rows:
         if r.get("profile"):
             lines += ["", f"profile of the {r['method']} step (torch.profiler, self time):", r["profile"]]

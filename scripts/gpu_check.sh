@@ -8,7 +8,7 @@
 # Then run through the device tool with carry=["carry", ".whl"] and command `bash scripts/gpu_check.sh`.
 # Dry run on a CPU (small settings): DEVICE=cpu SMALL=1 bash scripts/gpu_check.sh
 #
-# Writes under $OUT: speed_512.log, speed_64.log, bench.log, records.tar.gz (records + speed records), env.txt.
+# Writes under $OUT: speed_512.log, speed_64.log, speed_switches.log, bench.log, records.tar.gz (records + speed records), env.txt.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdbench-gpu-check}
 DEVICE=${DEVICE:-cuda}
@@ -32,10 +32,12 @@ KD="$PY -m kdbench"
 
 if [ -n "${SMALL:-}" ]; then
   SPEED=(speed.methods=[kd,crd] speed.steps=1 speed.warmup=1)
+  STEPS=(speed.steps=1 speed.warmup=1)
   BIG=8; SMALLB=4
   BENCH=(data.max_per_class=20 data.max_test_per_class=10 schedule.epochs=1 teacher.schedule.epochs=1)
 else
   SPEED=(speed.steps=20 speed.warmup=5 speed.profile=true)
+  STEPS=(speed.steps=20 speed.warmup=5)
   BIG=512; SMALLB=64
   BENCH=()
 fi
@@ -45,7 +47,14 @@ $KD -q speed engine.device=$DEVICE speed.batch_size=$BIG "${SPEED[@]}" paths.res
 $KD -q speed engine.device=$DEVICE speed.batch_size=$SMALLB speed.methods=[vanilla,kd] speed.steps=10 speed.warmup=3 \
     paths.results="$WORK/results" 2>&1 | tee "$OUT/speed_$SMALLB.log"
 
-# 2. A short real run on the CIFAR-10 JPEG data: teacher + vanilla + KD, resnet56 -> resnet20.
+# 2. KD at the big batch with each teacher fast path switched off, and with the teacher compiled:
+#    one A/B line per switch (the engine defaults are measured in step 1).
+for SW in engine.fold_teacher_bn=false engine.teacher_inference_mode=false engine.compile=teacher; do
+  $KD -q speed engine.device=$DEVICE speed.batch_size=$BIG speed.methods=[kd] speed.reference=false "$SW" \
+      "${STEPS[@]}" paths.results="$WORK/results" 2>&1 | tee -a "$OUT/speed_switches.log"
+done
+
+# 3. A short real run on the CIFAR-10 JPEG data: teacher + vanilla + KD, resnet56 -> resnet20.
 $KD bench suite=gpu-check data.archive="$ARCHIVE" engine.device=$DEVICE engine.progress=false "${BENCH[@]}" \
     paths.results="$WORK/results" paths.work="$WORK/work" 2>&1 | tee "$OUT/bench.log"
 

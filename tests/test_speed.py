@@ -42,3 +42,21 @@ def test_fast_path_defaults():
     gpu = resolve_fast_path(compose().engine, torch.device("cuda"))
     assert (gpu.amp, gpu.optimizer_impl) == ("bf16", "fused")
     assert peak_tflops(torch.device("cpu"), "bf16") is None
+
+
+def test_alternating_rounds_give_medians_and_the_ratio_range():
+    import statistics
+
+    from kdbench.errors import KDBenchError
+    from kdbench.speed import speedup_range
+
+    r = measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=1, repeats=3)
+    assert r["repeats"] == 3 and len(r["rounds"]) == 3
+    ratios = [x["images_per_s"] / x["reference_images_per_s"] for x in r["rounds"]]
+    assert r["speedup"] == pytest.approx(statistics.median(ratios))
+    assert r["engine"]["images_per_s"] == pytest.approx(statistics.median(x["images_per_s"] for x in r["rounds"]))
+    lo, hi = (float(v) for v in speedup_range(r).rstrip("x").split("-"))
+    assert lo == pytest.approx(min(ratios), abs=0.006) and hi == pytest.approx(max(ratios), abs=0.006)
+    assert "alternating rounds" in format_speed([r])
+    with pytest.raises(KDBenchError, match="repeats"):
+        measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=1, repeats=0)

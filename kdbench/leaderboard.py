@@ -540,7 +540,7 @@ def speed_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gflop_per_image": round(r["flops_per_image"] / 1e9, 3),
             "tflops": round(r["achieved_tflops"], 3),
             "mfu_pct": round(100 * r["mfu"], 1) if r.get("mfu") is not None else None,
-            "peak_memory_mib": round(e["peak_memory_bytes"] / 2**20, 0), "date": r["created"][:10]})
+            "peak_memory_mib": round(e["peak_memory_bytes"] / 2**20), "date": r["created"][:10]})
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["hardware"], rows[i]["pair"], rows[i]["batch"],
                                                     rows[i]["method"], records[i]["created"]))
     return [rows[i] for i in order]
@@ -602,7 +602,7 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     if speed:
         md += "\n## Training speed\n\n*Full training steps (data, teacher forward, student forward and backward, " \
               "losses, optimizer) from `kdbench speed`; reference = plain loop measured side by side.*\n\n" + \
-              _md_table(SPEED_HEADER, [[_fmt(r[k]) if isinstance(r[k], float) else str(r[k] if r[k] is not None else "")
+              _md_table(SPEED_HEADER, [[str(r[k] if r[k] is not None else "")  # rounded in speed_table
                                         for k in SPEED_KEYS] for r in speed]) + "\n"
         rows = [_tr({"pair": r["pair"]}, [_td(r[k] if r[k] is not None else "", r[k] if isinstance(r[k], (int, float))
                                                else None) for k in SPEED_KEYS]) for r in speed]

@@ -15,7 +15,9 @@
   (CIFAR) the scores come from one product of the anchors with the whole bank,
   then the sampled columns are picked, instead of gathering B x (1 + K) rows as
   the authors' code does; equal scores and gradients (tested), 2.1x the CRD
-  step's images/s on our CPU (resnet32x4->resnet8x4, 45,000-row banks).
+  step's images/s on our CPU (resnet32x4->resnet8x4, 45,000-row banks). The
+  product reads a copy of each bank made for the step (freed after backward),
+  because the banks are updated in place before the backward pass.
 - Loss: the NCE objective of the authors' code (paper Eq. 18) with
   K = 16,384 negatives and noise P_n = 1/num_train:
   -[log(h+/(h+ + K P_n)) + sum_neg log(K P_n/(h- + K P_n))] / batch, both sides summed.

@@ -26,7 +26,9 @@ from kdbench.method import Method, StepOutput, register_method, require
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
     """L2-normalised, flattened channel mean of |f|^p: shape (B, H*W)."""
-    return F.normalize(f.abs().pow(p).mean(1).flatten(1), dim=1)
+    # |f|^p == f^p exactly for even integer p (the default p=2): skip abs and its backward.
+    powered = f.pow(p) if float(p).is_integer() and int(p) % 2 == 0 else f.abs().pow(p)
+    return F.normalize(powered.mean(1).flatten(1), dim=1)
 
 
 def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:

@@ -133,6 +133,9 @@ def test_at_is_invariant_to_channel_permutation_and_matches_definition():
     assert at_loss(f_s[:, perm], f_t).item() == pytest.approx(at_loss(f_s, f_t).item(), rel=1e-6)
     q = f_s.pow(2).mean(1).flatten(1)
     assert torch.allclose(attention_map(f_s), q / q.norm(dim=1, keepdim=True))
+    for p in (1.0, 3.0, 4.0):  # |f|^p for other p (odd p needs the absolute value)
+        q = f_s.abs().pow(p).mean(1).flatten(1)
+        assert torch.allclose(attention_map(f_s, p), q / q.norm(dim=1, keepdim=True))
     # a larger map is pooled to the smaller one's size
     big = torch.randn(3, 8, 8, 8)
     assert at_loss(big, f_t).item() == pytest.approx(at_loss(F.adaptive_avg_pool2d(big, 4), f_t).item())

@@ -76,8 +76,8 @@ class FastPath:
     channels_last: bool
     compile: str          # off | teacher | all
     optimizer_impl: str   # fused | foreach | for_loop
-    fold_teacher_bn: bool = True  # the frozen teacher's BatchNorms folded into its convs
-    teacher_inference_mode: bool = False  # teacher forward in inference_mode (outputs copied on read)
+    fold_teacher_bn: bool  # the frozen teacher's BatchNorms folded into its convs
+    teacher_inference_mode: bool  # teacher forward in inference_mode (outputs copied on read)
 
     def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
         if self.amp == "bf16":
@@ -91,6 +91,7 @@ class FastPath:
 
 
 def _switch(engine: DictConfig, key: str, allowed: tuple = ("auto", True, False)) -> Any:
+    """``engine.<key>``, checked against ``allowed`` ("auto" is truthy: on)."""
     value = engine.get(key, "auto")
     if value not in allowed:
         raise KDBenchError(f"engine.{key}={value!r} is not one of: {', '.join(str(a).lower() for a in allowed)}")
@@ -108,11 +109,11 @@ def resolve_fast_path(engine: DictConfig, device: torch.device) -> FastPath:
         raise KDBenchError(f"engine.amp={amp!r} is not one of: null (bf16 on CUDA, fp32 on CPU), fp32, bf16")
     impl = _switch(engine, "optimizer_impl", ("auto", "fused", "foreach", "for_loop"))
     return FastPath(amp=amp or ("bf16" if cuda else "fp32"),
-                    channels_last=_switch(engine, "channels_last") is not False,
+                    channels_last=bool(_switch(engine, "channels_last")),
                     compile=_compile_setting(engine.get("compile", False)),
                     optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl,
-                    fold_teacher_bn=_switch(engine, "fold_teacher_bn") is not False,
-                    teacher_inference_mode=_switch(engine, "teacher_inference_mode") is not False)
+                    fold_teacher_bn=bool(_switch(engine, "fold_teacher_bn")),
+                    teacher_inference_mode=bool(_switch(engine, "teacher_inference_mode")))
 
 
 def describe_fast_path(e: dict[str, Any]) -> str:

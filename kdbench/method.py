@@ -87,6 +87,8 @@ class Method(nn.Module):
     category: ClassVar[str] = "none"
     scheme: ClassVar[str] = "none"
     uses_teacher: ClassVar[bool] = True
+    #: set per instance by the engine's fast path (``engine.teacher_inference_mode``)
+    teacher_inference_mode: bool = False
 
     def __init__(self, student: KDModel, teacher: KDModel | None, ctx: MethodContext) -> None:
         super().__init__()
@@ -141,9 +143,6 @@ class Method(nn.Module):
         """Trainable parameters beyond the student's (regressors, embeddings, ...)."""
         student_ids = {id(p) for p in self.student.parameters()}
         return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
-
-    #: set by the engine (``engine.teacher_inference_mode``)
-    teacher_inference_mode: bool = False
 
     def teacher_forward(self, x: Tensor) -> ModelOutput:
         """The frozen teacher's outputs without autograd history; call it once per step and

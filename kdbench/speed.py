@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from .config import compose
-from .data import DatasetInfo
+from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
 from .engine import (apply_fast_path, build_optimizer, describe_fast_path, resolve_device, resolve_fast_path,
                      train_one_step)
@@ -96,8 +96,6 @@ def _measure(loop, device: torch.device, warmup: int, steps: int, batch_size: in
 
 def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: int, pipeline: str):
     """Synthetic CIFAR-100-shaped data, the pair's models (random weights) and the method."""
-    from .data import static_train_size
-
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.arange(n_images) % 100

@@ -15,7 +15,8 @@ from .registry import register_dataset
 
 
 @register_dataset("digits", num_classes=10, channels=1, image_size=8,
-                  train_per_class=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180), description="scikit-learn digits: 1,797 real 8x8 grey images, 10 classes (bundled)")
+                  train_per_class=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180),  # all 1,797 images
+                  description="scikit-learn digits: 1,797 real 8x8 grey images, 10 classes (bundled)")
 def build_digits(cfg: DictConfig) -> TensorBundle:
     from sklearn.datasets import load_digits
 

@@ -5,10 +5,11 @@ A teacher is evaluated in eval mode with fixed statistics, so every
 can be replaced by one conv with rescaled weights and a bias: same outputs up
 to float rounding, one pass over each activation fewer (about 8 % of
 resnet32x4's forward on our CPU). The pairs are found by watching one forward
-pass, which works for any architecture without knowing its code (a conv output
-that anything else also reads is left alone); the folded model is then checked against the original on a random batch (every logit,
-feature map and embedding) and the fold is undone if anything differs, so a
-conv whose output is also read elsewhere can never be silently changed.
+pass, so it works for any architecture without knowing its code; a conv
+output that anything else also reads (a residual branch, a returned feature)
+is left alone. The folded model is then checked against the original on a
+random batch (every logit, feature map and embedding) and the fold is undone
+if anything differs or the forward pass breaks.
 """
 from __future__ import annotations
 

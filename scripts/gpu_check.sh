@@ -31,13 +31,13 @@ KD="$PY -m kdbench"
 { date -u; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"; nvidia-smi 2>/dev/null || true; } > "$OUT/env.txt"
 
 if [ -n "${SMALL:-}" ]; then
-  SPEED=(speed.methods=[kd,crd] speed.steps=1 speed.warmup=1)
-  STEPS=(speed.steps=1 speed.warmup=1)
+  SPEED=(speed.methods=[kd,crd] speed.steps=1 speed.warmup=1 speed.repeats=1)
+  STEPS=(speed.steps=1 speed.warmup=1 speed.repeats=1)
   BIG=8; SMALLB=4
   BENCH=(data.max_per_class=20 data.max_test_per_class=10 schedule.epochs=1 teacher.schedule.epochs=1)
 else
-  SPEED=(speed.steps=20 speed.warmup=5 speed.profile=true)
-  STEPS=(speed.steps=20 speed.warmup=5)
+  SPEED=(speed.steps=20 speed.warmup=5 speed.profile=true speed.repeats=1)
+  STEPS=(speed.steps=20 speed.warmup=5 speed.repeats=1)
   BIG=512; SMALLB=64
   BENCH=()
 fi

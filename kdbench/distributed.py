@@ -100,6 +100,16 @@ def all_gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def gather_objects(obj: object) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process."""
+    d = info()
+    if not d:
+        return [obj]
+    out: list = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm statistics, memory banks) to every process."""
     if info():
@@ -123,7 +133,12 @@ class GradSync:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.inner = optimizer
-        self.param_groups = optimizer.param_groups
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # Always the inner optimizer's own list: load_state_dict replaces it with a new one,
+        # and a copy taken here would leave the learning rate of a resumed run unset.
+        return self.inner.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)

@@ -231,31 +231,58 @@ class RunDiverged(Exception):
 
 
 class _StopOnInterrupt:
-    """Ctrl-C during training: finish the current step, checkpoint it, then stop (a second Ctrl-C kills)."""
+    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, checkpoint it, stop.
 
-    def __init__(self, enabled: bool) -> None:
+    The same request again stops at once. Under torchrun the launcher forwards the
+    signal to every process (a cluster's pre-emption SIGTERM too); the processes agree
+    on the step to stop at -- at the steps where the progress bar reads the device
+    anyway (every ``engine.log_every``) -- so every rank checkpoints the same step.
+    """
+
+    def __init__(self) -> None:
         import signal
         import threading
 
         self.requested = False
-        self._old = None
-        if enabled and threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        import os
         import signal
 
-        if self.requested:
-            signal.default_int_handler(signum, frame)
+        if self.requested:  # asked twice: stop now
+            self.restore()
+            if signum == signal.SIGINT:
+                signal.default_int_handler(signum, frame)
+            os.kill(os.getpid(), signum)
+            return
         self.requested = True
-        log.warning("interrupted: stopping after this step with a checkpoint (Ctrl-C again to abort now)")
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def now(self, device: torch.device, check_point: bool) -> bool:
+        """Whether to stop after this step: alone, as soon as asked; under data parallelism, at
+        check points only, and then if any process was asked."""
+        from . import distributed as ddp
+
+        if ddp.world() == 1:
+            return self.requested
+        if not check_point:
+            return False
+        flag = torch.tensor([float(self.requested)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.requested = bool(flag.item())
+        return self.requested
 
     def restore(self) -> None:
         import signal
 
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 class _DivergenceWatch:
@@ -357,6 +384,12 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
         start_epoch = state["epoch"]
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
+        if partial is not None and "ranks" not in partial:  # written before per-process partial state
+            partial = {"step": partial["step"], "time_s": partial["time_s"], "ranks": [partial]}
+        if partial is not None:
+            if len(partial["ranks"]) != n_proc:
+                raise KDBenchError(f"{ckpt_path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
+                                   f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
         log.info("%sresuming from epoch %d%s of %d (%s)", label, start_epoch,
                  f", step {partial['step']}" if partial else "", epochs, ckpt_path)
     else:
@@ -372,7 +405,7 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     show = _progress_enabled(engine.progress)
     log_every = max(1, int(engine.log_every))
     steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / n_proc) / bs)
-    stop = _StopOnInterrupt(enabled=n_proc == 1)
+    stop = _StopOnInterrupt()
     try:
         for epoch in range(start_epoch, epochs):
             ddp.broadcast_buffers(method)  # BatchNorm statistics from rank 0
@@ -385,10 +418,11 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
             correct = torch.zeros((), device=device)
             seen, first_step, time_before = 0, 0, 0.0
             if partial is not None:  # the rest of an epoch stopped by Ctrl-C
-                first_step, seen, time_before = partial["step"], partial["seen"], partial["time_s"]
-                sums = {k: torch.tensor(v, device=device) for k, v in partial["sums"].items()}
-                correct = torch.tensor(partial["correct"], device=device)
-                torch.set_rng_state(partial["rng"])
+                mine = partial["ranks"][ddp.rank()]
+                first_step, seen, time_before = partial["step"], mine["seen"], partial["time_s"]
+                sums = {k: torch.tensor(v, device=device) for k, v in mine["sums"].items()}
+                correct = torch.tensor(mine["correct"], device=device)
+                torch.set_rng_state(mine["rng"])
                 partial = None
             t0 = time.perf_counter()
             bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
@@ -405,13 +439,18 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
                 correct += (out.logits.detach().argmax(1) == batch.labels).sum()
                 if on_step is not None:
                     on_step(epoch, step)
-                if stop.requested:
-                    _save_checkpoint(ckpt_path, {
-                        "epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                        "history": history, "train_time": train_time, "images_seen": images_seen,
-                        "partial": {"step": step + 1, "seen": seen, "time_s": time_before + time.perf_counter() - t0,
-                                    "sums": {k: float(v) for k, v in sums.items()}, "correct": float(correct),
-                                    "rng": torch.get_rng_state()}})
+                if stop.now(device, (step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
+                    # Each process's share of the epoch so far (its batches, its random stream).
+                    ranks = ddp.gather_objects({"seen": seen, "sums": {k: float(v) for k, v in sums.items()},
+                                                "correct": float(correct), "rng": torch.get_rng_state()})
+                    if main:
+                        _save_checkpoint(ckpt_path, {
+                            "epoch": epoch, "method": method.checkpoint_state(),
+                            "optimizer": optimizer.state_dict(), "history": history, "train_time": train_time,
+                            "images_seen": images_seen,
+                            "partial": {"step": step + 1, "time_s": time_before + time.perf_counter() - t0,
+                                        "ranks": ranks}})
+                    ddp.barrier()  # nobody exits before the checkpoint is on disk
                     stop.restore()
                     raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, step {step + 1}; checkpoint {ckpt_path}")
                 if bar is not None and ((step + 1) % log_every == 0 or step + 1 == steps_per_epoch):

@@ -53,3 +53,53 @@ def test_dml_cohort_trains_under_two_processes(tmp_path):
     _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=1), "method=dml")
     (rec,) = _records(tmp_path / "results")
     assert rec["status"] == "completed" and "peer1" in rec["metrics"]["last"]
+
+
+def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tmp_path):
+    """Ctrl-C to torchrun: it forwards the signal, the processes agree on a step, rank 0
+    checkpoints every process's share of the epoch, and the resumed run ends where an
+    uninterrupted one does."""
+    import signal
+    import time
+
+    import torch
+
+    base = [*tiny_overrides(tmp_path, epochs=12), "method=kd", "engine.log_every=1"]
+    full = [*base, f"paths.results={tmp_path / 'full'}"]
+    _torchrun("-m", "kdbench", "-q", "run", *full)  # also trains the shared teacher
+    (done,) = _records(tmp_path / "full")
+
+    cut = [*base, f"paths.results={tmp_path / 'cut'}"]
+    ckpt = tmp_path / "work" / "runs" / done["run_id"] / "checkpoint.pt"
+    p = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "kdbench", "-q", "run", *cut],
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out = p.communicate(timeout=120)[0]
+    assert p.returncode != 0, out[-2000:]
+    assert not _records(tmp_path / "cut"), "an interrupted run must leave no record"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] < 12 and len(state["partial"]["ranks"]) == 2, out[-2000:]
+    assert "stopping after this step" in out
+
+    _torchrun("-m", "kdbench", "-q", "run", *cut, "resume=true")
+    (resumed,) = _records(tmp_path / "cut")
+    assert resumed["metrics"]["last"] == done["metrics"]["last"]
+    assert resumed["history"][-1]["train_loss"] == done["history"][-1]["train_loss"]
+
+
+def test_grad_sync_sets_the_learning_rate_of_a_resumed_optimizer():
+    """load_state_dict gives the optimizer new param_groups; the wrapper must follow them
+    (a copy taken at construction left resumed DDP runs at the checkpoint's learning rate)."""
+    import torch
+
+    from kdbench.distributed import GradSync
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9)
+    wrapped = GradSync(opt)
+    wrapped.load_state_dict(opt.state_dict())
+    for group in wrapped.param_groups:
+        group["lr"] = 0.005
+    assert opt.param_groups[0]["lr"] == 0.005

@@ -115,20 +115,22 @@ def test_teacher_parameters_do_not_change(make_cfg):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_cfg, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's pre-emption
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_cfg, tmp_path, signame):
     import os
     import signal
 
     full = run(make_cfg("method=kd", epochs=3))
     cfg = make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", epochs=3)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def ctrl_c(epoch, step):
         if epoch == 1 and step == 4:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, signame))
 
     with pytest.raises(KeyboardInterrupt, match="epoch 2, step 5"):
         run(cfg, on_step=ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
     state = torch.load(next((tmp_path / "work" / "runs").glob("*/checkpoint.pt")), weights_only=True)
     assert state["epoch"] == 1 and state["partial"]["step"] == 5
     resumed = run(make_cfg("method=kd", f"paths.results={tmp_path / 'other'}", "resume=true", epochs=3))

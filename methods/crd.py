@@ -27,7 +27,7 @@
   without replacement when there are at least K of them, else with
   replacement; ``negatives=uniform`` draws from every sample, as the memory
   does when no sampler is given. Drawn on the device from the method's own
-  generator.
+  generator (one stream per process under data parallelism).
 - Total: ``ce_weight * CE + kd_weight * KD(T=4) + beta * CRD``. ``crd``: 1 / 0 / 0.8;
   ``crd+kd``: 1 / 1 / 0.8 (CRD benchmark ``-a 0 -b 0.8`` and ``-a 1 -b 0.8``).
 - Extra trainable parameters: the two heads; the memory banks are buffers.
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from kdbench.connectors import L2Embed
 from kdbench.data import Batch
-from kdbench.distributed import all_gather_cat, all_reduce_sum, world
+from kdbench.distributed import all_gather_cat, all_reduce_sum, stream, world
 from kdbench.method import Method, StepOutput, register_method, require
 from kdbench.methods.kd import kd_loss
 from kdbench.seeding import derive_seed
@@ -128,7 +128,9 @@ class NegativeSampler(nn.Module):
         self.register_buffer("by_class", order, persistent=False)
         self.register_buffer("counts", counts, persistent=False)
         self.register_buffer("starts", starts, persistent=False)
-        self._seed = derive_seed(seed, "crd-negatives")
+        # Under data parallelism each process draws its own negatives (its own stream);
+        # alone, the stream is the same as it always was.
+        self._seed = derive_seed(seed, *stream("crd-negatives"))
         self._gen: torch.Generator | None = None
         self._draws = 0
 

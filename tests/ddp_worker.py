@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 
@@ -25,6 +26,9 @@ def main(out: str) -> None:
                         train_labels=data.train_labels(), student_arch="cnn_small", teacher_arch="cnn_wide")
     m = create_method(cfg.method, student, teacher, ctx)
     opt = ddp.GradSync(build_optimizer(m.trainable_parameters(), cfg.schedule, "foreach"))
+    # the same anchors on both processes: each process must draw its own negatives
+    probe = copy.deepcopy(m.sampler)
+    drawn = ddp.all_gather_cat(probe(torch.arange(8), data.train_labels()[:8])[None].float())
     m.train()
     for step, batch in enumerate(data.train_batches(32, 0, 0)):
         m.train_step(batch, 0, opt, contextlib.nullcontext)
@@ -34,7 +38,8 @@ def main(out: str) -> None:
                         sum(p.sum() for p in m.student.parameters())])
     gathered = ddp.all_gather_cat(sums[None])
     if ddp.is_main():
-        json.dump({"per_rank": gathered.tolist()}, open(out, "w"))
+        json.dump({"per_rank": gathered.tolist(), "same_negatives": torch.equal(drawn[0], drawn[1])},
+                  open(out, "w"))
     ddp.shutdown()
 
 

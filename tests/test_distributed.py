@@ -45,8 +45,10 @@ def test_two_process_run_writes_one_record_and_matches_one_process(tmp_path):
 def test_crd_memory_and_parameters_stay_identical_across_processes(tmp_path):
     out = tmp_path / "out.json"
     _torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(out))
-    per_rank = json.loads(out.read_text())["per_rank"]
+    result = json.loads(out.read_text())
+    per_rank = result["per_rank"]
     assert per_rank[0] == pytest.approx(per_rank[1], rel=1e-6, abs=1e-6)
+    assert result["same_negatives"] is False  # independent negatives per process
 
 
 def test_dml_cohort_trains_under_two_processes(tmp_path):

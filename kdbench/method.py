@@ -242,6 +242,18 @@ def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | N
     return cls(student, teacher, ctx, **hparams)
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Switch autocast off for a method's own loss arithmetic.
+
+    Under the engine's bf16 autocast (the CUDA default) matrix products run in
+    bf16, about 3 significant digits: enough for the networks, not for losses
+    that divide dot products by a temperature of 0.07 (CRD) or compare angles
+    (RKD). The papers' code computes these in fp32, so inputs are cast to float
+    and the block runs without autocast. A no-op where autocast is off.
+    """
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def require(condition: bool, message: str) -> None:
     """Fail before training when a method cannot serve a pair or dataset."""
     if not condition:

@@ -18,6 +18,9 @@
   step's images/s on our CPU (resnet32x4->resnet8x4, 45,000-row banks). The
   product reads a copy of each bank made for the step (freed after backward),
   because the banks are updated in place before the backward pass.
+- Precision: heads, scores and NCE run in fp32 even under the engine's bf16
+  autocast (the CUDA default): bf16 dot products divided by T = 0.07 would move
+  each score by several percent; the authors trained in fp32.
 - Loss: the NCE objective of the authors' code (paper Eq. 18) with
   K = 16,384 negatives and noise P_n = 1/num_train:
   -[log(h+/(h+ + K P_n)) + sum_neg log(K P_n/(h- + K P_n))] / batch, both sides summed.
@@ -45,7 +48,7 @@ from torch import Tensor, nn
 from kdbench.connectors import L2Embed
 from kdbench.data import Batch
 from kdbench.distributed import all_gather_cat, all_reduce_sum, stream, world
-from kdbench.method import Method, StepOutput, register_method, require
+from kdbench.method import Method, StepOutput, full_precision, register_method, require
 from kdbench.methods.kd import kd_loss
 from kdbench.seeding import derive_seed
 
@@ -199,11 +202,12 @@ class CRD(Method):
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         t_out = self.teacher_forward(batch.images)
         s_out = self.student(batch.images)
-        v_s = self.embed_s(s_out.embedding.float())
-        v_t = self.embed_t(t_out.embedding.float())
-        idx = self.sampler(batch.indices, batch.labels)
-        out_s, out_t = self.memory.scores(v_s, v_t, idx)
-        crd = nce_loss(out_s, self.n_data) + nce_loss(out_t, self.n_data)
+        with full_precision(batch.images.device):  # heads, scores and NCE in fp32, as the authors' code
+            v_s = self.embed_s(s_out.embedding.float())
+            v_t = self.embed_t(t_out.embedding.float())
+            idx = self.sampler(batch.indices, batch.labels)
+            out_s, out_t = self.memory.scores(v_s, v_t, idx)
+            crd = nce_loss(out_s, self.n_data) + nce_loss(out_t, self.n_data)
         # Under data parallelism every process applies the whole global batch, so the banks stay equal.
         self.memory.update(all_gather_cat(v_s.detach().float()), all_gather_cat(v_t.detach().float()),
                            all_gather_cat(batch.indices))

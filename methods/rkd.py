@@ -9,6 +9,9 @@
 - Loss: ``ce`` + ``rkd`` = ``beta * (25 * distance + 50 * angle)``; teacher terms
   computed without gradient.
 - Layers: the pooled embeddings (``embedding``), as in the CRD benchmark.
+- Precision: distances and angles run in fp32 even under the engine's bf16
+  autocast (the CUDA default): the distance matrix subtracts nearly equal
+  bf16 products, and the authors trained in fp32.
 - Defaults: distance_weight=25, angle_weight=50 (paper and authors' code),
   beta=1, ce_weight=1 (CRD benchmark ``-a 0 -b 1``).
 - Extra trainable parameters: none.
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method
+from kdbench.method import Method, StepOutput, full_precision, register_method
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -69,6 +72,7 @@ class RKD(Method):
         t = self.teacher_forward(batch.images).embedding.float()
         s_out = self.student(batch.images)
         s = s_out.embedding.float()
-        rkd = self.distance_weight * rkd_distance_loss(s, t) + self.angle_weight * rkd_angle_loss(s, t)
+        with full_precision(s.device):  # distances and angles in fp32, as the authors' code
+            rkd = self.distance_weight * rkd_distance_loss(s, t) + self.angle_weight * rkd_angle_loss(s, t)
         return StepOutput(s_out.logits, {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels),
                                          "rkd": self.beta * rkd})

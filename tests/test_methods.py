@@ -359,3 +359,25 @@ def test_inference_mode_teacher_outputs_are_usable_by_autograd():
         raw = m.teacher(x).logits
     with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
         (raw * F.log_softmax(m.student(x).logits, 1)).sum().backward()
+
+
+@pytest.mark.parametrize("method", ["crd", "rkd"])
+def test_relational_losses_run_in_fp32_under_bf16_autocast(method, monkeypatch):
+    """The engine's GPU default is bf16 autocast; CRD's scores (dot products / 0.07) and RKD's
+    distances and angles must still be computed in fp32, as the papers' code does."""
+    import kdbench.methods.crd as crd
+    import kdbench.methods.rkd as rkd
+
+    seen = []
+    if method == "crd":
+        orig = crd.nce_loss
+        monkeypatch.setattr(crd, "nce_loss", lambda scores, n: seen.append(scores.dtype) or orig(scores, n))
+    else:
+        orig = rkd._angles
+        monkeypatch.setattr(rkd, "_angles", lambda e: seen.append(orig(e).dtype) or orig(e))
+    m, labels = _build(method, "cifar100/resnet56-resnet20")
+    m.train()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = m.step(_batch(labels), 0)
+        assert out.logits.dtype == torch.bfloat16  # the networks did run under autocast
+    assert seen and all(d == torch.float32 for d in seen), seen

@@ -384,12 +384,9 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
         start_epoch = state["epoch"]
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
-        if partial is not None:
-            if "ranks" not in partial:  # written before partial state was kept per process
-                partial = {"step": partial["step"], "time_s": partial["time_s"], "ranks": [partial]}
-            if len(partial["ranks"]) != n_proc:
-                raise KDBenchError(f"{ckpt_path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
-                                   f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
+        if partial is not None and len(partial["ranks"]) != n_proc:
+            raise KDBenchError(f"{ckpt_path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
+                               f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
         log.info("%sresuming from epoch %d%s of %d (%s)", label, start_epoch,
                  f", step {partial['step']}" if partial else "", epochs, ckpt_path)
     else:

@@ -138,3 +138,23 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_
     drop = ("time_s", "images_per_s")
     strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(full["history"])
+
+
+def test_mid_epoch_checkpoint_must_resume_with_as_many_processes(make_cfg, tmp_path):
+    import os
+    import signal
+
+    cfg = make_cfg("method=vanilla", epochs=2)
+
+    def ctrl_c(epoch, step):
+        if epoch == 0 and step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, on_step=ctrl_c)
+    (ckpt,) = (tmp_path / "work" / "runs").glob("*/checkpoint.pt")
+    state = torch.load(ckpt, weights_only=True)
+    state["partial"]["ranks"] *= 2  # as if written by a 2-process torchrun
+    torch.save(state, ckpt)
+    with pytest.raises(KDBenchError, match="2 process.*nproc_per_node=2"):
+        run(make_cfg("method=vanilla", "resume=true", epochs=2))

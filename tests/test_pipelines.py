@@ -145,3 +145,28 @@ def test_imagenet_style_tree_through_the_dataloader_path(tmp_path):
 def test_missing_imagenet_names_the_folder(tmp_path):
     with pytest.raises(KDBenchError, match="imagenet/train"):
         build_dataset(_data_cfg(tmp_path, "imagenet"))
+
+
+def test_dataloader_transforms_do_not_share_the_global_rng_with_the_method(tmp_path):
+    """workers=0: per-image augmentation draws from its own stream, so a method drawing from
+    torch's global RNG neither changes the images nor has its own draws moved."""
+    from tests.helpers import write_image_tree
+
+    write_image_tree(tmp_path / "imagenet", per_class=6, size=40, classes=("n01", "n02"), splits=("train", "val"))
+    data = build_dataset(_data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.workers=0"))
+
+    def epoch(draw_between: bool) -> list[torch.Tensor]:
+        out = []
+        for b in data.train_batches(4, seed=0, epoch=0):
+            out.append(b.images)
+            if draw_between:
+                torch.rand(1000)  # e.g. dropout in the method's step
+        return out
+
+    plain, disturbed = epoch(False), epoch(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, disturbed))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    epoch(False)
+    assert torch.equal(torch.rand(3), expected)  # the augmentation left the global RNG alone

@@ -149,6 +149,28 @@ class _OrderSampler(torch.utils.data.Sampler):
         return -(-self.n // world())
 
 
+def _own_global_rng(loader, seed: int) -> Iterator:
+    """Iterate ``loader`` with the global RNG swapped for a stream of its own.
+
+    Per-image torchvision transforms in the main process (``workers=0``) draw
+    from torch's global RNG; here they draw from a stream seeded with ``seed``
+    and saved between batches, so they neither consume nor depend on what the
+    method draws from the global RNG -- and a resumed epoch replays them exactly.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+    it = iter(loader)
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
+            item = next(it, None)
+            state = torch.get_rng_state()
+        if item is None:
+            return
+        yield item
+
+
 class LoaderBundle(DataBundle):
     """torch ``Dataset`` s yielding ``(image, label, index)`` with per-image transforms.
 
@@ -192,11 +214,10 @@ class LoaderBundle(DataBundle):
         from ..distributed import stream
 
         aug_seed = derive_seed(seed, *stream("augment", epoch))
-        if self.workers == 0:
-            # Per-image transforms draw from the global RNG: seed it for this epoch.
-            torch.manual_seed(aug_seed)
         loader = self._loader("train", batch_size, _OrderSampler(n, seed, epoch), aug_seed)
-        return self._batches(loader)
+        if self.workers > 0:  # worker RNGs are seeded from the loader's generator
+            return self._batches(loader)
+        return self._batches(_own_global_rng(loader, aug_seed))
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         return self._batches(self._loader(split, batch_size))

@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 from .config import compose
 from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
-from .engine import (apply_fast_path, build_optimizer, describe_fast_path, resolve_device, resolve_fast_path,
-                     train_one_step)
+from .engine import (apply_fast_path, build_optimizer, compile_context, describe_fast_path, resolve_device,
+                     resolve_fast_path, train_one_step)
 from .errors import KDBenchError
 from .method import METHODS, MethodContext, create_method
 from .models import create_model
@@ -133,20 +133,22 @@ def _profile(loop, device: torch.device, steps: int = 3, rows: int = 15) -> str:
 
 def _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps, warmup, profile):
     """The engine's fast path; its models are freed on return, before the reference loop is built."""
-    data, method = _build(cfg, method_name, device, n_images, "device")
-    apply_fast_path(method, fast)
-    autocast = fast.autocast(device)
-    opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
-    method.train()
-    stream = _endless(data, batch_size)
+    with compile_context(fast):
+        data, method = _build(cfg, method_name, device, n_images, "device")
+        apply_fast_path(method, fast)
+        autocast = fast.autocast(device)
+        opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
+        method.train()
+        stream = _endless(data, batch_size)
 
-    def engine_loop(n: int) -> None:
-        for _, batch in zip(range(n), stream):
-            train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
+        def engine_loop(n: int) -> None:
+            for _, batch in zip(range(n), stream):
+                train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
 
-    flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast, fast.channels_last)
-    eng = _measure(engine_loop, device, warmup, steps, batch_size)
-    return eng, flops, (_profile(engine_loop, device) if profile else None)
+        flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast,
+                                 fast.channels_last)
+        eng = _measure(engine_loop, device, warmup, steps, batch_size)
+        return eng, flops, (_profile(engine_loop, device) if profile else None)
 
 
 def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: int, warmup: int,

@@ -158,3 +158,28 @@ def test_mid_epoch_checkpoint_must_resume_with_as_many_processes(make_cfg, tmp_p
     torch.save(state, ckpt)
     with pytest.raises(KDBenchError, match="2 process.*nproc_per_node=2"):
         run(make_cfg("method=vanilla", "resume=true", epochs=2))
+
+
+def test_compile_context_freezes_weights_only_when_the_teacher_alone_is_compiled():
+    import torch._inductor.config as inductor_config
+
+    from kdbench.engine import compile_context, resolve_fast_path
+
+    def fast(setting):
+        return resolve_fast_path(compose([f"engine.compile={setting}"]).engine, torch.device("cpu"))
+
+    assert not inductor_config.freezing
+    with compile_context(fast("teacher")):
+        assert inductor_config.freezing
+    assert not inductor_config.freezing  # restored
+    for setting in ("true", "false"):  # students change every step: never frozen
+        with compile_context(fast(setting)):
+            assert not inductor_config.freezing
+
+
+def test_a_run_with_the_teacher_compiled_matches_the_eager_run(make_cfg):
+    eager = run(make_cfg("method=kd", epochs=2))
+    compiled = run(make_cfg("method=kd", "engine.compile=teacher", "force=true", epochs=2))
+    assert compiled["engine"]["compile"] == "teacher" and compiled["run_id"] == eager["run_id"]
+    a, b = (r["metrics"]["last"]["student"]["test"]["top1"] for r in (eager, compiled))
+    assert abs(a - b) < 3  # rounding differences only

@@ -107,7 +107,8 @@ def test_grad_sync_sets_the_learning_rate_of_a_resumed_optimizer():
     assert opt.param_groups[0]["lr"] == 0.005
 
 
-def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
     """The DataLoader path (per-image transforms, ImageNet's) under torchrun: each process
     loads its share of the epoch's order, and together they see the training set once."""
     from tests.helpers import write_image_tree
@@ -115,7 +116,7 @@ def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path):
     write_image_tree(tmp_path / "tree", per_class=20, size=16, classes=("a", "b", "c"))
     _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=2), "method=kd",
               "dataset=imagefolder", "pair.datasets=[imagefolder]", f"data.root={tmp_path / 'tree'}",
-              "data.image_size=16", "data.pipeline=dataloader")
+              "data.image_size=16", "data.pipeline=dataloader", f"data.workers={workers}")
     (rec,) = _records(tmp_path / "results")
     assert rec["status"] == "completed" and rec["environment"]["processes"] == 2
     n = rec["dataset"]["num_train"]

@@ -13,6 +13,7 @@ evaluates, writes checkpoints and records.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -37,7 +38,35 @@ def init_from_env() -> DistInfo | None:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
+        atexit.register(_destroy_at_exit)
     return info()
+
+
+def exit_process(code: int) -> None:
+    """Exit with ``code``; under torchrun without the interpreter's finalisation.
+
+    Even after ``shutdown()``, a torchrun worker occasionally died in its exit
+    sequence ("terminate called without an active exception", SIGABRT: a C++
+    thread destroyed during finalisation; about 1 run in 30 here), which turned
+    a finished run -- record written -- into a failed one. Everything kdbench
+    writes is flushed and closed by then, so a worker skips finalisation.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import logging
+        import sys
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
+def _destroy_at_exit() -> None:
+    # The last resort when a process leaves without shutdown() (an error, Ctrl-C): gloo's
+    # threads must not outlive the interpreter, or the exit ends in SIGABRT.
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shutdown() -> None:

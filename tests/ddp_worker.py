@@ -45,3 +45,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    ddp.exit_process(0)

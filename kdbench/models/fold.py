@@ -3,9 +3,9 @@
 A teacher is evaluated in eval mode with fixed statistics, so every
 ``conv -> BatchNorm2d`` pair computes an affine map of the conv's output and
 can be replaced by one conv with rescaled weights and a bias: same outputs up
-to float rounding, one pass over each activation fewer (about 8 % of
-resnet32x4's forward on our CPU). The pairs are found by watching one forward
-pass, so it works for any architecture without knowing its code; a conv
+to float rounding, one pass over each activation fewer. The pairs are found
+by watching one forward pass, so it works for any architecture without
+knowing its code; a conv
 output that anything else also reads (a residual branch, a returned feature)
 is left alone. The folded model is then checked against the original on a
 random batch (every logit, feature map and embedding) and the fold is undone

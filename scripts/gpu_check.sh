@@ -26,6 +26,10 @@ fi
 # Install kdbench itself (methods/ maps to kdbench.methods), without the network.
 $PY -m pip install -q --no-index --no-deps --no-build-isolation --target "$WORK/kd" . >/dev/null
 export PYTHONPATH="$WORK/kd${PYTHONPATH:+:$PYTHONPATH}"
+# Run from outside the checkout: `python -m` puts the current folder first on sys.path, and the source tree's
+# kdbench/ (without methods/ mapped in) would shadow the installed package.
+ARCHIVE=$(realpath "$ARCHIVE"); OUT=$(realpath "$OUT")
+cd "$WORK"
 KD="$PY -m kdbench"
 
 { date -u; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"; nvidia-smi 2>/dev/null || true; } > "$OUT/env.txt"

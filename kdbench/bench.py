@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from .config import compose
 from .data import static_train_size
+from .errors import KDBenchError
 from .runner import load_data, run
 from .teacher import ensure_teacher
 
@@ -115,17 +116,46 @@ def format_bench(res: BenchResult) -> str:
 
 # -- plan and status ---------------------------------------------------------------------
 
+STATE_NOTES = {
+    "other-teacher": "completed only with a teacher whose weights differ from the cached one: not done for this "
+                     "teacher (bench re-runs it)",
+    "teacher-unknown": "completed, but the teacher is not in this cache: a bench would train it and re-run the "
+                       "student unless the new weights are the same",
+}
+
+
+def _teacher_sha(cfg: DictConfig) -> str | None:
+    """The weights sha256 of the teacher ``cfg`` would use, if it is in the cache (nothing is trained)."""
+    from .teacher import find_teacher
+
+    try:
+        entry = find_teacher(cfg)
+    except KDBenchError:  # a pinned teacher that is not cached
+        return None
+    return None if entry is None else entry.meta["weights"]["sha256"]
+
+
 def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
-    """(state, last record): done | failed | diverged | running | interrupted | missing."""
+    """(state, last record): done | other-teacher | teacher-unknown | failed | diverged | running |
+    interrupted | missing. A run that uses a teacher is done only for the teacher it was distilled from."""
     from pathlib import Path
 
-    from .config import run_identity
+    from .identity import run_identity
     from .locks import is_locked
+    from .method import METHODS
     from .results import completed_records, records_of_run
 
     run_id = run_identity(cfg)
     recs = records_of_run(cfg.paths.results, run_id)
     done = completed_records(recs)
+    if done and METHODS.get(str(cfg.method.name)).obj.uses_teacher:
+        sha = _teacher_sha(cfg)
+        if sha is None:
+            return "teacher-unknown", done[-1]
+        mine = [r for r in done if (r.get("teacher") or {}).get("weights_sha256") == sha]
+        if not mine:
+            return "other-teacher", done[-1]
+        done = mine
     if done:
         return "done", done[-1]
     run_dir = Path(cfg.paths.runs) / run_id
@@ -140,7 +170,7 @@ def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
 
 def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     """Every run of the suite with its state, estimated FLOPs and (when measured before) time."""
-    from .config import run_identity
+    from .identity import run_identity
     from .data import static_shape
     from .method import METHODS
     from .models import create_model, forward_flops
@@ -183,11 +213,12 @@ def format_plan(rows: list[dict[str, Any]], with_estimates: bool) -> str:
             fl = f"{r['train_flops'] / 1e12:9.2f} TFLOP" if r["train_flops"] else f"{'?':>15}"
             t = f"{r['est_time_s'] / 60:7.1f} min" if r["est_time_s"] else f"{'?':>11}"
             est = f"  {fl}  {t}"
-        lines.append(f"{r['state']:<11} {r['pair']:<32} {r['method']:<8} s{r['seed']:<3}{est}  {r['run_id']}")
+        lines.append(f"{r['state']:<15} {r['pair']:<32} {r['method']:<8} s{r['seed']:<3}{est}  {r['run_id']}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append(f"{len(rows)} runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    lines += [f"  {state}: {note}" for state, note in STATE_NOTES.items() if state in counts]
     if with_estimates:
         known = [r["est_time_s"] for r in rows if r["state"] != "done" and r["est_time_s"]]
         lines.append(f"estimated time of the remaining runs with a measured speed: {sum(known) / 3600:.2f} h "

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     ri = rsub.add_parser("import", help="validate a bundle and add its records")
     ri.add_argument("bundle")
     ri.add_argument("overrides", nargs="*")
+    rm = rsub.add_parser("migrate", help="upgrade records written by an older kdbench to the current schema")
+    rm.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
+    rm.add_argument("overrides", nargs="*")
 
     lb = sub.add_parser("leaderboard", help="write leaderboard/ (tables, page, plots, CSV) from results/")
     lb.add_argument("--check", action="store_true", help="exit non-zero if a record is invalid or leaderboard/ is stale")
@@ -189,6 +192,16 @@ def dispatch(args: argparse.Namespace) -> int:
                 print(f"{len(bad)} of {len(stored)} records in {store.runs_dir(root)} are invalid")
                 return 1
             print(f"all {len(stored)} records in {store.runs_dir(root)} are valid")
+        elif args.results_command == "migrate":
+            from .migrate import migrate_store
+
+            m = migrate_store(root, dry_run=args.dry_run)
+            for old, new in m.migrated:
+                print(f"{'would migrate' if args.dry_run else 'migrated'} {old} -> {new}")
+            print("\n".join(m.problems))
+            print(f"{len(m.migrated)} record(s) {'to migrate' if args.dry_run else 'migrated'}, {m.current} already "
+                  f"current, {len(m.problems)} problem(s) in {store.runs_dir(root)}")
+            return 1 if m.problems else 0
         elif args.results_command == "export":
             out = store.export_bundle(root, args.bundle)
             print(f"wrote {out}")

@@ -14,21 +14,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import KDBenchError
-from .registry import Entry, Registry
+from .registry import Registry
 
 CONFIG_MODULE = "kdbench.conf"
 
-# Dataset keys that say where data lives or how it is read, not what it is.
-DATA_PATH_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
-# Keys that do not change what a run computes: excluded from run identity.
-NON_SEMANTIC_KEYS = (
-    "paths", "resume", "force", "retry_failed", "note", "suite", "speed",
-    "engine.device", "engine.progress", "engine.log_every", "engine.eval_batch_size",
-    "engine.channels_last", "engine.keep_checkpoint", "engine.compile", "engine.optimizer_impl",
-    "engine.fold_teacher_bn", "engine.teacher_inference_mode",
-    "pair.description",
-    *(f"data.{k}" for k in DATA_PATH_KEYS),
-)
+# Keys that moved: the old spelling gets a message naming the new one (Hydra would only say "not in struct").
+MOVED_KEYS = {
+    "engine.amp": "protocol.precision (precision is part of the experiment: auto | fp32 | bf16)",
+    **{f"data.{k}": f"data.source.{k}" for k in ("root", "download", "cache_dir", "archive", "extract_dir",
+                                                   "workers", "sha256")},
+}
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> DictConfig:
@@ -43,6 +38,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     check_names(overrides)
+    check_moved(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
@@ -57,11 +53,35 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
 
 
 def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
-    """What every composed config goes through (compose API and Hydra's own entry point alike)."""
+    """What every composed config goes through (compose API and Hydra's own entry point alike):
+    per-pair and per-suite settings applied, then every experiment value typed and range-checked."""
+    from .identity import type_config
+
     _apply_pair_method_overrides(cfg, overrides)
+    _apply_teacher_choice(cfg, overrides)
+    type_config(cfg)
     if check:
         check_config(cfg)
     return cfg
+
+
+def check_moved(overrides) -> None:
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if key in MOVED_KEYS:
+            raise KDBenchError(f"{key} is now {MOVED_KEYS[key]}")
+
+
+def _apply_teacher_choice(cfg: DictConfig, overrides) -> None:
+    """A teacher pinned for this pair (``pair.teacher_hash``, or the suite's ``teachers: {pair: hash}``),
+    unless ``teacher.hash`` is given on the command line. Only runs on that pair see it."""
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    if "teacher.hash" in given:
+        return
+    suite = cfg.get("suite") or {}
+    pinned = (suite.get("teachers") or {}).get(str(cfg.pair.name)) or cfg.pair.get("teacher_hash")
+    if pinned:
+        cfg.teacher.hash = str(pinned)
 
 
 def check_names(overrides) -> None:
@@ -127,32 +147,9 @@ def check_config(cfg: DictConfig) -> None:
                            f"not {cfg.data.name!r}: add dataset={cfg.pair.datasets[0]}")
 
 
-def _strip(d: dict[str, Any], dotted: str) -> None:
-    head, _, rest = dotted.partition(".")
-    if head in d:
-        if rest:
-            if isinstance(d[head], dict):
-                _strip(d[head], rest)
-        else:
-            del d[head]
-
-
-def semantic_dict(cfg: DictConfig | dict, drop: tuple[str, ...] = NON_SEMANTIC_KEYS) -> dict[str, Any]:
-    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else json.loads(json.dumps(cfg))
-    for key in drop:
-        _strip(d, key)
-    return d
-
-
 def digest(obj: Any) -> str:
     """sha256 of a JSON-able object in canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def run_identity(cfg: DictConfig) -> str:
-    """Stable, readable run id: method, pair, seed and a hash of the semantic config."""
-    slug = cfg.pair.name.replace("/", "_")
-    return f"{cfg.method.name}__{slug}__s{cfg.seed}__{digest(semantic_dict(cfg))[:10]}"
 
 
 # -- pairs: one config file each under conf/pair/ ------------------------------------
@@ -178,6 +175,3 @@ def _load_pairs() -> None:
 
 PAIRS: Registry[str] = Registry("pair", loader=_load_pairs)
 
-
-def pair_entry(name: str) -> Entry[str]:
-    return PAIRS.get(name)

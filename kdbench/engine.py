@@ -28,6 +28,7 @@ from .data import DataBundle
 from .errors import KDBenchError
 from .method import Method
 from .models.fold import fold_batchnorm
+from .identity import PRECISIONS, milestone_epochs, resolve_precision
 from .records import atomic_write_bytes
 from .seeding import derive_seed
 
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> torch.device:
 def lr_at(epoch: int, sched: DictConfig) -> float:
     """Learning rate for ``epoch`` (0-based), set once at the start of the epoch as in the CRD code."""
     if sched.lr_schedule == "multistep":
-        return float(sched.lr) * float(sched.gamma) ** sum(epoch >= m for m in sched.milestones)
+        return float(sched.lr) * float(sched.gamma) ** sum(epoch >= m for m in milestone_epochs(sched))
     if sched.lr_schedule == "cosine":
         return 0.5 * float(sched.lr) * (1 + math.cos(math.pi * epoch / int(sched.epochs)))
     raise KDBenchError(f"schedule.lr_schedule={sched.lr_schedule!r} is not one of: multistep, cosine")
@@ -98,17 +99,17 @@ def _switch(engine: DictConfig, key: str, allowed: tuple = ("auto", True, False)
     return value
 
 
-def resolve_fast_path(engine: DictConfig, device: torch.device) -> FastPath:
-    """Defaults where safe: bf16 autocast on CUDA, fp32 on CPU; channels_last everywhere (same
+def resolve_fast_path(engine: DictConfig, device: torch.device, precision: str = "auto") -> FastPath:
+    """Defaults where safe: the protocol's precision (``auto``: bf16 autocast on CUDA, fp32 on
+    CPU -- an experiment setting, not an engine switch); channels_last everywhere (same
     math, faster convolutions); the frozen teacher's BatchNorms folded into its convs and its
     forward in inference mode; fused SGD on CUDA, foreach on CPU; torch.compile only when asked
     (it did not help on our CPU)."""
     cuda = device.type == "cuda"
-    amp = engine.get("amp")
-    if amp not in (None, "fp32", "bf16"):
-        raise KDBenchError(f"engine.amp={amp!r} is not one of: null (bf16 on CUDA, fp32 on CPU), fp32, bf16")
+    if precision not in PRECISIONS:
+        raise KDBenchError(f"protocol.precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
     impl = _switch(engine, "optimizer_impl", ("auto", "fused", "foreach", "for_loop"))
-    return FastPath(amp=amp or ("bf16" if cuda else "fp32"),
+    return FastPath(amp=resolve_precision(precision, device.type),
                     channels_last=bool(_switch(engine, "channels_last")),
                     compile=_compile_setting(engine.get("compile", False)),
                     optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl,
@@ -369,13 +370,13 @@ def _progress_enabled(setting: Any) -> bool:
 
 def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
         run_dir: Path, resume: bool, label: str = "",
-        on_step: Callable[[int, int], None] | None = None) -> FitResult:
+        on_step: Callable[[int, int], None] | None = None, precision: str = "auto") -> FitResult:
     """Train ``method`` on ``data`` for ``sched.epochs`` epochs and evaluate every epoch.
 
-    ``on_step(epoch, step)`` is called after each optimizer step (tests use it
-    to simulate a kill mid-epoch).
+    ``precision`` is the protocol's (auto | fp32 | bf16). ``on_step(epoch, step)`` is called
+    after each optimizer step (tests use it to simulate a kill mid-epoch).
     """
-    fast = resolve_fast_path(engine, data.device)
+    fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
         return _fit(method, data, sched, engine, seed, run_dir, resume, label, on_step, fast)
 

@@ -33,12 +33,19 @@ PAPER_EPOCHS = {"tian2020crd": 240, "zhao2022dkd": 240, "zhao2023dot": 240, "che
                 "zhang2018dml": 200}
 REFERENCE_DATASET = {"cifar100": "cifar100", "cifar10": "cifar10", "cifar10-jpg": "cifar10"}
 MARK_FEW = "†"
+MARK_REPEAT = "‡"
+# Training-set sizes of the papers' protocol (the whole official training set).
+OFFICIAL_TRAIN = {"cifar100": 50_000, "cifar10": 50_000}
 
 
 # -- records -> a frame ------------------------------------------------------------------
 
 def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
-    """One row per run with every number the tables need."""
+    """One row per run with every number the tables need.
+
+    Repeats of one run (same experiment, seed and teacher weights, e.g. after ``force=true``)
+    stay in the frame with ``counted=False`` except the newest; only counted rows reach a cell.
+    """
     import pandas as pd
 
     rows = []
@@ -47,14 +54,18 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
         last = r["metrics"]["last"][primary]["test"]
         sel = r["metrics"]["selected"]
         sel_acc = sel[primary]["test"]["top1"] if sel else None
-        peers = [p for p in (r["config"].get("method", {}).get("peers") or [])]
+        spec = r["experiment"]["spec"]
+        peers = list((spec["method"].get("peers") or []))
         rows.append({
             "dataset": r["dataset"]["name"], "num_train": r["dataset"]["num_train"],
             "num_test": r["dataset"]["num_test"],
             "epochs": r["schedule"]["epochs"], "pair": r["pair"]["name"],
+            "protocol": spec["protocol"]["name"], "precision": spec["protocol"]["precision"],
             "teacher": r["pair"]["teacher"], "student": r["pair"]["student"],
             "peer": (peers[0] or r["pair"]["student"]) if peers else None,
             "method": r["method"]["name"], "category": r["method"]["category"], "scheme": r["method"]["scheme"],
+            "experiment": r["experiment"]["id"], "baseline_key": _baseline_key(spec),
+            "teacher_sha": (r["teacher"] or {}).get("weights_sha256") or "",
             "seed": r["seed"],
             "acc": last["top1"] if metric == "last" else sel_acc,
             "acc_last": last["top1"], "acc_selected": sel_acc, "top5": last["top5"], "ece": last["ece"],
@@ -64,26 +75,117 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
             "extra_params": r["params"]["extra_trainable"], "student_params": r["params"]["student"],
             "student_flops": r["params"]["student_flops"],
             "teacher_acc": r["teacher"]["test_top1"] if r["teacher"] else None,
-            "hardware": r["environment"]["hardware"], "date": r["created"][:10], "note": r["note"],
-            "run_id": r["run_id"],
+            "hardware": r["environment"]["hardware"], "created": r["created"], "date": r["created"][:10],
+            "note": r["note"], "run_id": r["run_id"],
             "curve": [h[primary]["test"]["top1"] for h in r["history"]],
+            "_spec": spec,
         })
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     if df["acc"].isna().any():
         raise KDBenchError("--metric selected needs a validation split in every run; some runs have none "
-                           "(data.val_fraction=0)")
-    df["setting"] = [setting_id(d, e, n) for d, e, n in zip(df["dataset"], df["epochs"], df["num_train"])]
-    return df
+                           "(data.val_fraction=0, as under protocol=paper)")
+    df["setting"] = [setting_id(*k) for k in zip(df["dataset"], df["epochs"], df["num_train"], df["protocol"],
+                                                   df["precision"])]
+    df = df.sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)
+    df["counted"] = ~df.duplicated(["experiment", "seed", "teacher_sha"], keep="last")  # sorted by time: newest wins
+    df["label"] = row_labels(df)
+    return df.drop(columns=["_spec"])
 
 
-def setting_id(dataset: str, epochs: int, num_train: int) -> str:
-    return f"{dataset}-{epochs}ep-{num_train}train"
+def _baseline_key(spec: dict[str, Any]) -> str:
+    """What a vanilla run must share with a distilled one to be its baseline: the experiment minus
+    the method and the teacher (same data, protocol, pair, schedule)."""
+    from .config import digest
+
+    return digest({k: v for k, v in spec.items() if k not in ("method", "teacher")})[:16]
+
+
+def setting_id(dataset: str, epochs: int, num_train: int, protocol: str = "kdbench", precision: str = "fp32") -> str:
+    return f"{dataset}-{epochs}ep-{num_train}train-{protocol}-{precision}"
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+# -- row labels: hyper-parameter variants and teachers ------------------------------------
+
+def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def method_defaults(method: str, pair: str) -> dict[str, Any] | None:
+    """A built-in method's hyper-parameters on a pair as its config files give them (no Hydra, no torch)."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    conf = resources.files("kdbench.conf")
+
+    def load(name: str, depth: int = 0) -> dict[str, Any] | None:
+        path = conf / "method" / f"{name}.yaml"
+        if not path.is_file() or depth > 5:
+            return None
+        own = OmegaConf.to_container(OmegaConf.create(path.read_text()))
+        out: dict[str, Any] = {}
+        for parent in own.pop("defaults", None) or []:  # a method file's defaults list names other methods
+            if isinstance(parent, str) and parent != "_self_":
+                out.update(load(parent, depth + 1) or {})
+        return {**out, **own}
+
+    d = load(method)
+    if d is None:
+        return None
+    pair_file = conf / "pair" / f"{pair}.yaml"
+    if pair_file.is_file():
+        spec = OmegaConf.create(pair_file.read_text()).get("pair") or {}
+        d.update(OmegaConf.to_container(spec.get("method_overrides", {}).get(method) or OmegaConf.create({})))
+    return d
+
+
+def _value_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def row_labels(df) -> list[str]:
+    """A row name per run: the method id, then what differs from the method's defaults on the pair
+    (``kd (temperature=1)``; other differing settings when a cell holds several), then the teacher when
+    one (setting, pair) was distilled from more than one teacher (``[teacher 1a2b3c4d]``)."""
+    labels: dict[tuple[str, str], str] = {}
+    for (setting, pair, method), g in df.groupby(["setting", "pair", "method"], sort=False):
+        specs = {e: s for e, s in zip(g["experiment"], g["_spec"])}
+        flat = {e: _leaves({k: v for k, v in s.items() if k not in ("teacher", "protocol")}) for e, s in specs.items()}
+        keys = sorted(set().union(*flat.values()))
+        varying = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+        defaults = method_defaults(method, pair)
+        for e, f in flat.items():
+            parts = []
+            for k, v in f.items():
+                if k.startswith("method.") and k != "method.name":
+                    name = k[len("method."):]
+                    if defaults is not None and name in defaults and defaults[name] != v and \
+                            not (isinstance(v, float) and isinstance(defaults[name], (int, float))
+                                 and float(defaults[name]) == v):
+                        parts.append(f"{name}={_value_text(v)}")
+                    elif (defaults is None or name not in defaults) and k in varying:
+                        parts.append(f"{name}={_value_text(v)}")
+                elif k in varying and not k.startswith("method."):
+                    parts.append(f"{k}={_value_text(v)}")
+            labels[(setting, e)] = method + (f" ({', '.join(parts)})" if parts else "")
+    tagged = df[df["teacher_sha"] != ""].groupby(["setting", "pair"])["teacher_sha"].nunique()
+    many = {k for k, n in tagged.items() if n > 1}
+    out = []
+    for setting, pair, e, sha in zip(df["setting"], df["pair"], df["experiment"], df["teacher_sha"]):
+        label = labels[(setting, e)]
+        out.append(f"{label} [teacher {sha[:8]}]" if sha and (setting, pair) in many else label)
+    return out
 
 
 # -- aggregation -------------------------------------------------------------------------
@@ -108,19 +210,27 @@ def cell(values) -> Cell:
 
 
 def aggregate(df):
-    """Mean, sample std and n per (setting, pair, method), with costs and extra metrics."""
+    """Mean, sample std and n (distinct seeds) per cell: one experiment and one teacher's weights on a pair;
+    repeats of a seed count once (the newest)."""
     import pandas as pd
 
     out = []
-    for (setting, pair, method), g in df.groupby(["setting", "pair", "method"], sort=True):
+    counted = df[df["counted"]]
+    for (setting, pair, _, _), g in counted.groupby(["setting", "pair", "experiment", "teacher_sha"], sort=True):
         c = cell(g["acc"])
         first = g.iloc[0]
+        repeats = int(df[(df["experiment"] == first["experiment"]) & (df["teacher_sha"] == first["teacher_sha"])
+                         & ~df["counted"]].shape[0])
         out.append({
             "setting": setting, "dataset": first["dataset"], "epochs": int(first["epochs"]),
-            "num_train": int(first["num_train"]), "pair": pair, "teacher": first["teacher"],
-            "student": first["student"], "peer": first["peer"], "method": method, "category": first["category"],
+            "num_train": int(first["num_train"]), "protocol": first["protocol"], "precision": first["precision"],
+            "pair": pair, "teacher": first["teacher"],
+            "student": first["student"], "peer": first["peer"], "method": first["method"], "label": first["label"],
+            "experiment": first["experiment"], "baseline_key": first["baseline_key"],
+            "teacher_sha": first["teacher_sha"], "category": first["category"],
             "scheme": first["scheme"], "mean": round(c.mean, 2), "std": None if c.std is None else round(c.std, 2),
-            "n": c.n, "cell": c.text(), "seeds": ",".join(str(s) for s in sorted(g["seed"])),
+            "n": c.n, "cell": c.text() + (MARK_REPEAT if repeats else ""), "seeds": ",".join(str(s) for s in sorted(g["seed"])),
+            "repeats_not_counted": repeats,
             "top5": round(float(g["top5"].mean()), 2), "ece": round(float(g["ece"].mean()), 2),
             "agreement": None if g["agreement"].isna().all() else round(float(g["agreement"].mean()), 2),
             "kl": None if g["kl"].isna().all() else round(float(g["kl"].mean()), 4),
@@ -141,26 +251,34 @@ class Setting:
     epochs: int
     num_train: int
     num_test: int
+    protocol: str
+    precision: str
     seeds: list[int]
     hardware: list[str]
     dates: tuple[str, str]
     metric: str
+    teachers: list[str]
 
     def caption(self) -> str:
         what = ("test top-1 (%) at the last epoch" if self.metric == "last"
                 else "test top-1 (%) at the epoch selected on the validation split")
-        return (f"{self.dataset}, {self.num_train:,} training / {self.num_test:,} test images, {self.epochs} epochs, "
-                f"seeds {','.join(map(str, self.seeds))}; {what}, mean ± sample std (n runs; "
-                f"{MARK_FEW} = fewer than 3); hardware: {'; '.join(self.hardware)}; "
+        return (f"protocol {self.protocol} ({self.precision}); {self.dataset}, {self.num_train:,} training / "
+                f"{self.num_test:,} test images, {self.epochs} epochs, seeds {','.join(map(str, self.seeds))}; "
+                f"{what}, mean ± sample std over distinct seeds (n; {MARK_FEW} = fewer than 3; {MARK_REPEAT} = a "
+                f"repeated run of a seed was not counted, see runs.csv); teacher weights: "
+                f"{', '.join(self.teachers) or 'none'}; hardware: {'; '.join(self.hardware)}; "
                 f"runs from {self.dates[0]} to {self.dates[1]}")
 
 
 def settings(df, metric: str) -> list[Setting]:
     out = []
-    for sid, g in df.groupby("setting", sort=True):
+    for sid, g in df[df["counted"]].groupby("setting", sort=True):
+        teachers = sorted({f"{sha[:8]} ({acc:.2f} %)" if acc == acc and acc is not None else sha[:8]
+                           for sha, acc in zip(g["teacher_sha"], g["teacher_acc"]) if sha})
         out.append(Setting(sid, g["dataset"].iloc[0], int(g["epochs"].iloc[0]), int(g["num_train"].iloc[0]),
-                           int(g["num_test"].max()), sorted(set(int(s) for s in g["seed"])), sorted(set(g["hardware"])),
-                           (min(g["date"]), max(g["date"])), metric))
+                           int(g["num_test"].max()), g["protocol"].iloc[0], g["precision"].iloc[0],
+                           sorted(set(int(s) for s in g["seed"])), sorted(set(g["hardware"])),
+                           (min(g["date"]), max(g["date"])), metric, teachers))
     return out
 
 
@@ -170,37 +288,55 @@ def _pair_label(agg_row) -> str:
     return f"{agg_row['teacher']} → {agg_row['student']}"
 
 
+def _baseline(a, row) -> float | None:
+    """The vanilla student's mean for ``row``: same pair and the same experiment but for the method."""
+    base = a[(a["pair"] == row["pair"]) & (a["method"] == "vanilla") & (a["baseline_key"] == row["baseline_key"])]
+    return float(base["mean"].iloc[0]) if len(base) else None
+
+
+def _teacher_rows(a, df, setting: Setting, pairs: list[str]) -> list[dict[str, Any]]:
+    """One row per teacher (by weights); a single "Teacher" row when every pair had one."""
+    d = df[(df["setting"] == setting.id) & df["counted"] & (df["teacher_sha"] != "")]
+    shas = sorted(set(d["teacher_sha"]))
+    many = any(d[d["pair"] == p]["teacher_sha"].nunique() > 1 for p in pairs)
+    rows = []
+    for sha in (shas if many else [None]):
+        row: dict[str, Any] = {"method": f"Teacher {sha[:8]}" if sha else "Teacher", "scheme": "", "_best": set(),
+                               "_values": {}}
+        for p in pairs:
+            t = d[(d["pair"] == p) & ((d["teacher_sha"] == sha) if sha else True)]["teacher_acc"].dropna()
+            row[p] = f"{t.iloc[0]:.2f}" if len(t) else ""
+            row["_values"][p] = float(t.iloc[0]) if len(t) else None
+        rows.append(row)
+    return rows
+
+
 def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str, Any]]]:
-    """Rows = teacher, vanilla, then methods; columns = pairs (CRD benchmark layout).
+    """Rows = teacher(s), vanilla, then methods and their variants; columns = pairs (CRD benchmark layout).
 
     The header holds pair ids (CSV columns); pages show them as "teacher → student".
     """
     a = agg[agg["setting"] == setting.id]
     pairs = sorted(a["pair"].unique())
     header = ["method"] + pairs
-    rows: list[dict[str, Any]] = []
-    teacher = {"method": "Teacher", "scheme": "", "_best": set(), "_values": {}}
-    for p in pairs:
-        t = df[(df["setting"] == setting.id) & (df["pair"] == p)]["teacher_acc"].dropna()
-        teacher[p] = f"{t.iloc[0]:.2f}" if len(t) else ""
-        teacher["_values"][p] = float(t.iloc[0]) if len(t) else None
-    rows.append(teacher)
-    methods = sorted(a["method"].unique(), key=lambda m: (m != "vanilla", m))
+    rows: list[dict[str, Any]] = _teacher_rows(a, df, setting, pairs)
+    labels = sorted(set(a["label"]), key=lambda lab: (not lab.startswith("vanilla"), lab))
     best = {}
     for p in pairs:
         cand = a[(a["pair"] == p) & (a["method"] != "vanilla")]
         if len(cand):
             best[p] = cand["mean"].max()
-    for m in methods:
-        row: dict[str, Any] = {"method": "Student (vanilla)" if m == "vanilla" else m, "scheme": "",
+    for lab in labels:
+        vanilla = lab == "vanilla"
+        row: dict[str, Any] = {"method": "Student (vanilla)" if vanilla else lab, "scheme": "",
                                "_best": set(), "_values": {}}
         for p in pairs:
-            hit = a[(a["pair"] == p) & (a["method"] == m)]
+            hit = a[(a["pair"] == p) & (a["label"] == lab)]
             if len(hit):
                 row[p] = hit["cell"].iloc[0]
                 row["scheme"] = hit["scheme"].iloc[0]
                 row["_values"][p] = float(hit["mean"].iloc[0])
-                if m != "vanilla" and hit["mean"].iloc[0] == best.get(p):
+                if hit["method"].iloc[0] != "vanilla" and hit["mean"].iloc[0] == best.get(p):
                     row["_best"].add(p)
             else:
                 row[p] = ""
@@ -214,10 +350,9 @@ def survey_table(agg, setting: Setting) -> list[dict[str, Any]]:
     a = agg[agg["setting"] == setting.id]
     out = []
     for _, r in a[a["method"] != "vanilla"].iterrows():
-        base = a[(a["pair"] == r["pair"]) & (a["method"] == "vanilla")]
-        b = float(base["mean"].iloc[0]) if len(base) else None
+        b = _baseline(a, r)
         gain = None if b is None else round(r["mean"] - b, 2)
-        out.append({"scheme": r["scheme"], "category": r["category"], "method": r["method"],
+        out.append({"scheme": r["scheme"], "category": r["category"], "method": r["label"],
                     "pair": r["pair"], "network": _pair_label(r), "teacher": r["teacher_acc"],
                     "baseline": b, "distilled": r["cell"], "distilled_mean": r["mean"],
                     "gain": "" if gain is None else f"{gain:+.2f} {'↑' if gain > 0 else '↓' if gain < 0 else ''}".strip(),
@@ -236,43 +371,62 @@ def load_reference(results_root: Path):
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
 
 
+def protocol_gaps(setting: Setting, paper_epochs: int | None, ref_dataset: str) -> list[str]:
+    """Why our setting is not the paper's: each difference in protocol, training set, length, precision, metric."""
+    gaps = []
+    if setting.protocol != "paper":
+        gaps.append(f"protocol {setting.protocol}")
+    full = OFFICIAL_TRAIN.get(ref_dataset)
+    if full is not None and setting.num_train != full:
+        gaps.append(f"{setting.num_train:,} vs {full:,} training images")
+    if paper_epochs is None:
+        gaps.append("paper schedule unknown")
+    elif setting.epochs != paper_epochs:
+        gaps.append(f"{setting.epochs} vs {paper_epochs} epochs")
+    if setting.precision != "fp32":
+        gaps.append(f"{setting.precision} vs fp32")
+    if setting.metric != "last":
+        gaps.append("validation-selected vs last-epoch accuracy")
+    return gaps
+
+
 def paper_comparison(agg, ref, setting: Setting, compare_short: bool) -> list[dict[str, Any]]:
-    """Our mean next to each paper's number for the same dataset, method, teacher and student."""
+    """Our mean next to each paper's number for the same dataset, method, teacher and student -- only where
+    the protocol matches the paper's (else the row says why not, and ``compare_short`` shows ours anyway).
+    Hyper-parameter variants are never set beside a paper's number."""
     ref_ds = REFERENCE_DATASET.get(setting.dataset)
     if ref_ds is None or ref.empty:
         return []
-    a = agg[agg["setting"] == setting.id]
+    a = agg[(agg["setting"] == setting.id) & (agg["label"] == agg["method"])]
     out = []
     for _, r in a.iterrows():
         other = r["peer"] if r["scheme"] == "online" else r["teacher"]
         hits = ref[(ref["dataset"] == ref_ds) & (ref["method"] == r["method"]) & (ref["teacher"] == other)
                    & (ref["student"] == r["student"]) & ref["distilled_acc"].notna()]
         for _, h in hits.iterrows():
-            paper_epochs = PAPER_EPOCHS.get(h["source"])
-            short = paper_epochs is not None and setting.epochs < paper_epochs
-            if (short or paper_epochs is None) and not compare_short:
-                continue
-            diff = round(r["mean"] - float(h["distilled_acc"]), 2)
+            gaps = protocol_gaps(setting, PAPER_EPOCHS.get(h["source"]), ref_ds)
+            shown = not gaps or compare_short
+            diff = round(r["mean"] - float(h["distilled_acc"]), 2) if shown else None
             flags = []
-            if r["n"] < 3:
+            if shown and r["n"] < 3:
                 flags.append("n<3")
-            if r["std"] is None or abs(diff) > 2 * r["std"]:
+            if shown and (r["std"] is None or abs(diff) > 2 * r["std"]):
                 flags.append("|diff|>2std")
-            label = "" if not short and paper_epochs is not None else \
-                f"ours {setting.epochs} ep vs paper {paper_epochs or '?'} ep"
             out.append({"method": r["method"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
-                        "ours": r["cell"], "ours_mean": r["mean"], "paper": float(h["distilled_acc"]),
-                        "source": h["source"], "diff": diff, "flag": ", ".join(flags), "schedule": label})
+                        "ours": r["cell"] if shown else "", "ours_mean": r["mean"] if shown else None,
+                        "paper": float(h["distilled_acc"]), "source": h["source"], "diff": diff,
+                        "flag": ", ".join(flags), "protocol": "same as the paper" if not gaps else
+                        ("not comparable: " if not compare_short else "differs: ") + "; ".join(gaps)})
     return out
 
 
 def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
     a = agg[agg["setting"] == setting.id]
-    return [{"method": r["method"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
+    return [{"method": r["label"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
              "epoch_time_s": r["epoch_time_s"], "images_per_s": r["images_per_s"],
              "peak_memory_mib": r["peak_memory_mib"], "memory_kind": r["memory_kind"],
              "extra_params": r["extra_params"], "ece": r["ece"], "agreement": r["agreement"], "kl": r["kl"]}
-            for _, r in a.sort_values(["pair", "method"]).iterrows()]
+            for _, r in a.sort_values(["pair", "label"]).iterrows()]
 
 
 # -- plots -------------------------------------------------------------------------------
@@ -298,11 +452,13 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
     # 1. gain over the vanilla student per method, error bars = the method's std over seeds
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.2), squeeze=False)
     for ax, p in zip(axes[0], pairs):
-        base = a[(a["pair"] == p) & (a["method"] == "vanilla")]
-        rows = a[(a["pair"] == p) & (a["method"] != "vanilla")].sort_values("method")
-        if len(base) and len(rows):
-            gains = rows["mean"] - float(base["mean"].iloc[0])
-            ax.bar(rows["method"], gains, yerr=rows["std"].fillna(0), capsize=3,
+        rows = a[(a["pair"] == p) & (a["method"] != "vanilla")].sort_values("label")
+        bases = [_baseline(a, r) for _, r in rows.iterrows()]
+        keep = [b is not None for b in bases]
+        if any(keep):
+            rows = rows[keep]
+            gains = rows["mean"] - [b for b in bases if b is not None]
+            ax.bar(rows["label"], gains, yerr=rows["std"].fillna(0), capsize=3,
                    color=["tab:green" if g >= 0 else "tab:red" for g in gains])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(p, fontsize=9)
@@ -312,7 +468,7 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
     out[f"gain_{_slug(setting.id)}.png"] = _png(fig)
     # 2. accuracy vs student size and FLOPs
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for m, g in a.groupby("method"):
+    for m, g in a.groupby("label"):
         axes[0].errorbar(g["student_params"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
         axes[1].errorbar(g["student_flops"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
     axes[0].set_xlabel("student parameters (M)")
@@ -323,10 +479,10 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
     fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: accuracy vs student cost", fontsize=10)
     out[f"cost_{_slug(setting.id)}.png"] = _png(fig)
     # 3. test-accuracy curves per epoch, one figure per pair
-    d = df[df["setting"] == setting.id]
+    d = df[(df["setting"] == setting.id) & df["counted"]]
     for p in pairs:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for m, g in d[d["pair"] == p].groupby("method"):
+        for m, g in d[d["pair"] == p].groupby("label"):
             curves = [c for c in g["curve"]]
             length = min(len(c) for c in curves)
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
@@ -359,6 +515,9 @@ def _fmt(v, nd: int = 2) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+PAPER_HEADER = ["method", "teacher → student", "ours", "paper", "source", "diff", "flag", "protocol"]
+
+
 @dataclass
 class Report:
     setting: Setting
@@ -379,7 +538,8 @@ def render_markdown(reports: list[Report], metric: str) -> str:
              f"Open `index.html` for sortable, filterable tables.", ""]
     for rep in reports:
         s = rep.setting
-        parts += [f"## {s.dataset}, {s.epochs} epochs ({s.num_train:,} training images)", "", f"*{s.caption()}*", ""]
+        parts += [f"## {s.dataset}, {s.epochs} epochs ({s.num_train:,} training images), protocol {s.protocol} "
+                  f"({s.precision})", "", f"*{s.caption()}*", ""]
         parts += ["### Benchmark table", "",
                   _md_table(rep.bench_labels, [[r["method"]] + [f"**{r[p]}**" if p in r["_best"] else r[p]
                                                                 for p in rep.bench_header[1:]]
@@ -392,9 +552,9 @@ def render_markdown(reports: list[Report], metric: str) -> str:
                               _fmt(r["baseline"]), r["distilled"], r["gain"]] for r in rep.survey]), ""]
         if rep.paper:
             parts += ["### Against the papers' numbers", "",
-                      _md_table(["method", "teacher → student", "ours", "paper", "source", "diff", "flag", "schedule"],
-                                [[r["method"], r["network"], r["ours"], _fmt(r["paper"]), r["source"],
-                                  f"{r['diff']:+.2f}", r["flag"], r["schedule"]] for r in rep.paper]), ""]
+                      _md_table(PAPER_HEADER, [[r["method"], r["network"], r["ours"], _fmt(r["paper"]), r["source"],
+                                                "" if r["diff"] is None else f"{r['diff']:+.2f}", r["flag"],
+                                                r["protocol"]] for r in rep.paper]), ""]
         parts += ["### Cost and calibration", "",
                   _md_table(["method", "teacher → student", "s/epoch", "images/s", "peak memory (MiB)",
                              "extra params", "ECE (%)", "agreement w/ teacher (%)", "KL(t‖s)"],
@@ -457,7 +617,8 @@ def render_html(reports: list[Report], df, metric: str) -> str:
         s = rep.setting
         sid = _slug(s.id)
         sec = [f'<section data-dataset="{html.escape(s.dataset)}" id="setting-{sid}">'
-               f"<h2>{html.escape(s.dataset)}, {s.epochs} epochs ({s.num_train:,} training images)</h2>"]
+               f"<h2>{html.escape(s.dataset)}, {s.epochs} epochs ({s.num_train:,} training images), protocol "
+               f"{html.escape(s.protocol)} ({html.escape(s.precision)})</h2>"]
         rows = []
         for r in rep.bench_rows:
             cells = [_td(r["method"])] + [_td(r[p], r["_values"].get(p), "best" if p in r["_best"] else "")
@@ -475,11 +636,10 @@ def render_html(reports: list[Report], df, metric: str) -> str:
         if rep.paper:
             rows = [_tr({"pair": r["pair"], "scheme": r["scheme"]},
                         [_td(r["method"]), _td(r["network"]), _td(r["ours"], r["ours_mean"]),
-                         _td(_fmt(r["paper"]), r["paper"]), _td(r["source"]), _td(f"{r['diff']:+.2f}", r["diff"]),
-                         _td(r["flag"]), _td(r["schedule"])]) for r in rep.paper]
-            sec.append("<h3>Against the papers' numbers</h3>" + _table(
-                f"paper-{sid}", s.caption(), ["method", "teacher → student", "ours", "paper", "source", "diff",
-                                              "flag", "schedule"], rows))
+                         _td(_fmt(r["paper"]), r["paper"]), _td(r["source"]),
+                         _td("" if r["diff"] is None else f"{r['diff']:+.2f}", r["diff"]),
+                         _td(r["flag"]), _td(r["protocol"])]) for r in rep.paper]
+            sec.append("<h3>Against the papers' numbers</h3>" + _table(f"paper-{sid}", s.caption(), PAPER_HEADER, rows))
         rows = [_tr({"pair": r["pair"], "scheme": r["scheme"]},
                     [_td(r["method"]), _td(r["network"]), _td(_fmt(r["epoch_time_s"], 3), r["epoch_time_s"]),
                      _td(_fmt(r["images_per_s"], 0), r["images_per_s"]),
@@ -495,13 +655,15 @@ def render_html(reports: list[Report], df, metric: str) -> str:
         sec.append("</section>")
         body.append("".join(sec))
     runs = [_tr({"dataset": r["dataset"], "pair": r["pair"], "scheme": r["scheme"]},
-                [_td(r["run_id"]), _td(r["dataset"]), _td(r["pair"]), _td(r["method"]), _td(r["seed"], r["seed"]),
-                 _td(r["epochs"], r["epochs"]), _td(f"{r['acc']:.2f}", r["acc"]), _td(r["hardware"]), _td(r["date"]),
-                 _td(r["note"])])
+                [_td(r["run_id"]), _td(r["dataset"]), _td(r["pair"]), _td(r["label"]), _td(r["seed"], r["seed"]),
+                 _td(r["epochs"], r["epochs"]), _td(f"{r['acc']:.2f}", r["acc"]),
+                 _td("yes" if r["counted"] else "no: a newer run of this seed counts"), _td(r["hardware"]),
+                 _td(r["date"]), _td(r["note"])])
             for r in df.sort_values("run_id").to_dict("records")]
     body.append('<section data-dataset=""><h2>All runs</h2>' + _table(
-        "runs", "every record in results/runs/", ["run", "dataset", "pair", "method", "seed", "epochs", "top-1",
-                                                   "hardware", "date", "note"], runs) + "</section>")
+        "runs", "every completed record in results/runs/", ["run", "dataset", "pair", "method", "seed", "epochs",
+                                                             "top-1", "counted", "hardware", "date", "note"], runs)
+        + "</section>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>kdbench leaderboard</title>'
             f"<style>{_CSS}</style></head><body>{''.join(body)}<script>{_JS}</script></body></html>")
 

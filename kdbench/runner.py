@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import run_identity
+from .identity import experiment_id, experiment_spec, run_id_from
 from .data import DataBundle, build_dataset
 from .engine import RunDiverged, fit, resolve_device
 from .errors import KDBenchError
@@ -26,13 +26,14 @@ from .teacher import build_model, ensure_teacher, load_teacher
 log = logging.getLogger(__name__)
 
 
-def _failure_record(cfg: DictConfig, run_id: str, method, data: DataBundle, started: str,
+def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,
                     exc: BaseException) -> dict[str, Any]:
     diverged = isinstance(exc, RunDiverged)
     history = exc.history if diverged else []
     return {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "diverged" if diverged else "failed",
         "kind": "student", "created": now_iso(), "started": started,
+        "experiment": {"id": experiment_id(spec), "spec": spec},
         "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "dataset": {"name": data.info.name, "num_train": data.info.num_train},
@@ -46,7 +47,48 @@ def _failure_record(cfg: DictConfig, run_id: str, method, data: DataBundle, star
 
 
 def record_path(cfg: DictConfig, run_id: str | None = None) -> Path:
-    return Path(cfg.paths.results) / "runs" / f"{run_id or run_identity(cfg)}.json"
+    return Path(cfg.paths.results) / "runs" / f"{run_id or run_id_from(experiment_spec(cfg), int(cfg.seed))}.json"
+
+
+def teacher_fields(entry) -> dict[str, Any]:
+    """How a record names its teacher: by the sha256 of its weights; the cache key is provenance."""
+    return {"weights_sha256": entry.meta["weights"]["sha256"], "hash": entry.hash, "arch": entry.arch,
+            "test_top1": entry.test_top1, "source": entry.meta.get("source", "trained")}
+
+
+def _prior_outcome(cfg: DictConfig, run_id: str, uses_teacher: bool, data: DataBundle | None,
+                   on_error: str) -> dict[str, Any] | None:
+    """The stored record that makes this run unnecessary, or None to run it.
+
+    A completed record counts only if it was distilled from the teacher this run would use
+    (same weights); an uncached teacher is trained first to know. The last try having failed
+    or diverged stops the run unless ``retry_failed=true``.
+    """
+    previous = records_of_run(cfg.paths.results, run_id)
+    if not previous or cfg.force:
+        return None
+    done = completed_records(previous)
+    if done and uses_teacher:
+        sha = teacher_fields(ensure_teacher(cfg, data if data is not None else load_data(cfg)))["weights_sha256"]
+        mine = [r for r in done if (r.get("teacher") or {}).get("weights_sha256") == sha]
+        if not mine:
+            log.warning("run %s has %d completed record(s) distilled from another teacher (weights %s); this "
+                        "teacher's weights are %s...: running it for this teacher", run_id, len(done),
+                        ", ".join(sorted({(r.get("teacher") or {}).get("weights_sha256", "?")[:12] + "..."
+                                          for r in done})), sha[:12])
+        done = mine
+    if done:
+        log.info("run %s already has a completed record; skipping (force=true re-runs it)", run_id)
+        return done[-1]
+    last = previous[-1]
+    if last["status"] != "completed" and not cfg.get("retry_failed"):
+        log.warning("run %s %s before (%s); skipping (retry_failed=true runs it again)", run_id,
+                    last["status"], last["error"]["message"])
+        if on_error == "raise":
+            raise KDBenchError(f"run {run_id} {last['status']} before: {last['error']['message']} "
+                               "(pass retry_failed=true to run it again)")
+        return last
+    return None
 
 
 def load_data(cfg: DictConfig) -> DataBundle:
@@ -67,31 +109,26 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     from . import distributed as ddp
 
     ddp.init_from_env()  # under torchrun: join the process group
-    run_id = run_identity(cfg)
-    previous = records_of_run(cfg.paths.results, run_id)
-    if previous and not cfg.force:
-        last = previous[-1]
-        done = completed_records(previous)
-        if done:
-            log.info("run %s already has a completed record; skipping (force=true re-runs it)", run_id)
-            return done[-1]
-        if not cfg.get("retry_failed"):
-            log.warning("run %s %s before (%s); skipping (retry_failed=true runs it again)", run_id,
-                        last["status"], last["error"]["message"])
-            if on_error == "raise":
-                raise KDBenchError(f"run {run_id} {last['status']} before: {last['error']['message']} "
-                                   "(pass retry_failed=true to run it again)")
-            return last
+    spec = experiment_spec(cfg)
+    run_id = run_id_from(spec, int(cfg.seed))
+    uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
+    prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
+    if prior is not None:
+        return prior
     run_dir = Path(cfg.paths.runs) / run_id
     if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
-        return _run_locked(cfg, run_id, run_dir, data, on_step, on_error)
+        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
     with file_lock(run_dir.with_name(run_id + ".lock"), blocking=False) as mine:
         if not mine:
             raise KDBenchError(f"run {run_id} is running in another process ({run_dir})")
-        return _run_locked(cfg, run_id, run_dir, data, on_step, on_error)
+        # Another process may have finished it between the check above and taking the lock.
+        prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
+        if prior is not None:
+            return prior
+        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
 
 
-def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | None,
+def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str) -> dict[str, Any]:
     from . import distributed as ddp
 
@@ -126,11 +163,11 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
     started = now_iso()
     try:
         result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
-                     label=f"{cfg.method.name} s{seed} ", on_step=on_step)
+                     label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision))
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record
-        rec = _failure_record(cfg, run_id, method, data, started, exc)
+        rec = _failure_record(cfg, run_id, spec, method, data, started, exc)
         if not ddp.is_main():
             raise
         out = add_record(cfg.paths.results, rec)
@@ -150,6 +187,7 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
         "kind": "student",
         "created": now_iso(),
         "started": started,
+        "experiment": {"id": experiment_id(spec), "spec": spec},
         "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": data.split_len("val"),
@@ -162,9 +200,7 @@ def _run_locked(cfg: DictConfig, run_id: str, run_dir: Path, data: DataBundle | 
             "selected": result.selected,
             "selection": "best validation top-1 of the primary model; test metrics at that epoch",
         },
-        "teacher": None if teacher_entry is None else {
-            "hash": teacher_entry.hash, "arch": teacher_entry.arch, "test_top1": teacher_entry.test_top1,
-            "weights_sha256": teacher_entry.meta["weights"]["sha256"]},
+        "teacher": None if teacher_entry is None else teacher_fields(teacher_entry),
         "params": {"student": count_parameters(method.student),
                    "teacher": count_parameters(teacher) if teacher is not None else None,
                    "extra_trainable": method.extra_trainable_parameters(),

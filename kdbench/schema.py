@@ -1,4 +1,4 @@
-"""The result-record schema, version 1, and its validator.
+"""The result-record schema, version 2, and its validator.
 
 Documented field by field in docs/record-schema.md. The validator names every
 bad field by its path, so ``kdbench results validate`` can say exactly what is
@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("completed", "failed", "diverged")
 CATEGORIES = ("none", "response", "feature", "relation")
 SCHEMES = ("offline", "online", "self", "none")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 Check = Callable[[Any, str, list], None]
@@ -84,10 +85,6 @@ def _list(item: Check, min_len: int = 0) -> Check:
     return check
 
 
-def _any(v, path, errs) -> None:
-    return None
-
-
 PCT = _num(0, 100)
 SPLIT_METRICS = _obj({"top1": PCT, "top5": PCT, "loss": _num(0)})
 TEST_METRICS = _obj({"top1": PCT, "top5": PCT, "loss": _num(0), "ece": PCT,
@@ -106,6 +103,18 @@ def _epoch_summary(nullable: bool) -> Check:
     return _obj({"epoch": _int(1)}, nullable=nullable, extra=models)
 
 
+EXPERIMENT = _obj({
+    "id": _str(_HEX16),
+    "spec": _obj({
+        "protocol": _obj({"name": _str(choices=("kdbench", "paper")), "precision": _str(choices=("fp32", "bf16"))}),
+        "data": _obj({"name": _str()}),
+        "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
+        "method": _obj({"name": _str()}),
+        "schedule": _obj({"epochs": _int(1)}),
+        "teacher": _obj({}, nullable=True),
+    }),
+})
+
 RECORD = _obj({
     "schema_version": _int(1),
     "run_id": _str(),
@@ -113,6 +122,7 @@ RECORD = _obj({
     "kind": _str(choices=("student",)),
     "created": _str(_ISO),
     "started": _str(_ISO),
+    "experiment": EXPERIMENT,
     "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
     "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
     "dataset": _obj({"name": _str(), "num_train": _int(1), "num_val": _int(0), "num_test": _int(1),
@@ -120,7 +130,8 @@ RECORD = _obj({
     "seed": _int(),
     "schedule": _obj({"name": _str(), "epochs": _int(1)}),
     "metrics": _obj({"primary_model": _str(), "last": _epoch_summary(False), "selected": _epoch_summary(True)}),
-    "teacher": _obj({"hash": _str(), "arch": _str(), "test_top1": _num(0, 100, nullable=True)}, nullable=True),
+    "teacher": _obj({"weights_sha256": _str(_HEX64), "hash": _str(), "arch": _str(),
+                     "test_top1": _num(0, 100, nullable=True)}, nullable=True),
     "params": _obj({"student": _int(1), "teacher": _int(1, nullable=True), "extra_trainable": _int(0),
                     "student_flops": _int(0), "teacher_flops": _int(0, nullable=True)}),
     "fairness": _obj({"student_init_sha256": _str(_HEX64), "data_order_sha256": _str(_HEX64)}),
@@ -143,6 +154,7 @@ FAILED_RECORD = _obj({
     "kind": _str(choices=("student",)),
     "created": _str(_ISO),
     "started": _str(_ISO),
+    "experiment": EXPERIMENT,
     "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
     "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
     "dataset": _obj({"name": _str()}),
@@ -158,26 +170,46 @@ FAILED_RECORD = _obj({
 })
 
 
+def _identity_errors(record: dict[str, Any], filename: str | None) -> list[str]:
+    """The run id, experiment id and name fields must all follow from the stored experiment and seed."""
+    from .identity import experiment_id, run_id_from
+
+    errs = []
+    spec = record["experiment"]["spec"]
+    if record["experiment"]["id"] != experiment_id(spec):
+        errs.append("experiment.id: does not match experiment.spec (edited after it was written?)")
+    expected = run_id_from(spec, record["seed"])
+    if record["run_id"] != expected:
+        errs.append(f"run_id: {record['run_id']!r} does not follow from experiment.spec and seed (expected "
+                    f"{expected!r})")
+    if record["method"]["name"] != spec["method"]["name"]:
+        errs.append(f"method.name: {record['method']['name']!r} differs from experiment.spec.method.name")
+    if record["pair"]["name"] != spec["pair"]["name"]:
+        errs.append(f"pair.name: {record['pair']['name']!r} differs from experiment.spec.pair.name")
+    if filename is not None:
+        stem = filename[:-5] if filename.endswith(".json") else filename
+        if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
+            errs.append(f"run_id: {record['run_id']!r} does not match the file name {filename!r}")
+    return errs
+
+
 def validate_record(record: Any, filename: str | None = None) -> list[str]:
     """Every problem with ``record`` as 'field.path: what is wrong'; empty when valid."""
     errs: list[str] = []
+    if isinstance(record, dict) and record.get("schema_version") == 1:
+        return ["schema_version: 1 is the format before run identity by structure; run `kdbench results migrate` "
+                "to upgrade the store (tested; idempotent)"]
     if isinstance(record, dict) and record.get("schema_version") not in (None, SCHEMA_VERSION):
         return [f"schema_version: {record.get('schema_version')!r} is not supported (this kdbench reads "
                 f"{SCHEMA_VERSION})"]
-    if isinstance(record, dict) and record.get("status") in STATUSES[1:]:
-        FAILED_RECORD(record, "record", errs)
-        if not errs and filename is not None:
-            stem = filename[:-5] if filename.endswith(".json") else filename
-            if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
-                errs.append(f"record.run_id: {record['run_id']!r} does not match the file name {filename!r}")
-        return [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]
-    RECORD(record, "record", errs)
-    if not errs and filename is not None:
-        stem = filename[:-5] if filename.endswith(".json") else filename
-        if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
-            errs.append(f"record.run_id: {record['run_id']!r} does not match the file name {filename!r}")
-    if not errs:
+    failed = isinstance(record, dict) and record.get("status") in STATUSES[1:]
+    (FAILED_RECORD if failed else RECORD)(record, "record", errs)
+    errs = [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]
+    if errs:
+        return errs
+    errs = _identity_errors(record, filename)
+    if not failed:
         primary = record["metrics"]["primary_model"]
         if primary not in record["metrics"]["last"]:
-            errs.append(f"record.metrics.last: no metrics for the primary model {primary!r}")
-    return [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]
+            errs.append(f"metrics.last: no metrics for the primary model {primary!r}")
+    return errs

@@ -164,7 +164,7 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
         raise KDBenchError(f"speed.repeats must be at least 1, got {repeats}")
     device = resolve_device(str(cfg.engine.device))
     n_images = batch_size * (steps + warmup + 1)
-    fast = resolve_fast_path(cfg.engine, device)
+    fast = resolve_fast_path(cfg.engine, device, str(cfg.protocol.precision))
 
     rounds: list[tuple[Measurement, Measurement | None]] = []
     table = None

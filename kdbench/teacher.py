@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import DATA_PATH_KEYS, digest, semantic_dict
+from .config import digest
 from .data import DataBundle
 from .engine import fit
 from .errors import KDBenchError
+from .identity import schedule_spec
 from .method import MethodContext
 from .models import KDModel, count_parameters, create_model
 from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
@@ -45,12 +46,19 @@ class TeacherEntry:
         return self.meta["metrics"]["test_top1"]
 
 
+def data_spec(data: DictConfig) -> dict[str, Any]:
+    """The dataset as an experiment sees it: everything but ``data.source`` (where the files live)."""
+    d = OmegaConf.to_container(data, resolve=True)
+    d.pop("source", None)
+    return d
+
+
 def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
-    """What identifies the teacher a run needs."""
+    """The recipe of the teacher a run needs: its cache key (the weights' sha256 identifies the result)."""
     return {
-        "dataset": semantic_dict(cfg.data, drop=DATA_PATH_KEYS),
+        "dataset": data_spec(cfg.data),
         "arch": str(cfg.pair.teacher),
-        "schedule": OmegaConf.to_container(cfg.teacher.schedule, resolve=True),
+        "schedule": schedule_spec(cfg.teacher.schedule),
         "seed": int(cfg.teacher.seed),
     }
 
@@ -143,7 +151,8 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     trainer = create_method({"name": "vanilla"}, model, None, ctx).to(device)
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
-    result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ")
+    result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",
+                 precision=str(cfg.protocol.precision))
     from . import distributed as ddp
 
     if not ddp.is_main():  # rank 0 stores the teacher; the others wait, then read it
@@ -172,7 +181,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
         "created": now_iso(),
         "git": git_state(),
         "environment": environment(device),
-        "engine": {"amp": cfg.engine.amp},
+        "engine": {"amp": result.fast_path["amp"]},
         "history": result.history,
     }
     write_json_atomic(partial / "teacher.json", meta)
@@ -245,7 +254,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
         "dataset": str(cfg.data.name), "num_classes": num_classes,
         "input_shape": list(data.info.input_shape) if data is not None else [3, 32, 32],
         "spec": {"imported_from": path.name, "source_sha256": source_sha, "arch": arch, "seed": None,
-                 "dataset": semantic_dict(cfg.data, drop=DATA_PATH_KEYS), "schedule": {"epochs": None}},
+                 "dataset": data_spec(cfg.data), "schedule": {"epochs": None}},
         "metrics": metrics, "selected": None, "params": count_parameters(model),
         "weights": {"file": "model.pt", "sha256": file_sha256(weights)},
         "created": now_iso(), "git": git_state(), "environment": environment(None),

@@ -59,7 +59,7 @@ for SW in engine.fold_teacher_bn=false engine.teacher_inference_mode=false engin
 done
 
 # 3. A short real run on the CIFAR-10 JPEG data: teacher + vanilla + KD, resnet56 -> resnet20.
-$KD bench suite=gpu-check data.archive="$ARCHIVE" engine.device=$DEVICE engine.progress=false "${BENCH[@]}" \
+$KD bench suite=gpu-check data.source.archive="$ARCHIVE" engine.device=$DEVICE engine.progress=false "${BENCH[@]}" \
     paths.results="$WORK/results" paths.work="$WORK/work" 2>&1 | tee "$OUT/bench.log"
 
 tar czf "$OUT/records.tar.gz" -C "$WORK" results

@@ -14,9 +14,9 @@ def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
         f"paths.work={tmp / 'work'}",
         "engine.progress=false",
         f"schedule.epochs={epochs}",
-        f"schedule.milestones=[{max(epochs - 1, 1)}]",
+        f"schedule.milestones=[{max(epochs - 1, 1) / epochs}]",
         f"teacher.schedule.epochs={epochs}",
-        f"teacher.schedule.milestones=[{max(epochs - 1, 1)}]",
+        f"teacher.schedule.milestones=[{max(epochs - 1, 1) / epochs}]",
     ]
 
 
@@ -47,10 +47,16 @@ def real_records(tmp_path_factory):
 
 
 def write_records(root: Path, records) -> Path:
-    """Store records as files under ``root/runs`` (a results store) and return ``root``."""
+    """Store records as files under ``root/runs`` (a results store) and return ``root``; a repeated run id
+    gets the store's ``__<n>`` suffix, as ``force=true`` would give it."""
     import json
 
     (root / "runs").mkdir(parents=True, exist_ok=True)
     for r in records:
-        (root / "runs" / f"{r['run_id']}.json").write_text(json.dumps(r))
+        path = root / "runs" / f"{r['run_id']}.json"
+        n = 0
+        while path.exists():
+            path = root / "runs" / f"{r['run_id']}__20990101T000000_0_{n}.json"
+            n += 1
+        path.write_text(json.dumps(r))
     return root

@@ -65,3 +65,33 @@ def write_cifar10_jpg_archive(path: Path, per_class: int = 3) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         tar.add(tree / "cifar10-jpg", arcname="cifar10-jpg")
     return path
+
+
+def relabel(record: dict, *, dataset: str | None = None, pair: str | None = None, teacher: str | None = None,
+            student: str | None = None, epochs: int | None = None, seed: int | None = None,
+            num_train: int | None = None, protocol: str | None = None, **method_params) -> dict:
+    """A copy of ``record`` as if it came from another experiment: the named fields and its experiment spec
+    changed together, the experiment id and run id recomputed (so the validator accepts it)."""
+    import copy
+
+    from kdbench.identity import experiment_id, run_id_from
+
+    r = copy.deepcopy(record)
+    spec = r["experiment"]["spec"]
+    if dataset is not None:
+        r["dataset"]["name"] = spec["data"]["name"] = dataset
+    if num_train is not None:
+        r["dataset"]["num_train"] = num_train
+    for key, value in (("name", pair), ("teacher", teacher), ("student", student)):
+        if value is not None:
+            r["pair"][key] = spec["pair"][key] = value
+    if epochs is not None:
+        r["schedule"]["epochs"] = spec["schedule"]["epochs"] = epochs
+    if seed is not None:
+        r["seed"] = seed
+    if protocol is not None:
+        spec["protocol"]["name"] = protocol
+    spec["method"].update(method_params)
+    r["experiment"]["id"] = experiment_id(spec)
+    r["run_id"] = run_id_from(spec, r["seed"])
+    return r

@@ -10,6 +10,7 @@ import pytest
 
 from kdbench.leaderboard import build_leaderboard
 from tests.conftest import write_records
+from tests.helpers import relabel
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REQUIRED = os.environ.get("KDBENCH_REQUIRE_BROWSER") == "1"  # set by .ci/run: a missing browser fails there
@@ -28,11 +29,8 @@ def page(real_records, tmp_path_factory):
     recs = copy.deepcopy(real_records)
     recs[0]["note"] = "<script>window.__pwned = 1</script>"
     # a second dataset, so filtering has something to hide
-    for r in copy.deepcopy(real_records):
-        r["dataset"]["name"] = "cifar10-jpg"
-        r["pair"]["name"] = "cifar10/resnet56-resnet20"
-        r["run_id"] = r["run_id"].replace("digits_cnn_wide-cnn_small", "cifar10_resnet56-resnet20")
-        recs.append(r)
+    for r in real_records:
+        recs.append(relabel(r, dataset="cifar10-jpg", pair="cifar10/resnet56-resnet20"))
     root = write_records(tmp / "results", recs)
     out = tmp / "leaderboard"
     build_leaderboard(root, out)

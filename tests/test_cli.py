@@ -35,7 +35,7 @@ def test_show_method_prints_the_card(capsys):
     (["run", "pair.student=resnet9000"], "Valid models:"),
     (["run", "seed=="], "Error parsing override"),
     (["show", "method", "kdd"], "Did you mean 'kd'? Valid methods: at, crd, crd+kd, dml, fitnet, kd, rkd, vanilla"),
-    (["run", "dataset=imagefolder", "pair.datasets=[imagefolder]", "data.root=/no/such/dir"], "/no/such/dir"),
+    (["run", "dataset=imagefolder", "pair.datasets=[imagefolder]", "data.source.root=/no/such/dir"], "/no/such/dir"),
 ])
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path, args, message):
     assert main([*args, f"paths.work={tmp_path}"] if args[0] == "run" else args) == 2

@@ -53,7 +53,7 @@ def test_data_order_depends_on_seed_and_epoch_only():
 
 def _imagefolder_cfg(root, **kw):
     cfg = OmegaConf.create(compose(["dataset=imagefolder", "pair.datasets=[imagefolder]"]).data)
-    cfg.root = str(root)
+    cfg.source.root = None if root is None else str(root)
     for k, v in kw.items():
         cfg[k] = v
     return cfg
@@ -76,7 +76,7 @@ def test_imagefolder_missing_directory_names_the_expected_path(tmp_path):
 
 
 def test_imagefolder_without_root_says_how_to_set_it():
-    with pytest.raises(KDBenchError, match="data.root"):
+    with pytest.raises(KDBenchError, match="data.source.root"):
         build_dataset(_imagefolder_cfg(None))
 
 

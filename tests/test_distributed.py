@@ -117,8 +117,8 @@ def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
 
     write_image_tree(tmp_path / "tree", per_class=20, size=16, classes=("a", "b", "c"))
     _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=2), "method=kd",
-              "dataset=imagefolder", "pair.datasets=[imagefolder]", f"data.root={tmp_path / 'tree'}",
-              "data.image_size=16", "data.pipeline=dataloader", f"data.workers={workers}")
+              "dataset=imagefolder", "pair.datasets=[imagefolder]", f"data.source.root={tmp_path / 'tree'}",
+              "data.image_size=16", "data.pipeline=dataloader", f"data.source.workers={workers}")
     (rec,) = _records(tmp_path / "results")
     assert rec["status"] == "completed" and rec["environment"]["processes"] == 2
     n = rec["dataset"]["num_train"]

@@ -92,14 +92,21 @@ def test_lr_schedules():
     assert lr_at(0, c) == pytest.approx(0.05) and lr_at(120, c) == pytest.approx(0.025)
 
 
-def test_bf16_and_channels_last_switches_run(make_cfg):
-    rec = run(make_cfg("method=kd", "engine.amp=bf16", "engine.channels_last=true", epochs=1))
-    assert rec["status"] == "completed" and rec["config"]["engine"]["amp"] == "bf16"
+def test_bf16_precision_runs_and_is_part_of_the_experiment(make_cfg):
+    rec = run(make_cfg("method=kd", "protocol.precision=bf16", "engine.channels_last=true", epochs=1))
+    assert rec["status"] == "completed" and rec["engine"]["amp"] == "bf16"
+    assert rec["experiment"]["spec"]["protocol"]["precision"] == "bf16"
+    fp32 = make_cfg("method=kd", epochs=1)
+    from kdbench.identity import run_identity
+
+    assert rec["run_id"] != run_identity(fp32)  # another precision is another experiment
 
 
-def test_bad_engine_switch_is_a_clear_error(make_cfg):
-    with pytest.raises(KDBenchError, match="engine.amp"):
-        run(make_cfg("method=vanilla", "engine.amp=fp8", epochs=1))
+def test_bad_precision_is_a_clear_error(make_cfg):
+    with pytest.raises(KDBenchError, match="protocol.precision"):
+        make_cfg("method=vanilla", "protocol.precision=fp8", epochs=1)
+    with pytest.raises(KDBenchError, match="protocol.precision"):
+        make_cfg("method=vanilla", "engine.amp=bf16", epochs=1)  # the old spelling says where it went
 
 
 def test_teacher_parameters_do_not_change(make_cfg):

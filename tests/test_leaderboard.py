@@ -15,6 +15,7 @@ from kdbench import KDBenchError
 from kdbench.cli import main
 from kdbench.leaderboard import build_leaderboard, check_leaderboard, render
 from tests.conftest import write_records
+from tests.helpers import relabel
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 
@@ -70,43 +71,107 @@ def test_selected_metric_uses_the_validation_selected_epoch(real_records, tmp_pa
     assert "validation" in files["README.md"].decode()
 
 
-def _as_crd_setting(records, epochs: int):
+def _as_crd_setting(records, epochs: int, **kw):
     """The same runs relabelled as resnet56 -> resnet20 on CIFAR-100 (to exercise the paper join)."""
-    out = []
-    for r in records:
-        r = copy.deepcopy(r)
-        r["dataset"]["name"] = "cifar100"
-        r["pair"].update(name="cifar100/resnet56-resnet20", teacher="resnet56", student="resnet20")
-        r["schedule"]["epochs"] = epochs
-        r["run_id"] = r["run_id"].replace("digits_cnn_wide-cnn_small", "cifar100_resnet56-resnet20")
-        out.append(r)
-    return out
+    return [relabel(r, dataset="cifar100", pair="cifar100/resnet56-resnet20", teacher="resnet56",
+                    student="resnet20", epochs=epochs, **kw) for r in records]
+
+
+def _as_paper_protocol(records, epochs: int = 240):
+    return _as_crd_setting(records, epochs, protocol="paper", num_train=50_000)
 
 
 def test_paper_comparison_joins_the_reference_and_flags(real_records, tmp_path):
-    files = render(_store(tmp_path, _as_crd_setting(real_records, 240)))
+    files = render(_store(tmp_path, _as_paper_protocol(real_records)))
     rows = {(r["method"], r["source"]): r for r in _csv(files["paper_comparison.csv"])}
     kd = rows[("kd", "tian2020crd")]
     assert float(kd["paper"]) == 70.66 and ("kd", "zhao2022dkd") in rows  # DKD re-lists the same KD number
     assert float(kd["diff"]) == pytest.approx(float(kd["ours_mean"]) - 70.66, abs=0.011)
+    assert kd["protocol"] == "same as the paper"
     agg = {r["method"]: r for r in _csv(files["aggregate.csv"])}
     expect_flag = abs(float(kd["diff"])) > 2 * float(agg["kd"]["std"])
     assert ("|diff|>2std" in kd["flag"]) == expect_flag and "n<3" not in kd["flag"]
     assert not any(m == "vanilla" for m, _ in rows)
 
 
-def test_shorter_schedules_are_compared_only_on_request_and_labelled(real_records, tmp_path):
-    root = _store(tmp_path, _as_crd_setting(real_records, 30))
-    assert _csv(render(root)["paper_comparison.csv"]) == []
-    rows = _csv(render(root, compare_short=True)["paper_comparison.csv"])
-    assert rows and all(r["schedule"] == "ours 30 ep vs paper 240 ep" for r in rows)
+def test_our_number_is_set_beside_a_papers_only_when_the_protocol_matches(real_records, tmp_path):
+    # kdbench's own protocol on a subset, 240 epochs: listed with the reasons, our number left out.
+    (kd, *_) = [r for r in _csv(render(_store(tmp_path / "a", _as_crd_setting(real_records, 240)))
+                                ["paper_comparison.csv"]) if r["method"] == "kd"]
+    assert kd["ours"] == "" and kd["diff"] == ""
+    assert "protocol kdbench" in kd["protocol"] and "1,295 vs 50,000 training images" in kd["protocol"]
+    # The paper protocol but a shorter schedule: still not compared unless asked, and then labelled.
+    root = _store(tmp_path / "b", _as_paper_protocol(real_records, 30))
+    (kd, *_) = [r for r in _csv(render(root)["paper_comparison.csv"]) if r["method"] == "kd"]
+    assert kd["ours"] == "" and kd["protocol"] == "not comparable: 30 vs 240 epochs"
+    (kd, *_) = [r for r in _csv(render(root, compare_short=True)["paper_comparison.csv"]) if r["method"] == "kd"]
+    assert kd["ours"] and kd["diff"] and kd["protocol"] == "differs: 30 vs 240 epochs"
+    # bf16 is not the papers' arithmetic.
+    bf16 = _as_paper_protocol(real_records)
+    for r in bf16:
+        r["experiment"]["spec"]["protocol"]["precision"] = "bf16"
+    (kd, *_) = [r for r in _csv(render(_store(tmp_path / "c", [relabel(r) for r in bf16]))["paper_comparison.csv"])
+                if r["method"] == "kd"]
+    assert kd["ours"] == "" and "bf16 vs fp32" in kd["protocol"]
 
 
 def test_settings_are_never_pooled(real_records, tmp_path):
     other = _as_crd_setting(real_records, 240)
     files = render(_store(tmp_path, real_records + other))
     settings = {r["setting"] for r in _csv(files["aggregate.csv"])}
-    assert settings == {"digits-2ep-1295train", "cifar100-240ep-1295train"}
+    assert settings == {"digits-2ep-1295train-kdbench-fp32", "cifar100-240ep-1295train-kdbench-fp32"}
+
+
+def _kd(rows):
+    return [r for r in rows if r["method"] == "kd"]
+
+
+def test_a_hyper_parameter_variant_gets_its_own_row(real_records, tmp_path):
+    """`kdbench run method=kd method.temperature=1 seed=0` once pooled into the T=4 cell."""
+    (t1,) = [relabel(r, temperature=1.0) for r in real_records if r["method"]["name"] == "kd" and r["seed"] == 0]
+    files = render(_store(tmp_path, real_records + [t1]))
+    agg = {r["label"]: r for r in _csv(files["aggregate.csv"])}
+    assert agg["kd"]["n"] == "3" and agg["kd"]["seeds"] == "0,1,2"
+    assert agg["kd (temperature=1)"]["n"] == "1"
+    assert "kd (temperature=1)" in files["README.md"].decode() and "kd (temperature=1)" in files["index.html"].decode()
+    assert {r["method"] for r in _csv(files["benchmark.csv"])} >= {"kd", "kd (temperature=1)"}
+
+
+def test_repeats_of_a_seed_count_once_and_the_newest_wins(real_records, tmp_path):
+    """`force=true` twice once gave seeds 0,0,0 and n=3."""
+    (kd0,) = [r for r in real_records if r["method"]["name"] == "kd" and r["seed"] == 0]
+    again = []
+    for i, acc in enumerate((11.0, 12.0)):
+        r = copy.deepcopy(kd0)
+        r["created"] = f"2099-01-0{i + 1}T00:00:00+00:00"
+        r["metrics"]["last"]["student"]["test"]["top1"] = acc
+        again.append(r)
+    files = render(_store(tmp_path, real_records + again))
+    (kd,) = _kd(_csv(files["aggregate.csv"]))
+    accs = sorted(r["metrics"]["last"]["student"]["test"]["top1"] for r in real_records
+                  if r["method"]["name"] == "kd" and r["seed"] != 0) + [12.0]
+    assert kd["n"] == "3" and kd["seeds"] == "0,1,2" and kd["repeats_not_counted"] == "2"
+    assert float(kd["mean"]) == pytest.approx(statistics.fmean(accs), abs=0.006)
+    assert kd["cell"].endswith("‡")
+    runs = _kd(_csv(files["runs.csv"]))
+    assert sorted(r["counted"] for r in runs if r["seed"] == "0") == ["False", "False", "True"]
+
+
+def test_students_of_different_teachers_are_never_pooled(real_records, tmp_path):
+    """A teacher re-trained elsewhere has the same cache hash but other weights."""
+    other = []
+    for r in real_records:
+        if r["teacher"]:
+            r = copy.deepcopy(r)
+            r["teacher"]["weights_sha256"] = "f" * 64
+            r["teacher"]["test_top1"] = 12.5
+            other.append(r)
+    files = render(_store(tmp_path, real_records + other))
+    kd = {r["label"]: r for r in _kd(_csv(files["aggregate.csv"]))}
+    assert len(kd) == 2 and all(r["n"] == "3" for r in kd.values())
+    assert any(lab.endswith("[teacher ffffffff]") for lab in kd)
+    teachers = [r for r in _csv(files["benchmark.csv"]) if r["method"].startswith("Teacher")]
+    assert len(teachers) == 2 and "12.50" in {v for t in teachers for v in t.values()}
 
 
 def test_check_passes_then_fails_when_stale_or_invalid(real_records, tmp_path, capsys):

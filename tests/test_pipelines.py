@@ -56,7 +56,7 @@ def test_cifar10_jpg_archive_is_extracted_once_and_decoded_once(tmp_path):
 
 
 def test_missing_archive_says_where_to_point(tmp_path):
-    with pytest.raises(KDBenchError, match="data.archive"):
+    with pytest.raises(KDBenchError, match="data.source.archive"):
         build_dataset(_data_cfg(tmp_path, "cifar10-jpg"))
 
 
@@ -117,7 +117,7 @@ def test_one_epoch_on_real_cifar10_jpeg_subset(tmp_path):
     from kdbench.runner import run
 
     rec = run(compose([
-        "pair=cifar10/resnet56-resnet20", "dataset=cifar10-jpg", f"data.archive={SHARED_ARCHIVE}",
+        "pair=cifar10/resnet56-resnet20", "dataset=cifar10-jpg", f"data.source.archive={SHARED_ARCHIVE}",
         "pair.teacher=resnet8", "pair.student=resnet8", "method=kd",
         "data.max_per_class=30", "data.max_test_per_class=20",
         "schedule.epochs=1", "teacher.schedule.epochs=1", "schedule.batch_size=32", "teacher.schedule.batch_size=32",
@@ -131,7 +131,7 @@ def test_imagenet_style_tree_through_the_dataloader_path(tmp_path):
     from tests.helpers import write_image_tree
 
     write_image_tree(tmp_path / "imagenet", per_class=6, size=40, classes=("n01", "n02"), splits=("train", "val"))
-    cfg = _data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.workers=0", "data.val_fraction=0.5")
+    cfg = _data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.source.workers=0", "data.val_fraction=0.5")
     data = build_dataset(cfg)
     assert isinstance(data, LoaderBundle) and data.info.input_shape == (3, 32, 32)
     assert data.split_len("train") == 6 and data.split_len("val") == 6 and data.split_len("test") == 12
@@ -153,7 +153,7 @@ def test_dataloader_transforms_do_not_share_the_global_rng_with_the_method(tmp_p
     from tests.helpers import write_image_tree
 
     write_image_tree(tmp_path / "imagenet", per_class=6, size=40, classes=("n01", "n02"), splits=("train", "val"))
-    data = build_dataset(_data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.workers=0"))
+    data = build_dataset(_data_cfg(tmp_path, "imagenet", "data.image_size=32", "data.source.workers=0"))
 
     def epoch(draw_between: bool) -> list[torch.Tensor]:
         out = []

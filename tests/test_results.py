@@ -12,6 +12,7 @@ from kdbench.cli import main
 from kdbench.results import add_record, export_bundle, import_bundle, load_records, valid_records
 from kdbench.schema import validate_record
 from tests.conftest import write_records
+from tests.helpers import relabel
 
 
 def test_real_records_are_valid(real_records):
@@ -69,7 +70,7 @@ def _writer(args):
     if i % 2:  # half the writers race for the same run id
         rec["note"] = f"writer {i}"
     else:
-        rec["run_id"] = f"{rec['run_id']}-w{i}"
+        rec = relabel(rec, seed=100 + i)
     return str(add_record(root, rec))
 
 

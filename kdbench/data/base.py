@@ -197,11 +197,22 @@ class LoaderBundle(DataBundle):
         return LoaderBundle(self.info, self.splits, self.workers, device)
 
     def _loader(self, split: str, batch_size: int, sampler=None, seed: int = 0) -> torch.utils.data.DataLoader:
+        from ..distributed import world
+
         g = torch.Generator().manual_seed(seed)
+        # Under torchrun the process runs the process group's threads (gloo, NCCL): a worker forked
+        # from it can inherit a lock held by one of them and hang (seen under load on 2 cores), so
+        # workers start from a forkserver, which is single-threaded.
+        context = None
+        if self.workers > 0 and world() > 1:
+            import multiprocessing
+
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["torch", "kdbench.data"])  # imported once, not per worker
         return torch.utils.data.DataLoader(
             self.splits[split], batch_size=batch_size, sampler=sampler, shuffle=False,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=g,
-            persistent_workers=False)
+            persistent_workers=False, multiprocessing_context=context)
 
     def _batches(self, loader) -> Iterator[Batch]:
         nb = self.device.type == "cuda"

@@ -22,15 +22,16 @@ FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 def _load(cfg: DictConfig, name: str) -> DataBundle:
     from torchvision import datasets
 
-    root = Path(str(cfg.root)).expanduser()
+    src = cfg.get("source") or {}
+    root = Path(str(src.get("root"))).expanduser()
     folder = root / FOLDERS[name]
-    if not folder.is_dir() and not cfg.get("download"):
+    if not folder.is_dir() and not src.get("download"):
         raise KDBenchError(f"{name} not found: expected the official python batches in {folder} "
-                           f"(set data.root, or data.download=true on a machine with internet)")
+                           f"(set data.source.root, or data.source.download=true on a machine with internet)")
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
-        train = cls(str(root), train=True, download=bool(cfg.get("download")))
-        test = cls(str(root), train=False, download=bool(cfg.get("download")))
+        train = cls(str(root), train=True, download=bool(src.get("download")))
+        test = cls(str(root), train=False, download=bool(src.get("download")))
     except RuntimeError as exc:  # torchvision: missing or corrupted files
         raise KDBenchError(f"{name} in {folder} could not be read: {exc}") from None
     to_t = lambda d: (torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(),  # noqa: E731

@@ -3,7 +3,7 @@
 ``imagefolder``: any ``root/train/<class>/*`` + ``root/<test_split>/<class>/*``
 tree. ``cifar10-jpg``: the CIFAR-10 JPEG archive (``cifar10-jpg.tar.gz``,
 ImageFolder layout inside), extracted once into the cache; its path comes from
-``data.archive``.
+``data.source.archive``.
 """
 from __future__ import annotations
 
@@ -36,33 +36,35 @@ def _bundle_from_tree(cfg: DictConfig, root: Path, name: str, source_key: str | 
         return {"train_images": tr_x, "train_labels": tr_y, "test_images": te_x, "test_labels": te_y,
                 "classes": classes}
 
-    d = cached_decode(cfg.get("cache_dir"), key, decode)
+    d = cached_decode((cfg.get("source") or {}).get("cache_dir"), key, decode)
     return small_image_bundle(cfg, name, d["train_images"], d["train_labels"], d["test_images"], d["test_labels"],
                               list(d["classes"]), mean, std)
 
 
 @register_dataset("imagefolder", description="any ImageFolder tree of small same-size images (train/ + test/), held on the device")
 def build_imagefolder(cfg: DictConfig) -> DataBundle:
-    if not cfg.get("root"):
-        raise KDBenchError("data.root is not set: point it at a folder holding train/ and "
-                           f"{cfg.get('test_split', 'test')}/ (e.g. data.root=/path/to/images)")
-    root = Path(str(cfg.root)).expanduser()
+    src = cfg.get("source") or {}
+    if not src.get("root"):
+        raise KDBenchError("data.source.root is not set: point it at a folder holding train/ and "
+                           f"{cfg.get('test_split', 'test')}/ (e.g. data.source.root=/path/to/images)")
+    root = Path(str(src.root)).expanduser()
     if not root.is_dir():
         raise KDBenchError(f"data directory {root} does not exist: expected {root}/train/<class>/* and "
-                           f"{root}/{cfg.test_split}/<class>/* (set data.root)")
+                           f"{root}/{cfg.test_split}/<class>/* (set data.source.root)")
     return _bundle_from_tree(cfg, root, str(cfg.name))
 
 
 @register_dataset("cifar10-jpg", num_classes=10, channels=3, train_per_class=(5000,) * 10, description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
 def build_cifar10_jpg(cfg: DictConfig) -> DataBundle:
-    archive = Path(str(cfg.archive)).expanduser() if cfg.get("archive") else None
+    src = cfg.get("source") or {}
+    archive = Path(str(src.archive)).expanduser() if src.get("archive") else None
     if archive is None or not archive.is_file():
-        raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: set data.archive=/path/to/cifar10-jpg.tar.gz "
+        raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: set data.source.archive=/path/to/cifar10-jpg.tar.gz "
                            "(an archive holding cifar10-jpg/train/<class>/*.jpg and cifar10-jpg/test/<class>/*.jpg)")
     checksum = file_sha256(archive)
-    if cfg.get("sha256") and checksum != cfg.sha256:
-        raise KDBenchError(f"{archive} has sha256 {checksum}, expected {cfg.sha256}")
-    out = Path(str(cfg.extract_dir)).expanduser() / checksum[:16]
+    if src.get("sha256") and checksum != src.sha256:
+        raise KDBenchError(f"{archive} has sha256 {checksum}, expected {src.sha256}")
+    out = Path(str(src.extract_dir)).expanduser() / checksum[:16]
     root = out / "cifar10-jpg"
     if not (root / "train").is_dir():
         out.mkdir(parents=True, exist_ok=True)

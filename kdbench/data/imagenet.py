@@ -22,10 +22,11 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def build_imagenet(cfg: DictConfig) -> DataBundle:
     from torchvision import datasets, transforms as T
 
-    root = Path(str(cfg.root)).expanduser() if cfg.get("root") else None
+    src = cfg.get("source") or {}
+    root = Path(str(src.root)).expanduser() if src.get("root") else None
     for split in ("train", str(cfg.test_split)):
         if root is None or not (root / split).is_dir():
-            raise KDBenchError(f"ImageNet not found: expected {root}/{split}/<class>/<image> (set data.root)")
+            raise KDBenchError(f"ImageNet not found: expected {root}/{split}/<class>/<image> (set data.source.root)")
     size = int(cfg.image_size)
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     train_t = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
@@ -42,4 +43,4 @@ def build_imagenet(cfg: DictConfig) -> DataBundle:
                        num_train=len(tr), classes=tuple(train_base.classes))
     splits = {"train": IndexedDataset(train_base, train_t, tr), "val": IndexedDataset(train_base, eval_t, va),
               "test": IndexedDataset(test_base, eval_t)}
-    return LoaderBundle(info, splits, workers=int(cfg.workers))
+    return LoaderBundle(info, splits, workers=int(src.get("workers", 0)))

@@ -1,7 +1,7 @@
 """Small-image (32x32-class) datasets: decode once, cache on disk, serve from the device.
 
 A split is decoded into a uint8 tensor (N, C, H, W) once and cached under
-``data.cache_dir`` keyed by a fingerprint of its source, so later runs load a
+``data.source.cache_dir`` keyed by a fingerprint of its source, so later runs load a
 single file. The default ``data.pipeline=device`` keeps the tensors on the
 training device and augments whole batches there (random crop after zero
 padding, horizontal flip, normalisation); ``data.pipeline=dataloader`` is the
@@ -114,7 +114,7 @@ def small_image_bundle(cfg: DictConfig, name: str, train_images: Tensor, train_l
             "val": IndexedDataset(train_src, T.Compose(norm), va),
             "test": IndexedDataset(_UInt8Images(test_images, test_labels), T.Compose(norm)),
         }
-        return LoaderBundle(info, splits, workers=int(cfg.get("workers", 0)))
+        return LoaderBundle(info, splits, workers=int((cfg.get("source") or {}).get("workers", 0)))
     raise KDBenchError(f"data.pipeline={pipeline!r} is not one of: device, dataloader")
 
 

@@ -26,7 +26,7 @@ def cifar_like():
 @pytest.mark.parametrize("pipeline,workers", [("device", 0), ("dataloader", 0), ("dataloader", 2)])
 def test_input_pipeline_images_per_second(benchmark, cifar_like, pipeline, workers, batch_size):
     images, labels = cifar_like
-    cfg = compose(["dataset=cifar100", f"data.pipeline={pipeline}", f"data.workers={workers}",
+    cfg = compose(["dataset=cifar100", f"data.pipeline={pipeline}", f"data.source.workers={workers}",
                    "data.val_fraction=0"], check=False).data
     bundle = small_image_bundle(cfg, "bench", images, labels, images[:10], labels[:10],
                                 [str(i) for i in range(100)], [0.5] * 3, [0.25] * 3)

@@ -1,0 +1,253 @@
+"""What a run *is*: the experiment part of the config, typed, and the identity hashed from it.
+
+The root config has two kinds of top-level keys (``EXPERIMENT`` and ``RUNTIME``): the
+experiment -- protocol, data (minus ``data.source``), pair, method, schedule, seed,
+teacher -- is what a table cell stands for; the runtime says how fast or where it runs.
+A run's identity is a hash of the experiment part only, built here by inclusion, so a new
+engine switch or path can never split or merge cells. Within the experiment:
+
+- the method node carries only the chosen method's own hyper-parameters (the pair's and
+  suite's overrides for *this* method are applied into it; other methods' overrides are not
+  part of it);
+- the teacher enters only for methods that use one, as the choice that makes it (seed and
+  schedule, or a pinned cache entry); the teacher's *weights* identify it in records and
+  tables (see :mod:`kdbench.teacher`);
+- precision is resolved (``auto`` -> bf16 on CUDA, fp32 on CPU) and milestones are resolved to
+  epochs, so two spellings of one experiment hash alike;
+- values are typed first (``seed='1'`` is seed 1, ``temperature=4`` is 4.0; ``seed=abc`` is refused).
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import types
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .config import digest
+from .errors import KDBenchError
+
+EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
+RUNTIME = ("engine", "paths", "speed", "suite", "resume", "force", "retry_failed", "note", "hydra")
+PRECISIONS = ("auto", "fp32", "bf16")
+PROTOCOLS = ("kdbench", "paper")
+
+
+def check_partition(cfg: DictConfig) -> None:
+    """Every top-level key is experiment or runtime (a key that is neither is a typo or a new group)."""
+    unknown = sorted(set(cfg.keys()) - set(EXPERIMENT) - set(RUNTIME))
+    if unknown:
+        raise KDBenchError(f"unknown config key(s) {unknown}: top-level keys are {', '.join(EXPERIMENT + RUNTIME)}")
+
+
+# -- typing --------------------------------------------------------------------------------
+
+class _Type:
+    """A leaf's type and range: coerces what a command line can give (``'1'``, ``4``) or says why not."""
+
+    def __init__(self, kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                 nullable: bool = False, choices: tuple | None = None) -> None:
+        self.kind, self.lo, self.hi, self.lo_open, self.nullable, self.choices = kind, lo, hi, lo_open, nullable, choices
+
+    def __call__(self, value: Any, key: str) -> Any:
+        if value is None:
+            if self.nullable:
+                return None
+            raise KDBenchError(f"{key} must be set (got null)")
+        v = _coerce(value, self.kind, key)
+        if self.choices is not None and v not in self.choices:
+            raise KDBenchError(f"{key}={value!r} is not one of: {', '.join(map(str, self.choices))}")
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            raise KDBenchError(f"{key}={value!r} must be {'>' if self.lo_open else '>='} {self.lo}")
+        if self.hi is not None and v > self.hi:
+            raise KDBenchError(f"{key}={value!r} must be <= {self.hi}")
+        return v
+
+
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise KDBenchError(f"{key}={value!r} must be true or false")
+    if kind in (int, float):
+        if isinstance(value, bool) or isinstance(value, (list, dict)) or OmegaConf.is_config(value):
+            raise KDBenchError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
+        try:
+            num = float(value) if kind is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise KDBenchError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+        if num != num or num in (float("inf"), float("-inf")):
+            raise KDBenchError(f"{key}={value!r} must be a finite number")
+        return num
+    if kind is str:
+        if isinstance(value, (list, dict)) or OmegaConf.is_config(value):
+            raise KDBenchError(f"{key}={value!r} must be a string")
+        return str(value)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    f = float(value)
+    if f != int(f):
+        raise ValueError(value)
+    return int(f)
+
+
+FRACTION = _Type(float, 0, 1, lo_open=True)
+SCHEDULE_TYPES = {
+    "name": _Type(str), "epochs": _Type(int, 1), "batch_size": _Type(int, 1), "optimizer": _Type(str, choices=("sgd",)),
+    "lr": _Type(float, 0, lo_open=True), "momentum": _Type(float, 0, 1), "nesterov": _Type(bool),
+    "weight_decay": _Type(float, 0), "lr_schedule": _Type(str, choices=("multistep", "cosine")),
+    "gamma": _Type(float, 0, 1, lo_open=True),
+}
+DATA_TYPES = {
+    "name": _Type(str), "val_fraction": _Type(float, 0, 0.99), "test_fraction": _Type(float, 0, 0.99, lo_open=True),
+    "split_seed": _Type(int, 0), "image_size": _Type(int, 1), "crop_padding": _Type(int, 0),
+    "max_per_class": _Type(int, 1, nullable=True), "max_test_per_class": _Type(int, 1, nullable=True),
+    "pipeline": _Type(str, choices=("device", "dataloader")), "test_split": _Type(str),
+}
+PROTOCOL_TYPES = {"name": _Type(str, choices=PROTOCOLS), "precision": _Type(str, choices=PRECISIONS)}
+SEED = _Type(int, 0)
+
+
+def _type_node(node: DictConfig, types: dict[str, _Type], prefix: str) -> None:
+    for key, t in types.items():
+        if key in node:
+            node[key] = t(node[key], f"{prefix}.{key}")
+
+
+def _type_schedule(node: DictConfig, prefix: str) -> None:
+    _type_node(node, SCHEDULE_TYPES, prefix)
+    ms = node.get("milestones")
+    if ms is None:
+        node.milestones = []
+        return
+    if not isinstance(ms, (list, tuple)) and not OmegaConf.is_list(ms):
+        raise KDBenchError(f"{prefix}.milestones={ms!r} must be a list of fractions of {prefix}.epochs")
+    fracs = []
+    for m in ms:
+        try:
+            f = FRACTION(m, f"{prefix}.milestones")
+        except KDBenchError:
+            raise KDBenchError(
+                f"{prefix}.milestones={list(ms)!r}: milestones are fractions of {prefix}.epochs in (0, 1] "
+                f"(e.g. [0.625, 0.75, 0.875] = after epochs 150, 180, 210 of 240); {m!r} is not one") from None
+        fracs.append(f)
+    node.milestones = fracs
+
+
+def _method_types(name: str) -> dict[str, _Type]:
+    """Types of a method's hyper-parameters, read from its ``__init__`` annotations."""
+    from .method import METHODS
+
+    cls = METHODS.get(name).obj
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations (a plug-in's forward references): leave its values as given
+        return {}
+    out = {}
+    for pname, p in inspect.signature(cls.__init__).parameters.items():
+        hint, nullable = hints.get(pname), p.default is None
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            nullable = nullable or len(args) < len(typing.get_args(hint))
+            hint = args[0] if len(args) == 1 else None
+        if hint in (int, float, bool, str):
+            out[pname] = _Type(hint, nullable=nullable)
+    return out
+
+
+def type_config(cfg: DictConfig) -> None:
+    """Type and range-check every experiment leaf in place, before anything is hashed or run."""
+    check_partition(cfg)
+    cfg.seed = SEED(cfg.seed, "seed")
+    _type_node(cfg.protocol, PROTOCOL_TYPES, "protocol")
+    _type_node(cfg.data, DATA_TYPES, "data")
+    _type_schedule(cfg.schedule, "schedule")
+    _type_schedule(cfg.teacher.schedule, "teacher.schedule")
+    cfg.teacher.seed = SEED(cfg.teacher.seed, "teacher.seed")
+    if cfg.teacher.get("hash") is not None:
+        cfg.teacher.hash = str(cfg.teacher.hash)
+        if not re.fullmatch(r"[0-9a-f]{16}", cfg.teacher.hash):
+            raise KDBenchError(f"teacher.hash={cfg.teacher.hash!r}: give the full 16-digit cache key of a teacher "
+                               "(`kdbench teacher list` shows them)")
+    _type_node(cfg.method, _method_types(str(cfg.method.name)), "method")
+    if cfg.protocol.name == "paper":
+        if float(cfg.data.val_fraction) != 0.0 or cfg.protocol.precision != "fp32":
+            raise KDBenchError("protocol=paper trains on the whole training set in fp32: it does not combine with "
+                               f"data.val_fraction={cfg.data.val_fraction} or protocol.precision="
+                               f"{cfg.protocol.precision} (use protocol=kdbench for those)")
+
+
+# -- resolution -----------------------------------------------------------------------------
+
+def milestone_epochs(schedule: DictConfig | dict) -> list[int]:
+    """The epochs after which the learning rate decays: round(f * epochs) for each fraction f."""
+    epochs = int(schedule["epochs"])
+    return [round(float(f) * epochs) for f in (schedule.get("milestones") or [])]
+
+
+def schedule_spec(schedule: DictConfig | dict) -> dict[str, Any]:
+    """A schedule as it runs: milestones as epochs (so fractions that round alike are one schedule)."""
+    d = OmegaConf.to_container(schedule, resolve=True) if OmegaConf.is_config(schedule) else dict(schedule)
+    d["milestones"] = milestone_epochs(schedule)
+    return d
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` is bf16 autocast on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
+def run_precision(cfg: DictConfig) -> str:
+    from .engine import resolve_device
+
+    return resolve_precision(str(cfg.protocol.precision), resolve_device(str(cfg.engine.device)).type)
+
+
+def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
+    """How a run's teacher is chosen: a pinned cache entry, or the seed and schedule that train it."""
+    if cfg.teacher.get("hash"):
+        return {"hash": str(cfg.teacher.hash)}
+    return {"seed": int(cfg.teacher.seed), "schedule": schedule_spec(cfg.teacher.schedule)}
+
+
+def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision: str | None = None) -> dict[str, Any]:
+    """The experiment a run belongs to: everything that defines it except the seed."""
+    if uses_teacher is None:
+        from .method import METHODS
+
+        uses_teacher = METHODS.get(str(cfg.method.name)).obj.uses_teacher
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("source", None)
+    return {
+        "protocol": {"name": str(cfg.protocol.name), "precision": precision or run_precision(cfg)},
+        "data": data,
+        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "schedule": schedule_spec(cfg.schedule),
+        "teacher": teacher_choice(cfg) if uses_teacher else None,
+    }
+
+
+def experiment_id(spec: dict[str, Any]) -> str:
+    """16 hex digits naming one experiment (a table cell before seeds are pooled)."""
+    return digest(spec)[:16]
+
+
+def run_id_from(spec: dict[str, Any], seed: int) -> str:
+    slug = spec["pair"]["name"].replace("/", "_")
+    return f"{spec['method']['name']}__{slug}__s{seed}__{digest({'experiment': spec, 'seed': int(seed)})[:10]}"
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """Stable, readable run id: method, pair, seed and a hash of the experiment (seed included)."""
+    return run_id_from(experiment_spec(cfg), int(cfg.seed))

@@ -50,3 +50,36 @@ def test_get_teacher_by_prefix_and_unknown_prefix(make_cfg):
     with pytest.raises(KDBenchError, match=entry.hash):
         get_teacher(cfg.paths.teachers, "zzzz")
     assert find_teacher(cfg).hash == entry.hash
+
+
+def test_a_record_from_other_teacher_weights_is_not_done_for_this_teacher(make_cfg):
+    """Same cache key, other weights (a teacher re-trained elsewhere): the student runs again."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from kdbench.bench import run_state
+    from kdbench.results import records_of_run
+
+    cfg = make_cfg("method=kd", epochs=1)
+    first = run(cfg)
+    assert run_state(cfg)[0] == "done"
+    path = Path(cfg.paths.results) / "runs" / f"{first['run_id']}.json"
+    other = json.loads(path.read_text())
+    other["teacher"]["weights_sha256"] = "f" * 64
+    path.write_text(json.dumps(other))  # still valid: the weights are not part of the run id
+    assert run_state(cfg)[0] == "other-teacher"
+    again = run(cfg)
+    assert again["teacher"]["weights_sha256"] == first["teacher"]["weights_sha256"]
+    assert len(records_of_run(cfg.paths.results, first["run_id"])) == 2
+    assert run_state(cfg)[0] == "done" and run(cfg)["created"] == again["created"]  # now skipped
+    shutil.rmtree(cfg.paths.teachers)
+    assert run_state(cfg)[0] == "teacher-unknown"
+
+
+def test_vanilla_runs_never_wait_on_a_teacher(make_cfg):
+    from kdbench.bench import run_state
+
+    cfg = make_cfg("method=vanilla", epochs=1)
+    rec = run(cfg)
+    assert rec["teacher"] is None and run_state(cfg)[0] == "done"

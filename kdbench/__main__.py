@@ -1,4 +1,10 @@
-from .cli import main
-from .distributed import exit_process
+import sys
+
+try:
+    from .cli import main
+    from .distributed import exit_process
+except KeyboardInterrupt:  # Ctrl-C while torch and friends are still importing
+    print("kdbench: interrupted while starting; nothing was changed", file=sys.stderr)
+    sys.exit(130)
 
 exit_process(main())

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import compose
 from .data import static_train_size
@@ -38,8 +38,15 @@ class BenchResult:
 
 def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     """The suite named on the command line (``suite=NAME``, ``suite.KEY=...``), default ``digits``."""
+    from .identity import SEED
+
     own = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] == "suite"]
-    return compose(own, check=False).suite
+    s = compose(own, check=False).suite
+    for key in ("pairs", "methods", "seeds"):
+        if not OmegaConf.is_list(s.get(key)) or not len(s[key]):
+            raise KDBenchError(f"suite.{key} must be a non-empty list (suite {s.get('name')!r})")
+    s.seeds = [SEED(x, "suite.seeds[]") for x in s.seeds]
+    return s
 
 
 def suite_runs(s: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
@@ -71,7 +78,7 @@ def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
         data = load_data(cfgs[0])
         teacher = ensure_teacher(cfgs[0], data)  # teachers first, once per pair
         # Failures are recorded and the grid goes on; interrupted runs resume from their checkpoints.
-        pair_records = [run(cfg, data=data, on_error="record") for cfg in cfgs]
+        pair_records = [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
         records += pair_records
         results.append(_summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
     return BenchResult(str(s.name), results, records, time.time() - t0)

@@ -230,6 +230,8 @@ def dispatch(args: argparse.Namespace) -> int:
             from .runner import load_data
 
             check_model_name(args.arch)
+            if not Path(args.path).is_file():
+                raise KDBenchError(f"no checkpoint file at {args.path}")
             cfg = compose([f"dataset={args.dataset}", *args.overrides], check=False)
             data = None if args.no_eval else load_data(cfg)
             print(_teacher_line(import_teacher(Path(args.path), args.arch, cfg, data)))
@@ -262,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         except KDBenchError as exc:
             print(f"kdbench: error: {exc}", file=sys.stderr)
             return 2
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow a command's options (`teacher import F --arch A --dataset D paths.work=X`).
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -271,9 +280,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("kdbench: interrupted; the last step is checkpointed (resume=true continues)",
-              file=sys.stderr)
+        trains = args.command in ("run", "bench") or (args.command == "teacher" and args.teacher_command == "train")
+        print("kdbench: interrupted; " + ("the last step is checkpointed (resume=true continues)" if trains
+                                          else "nothing was changed"), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kdbench list pairs | head`: the reader left; not an error of ours
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

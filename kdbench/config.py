@@ -57,12 +57,37 @@ def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
     per-pair and per-suite settings applied, then every experiment value typed and range-checked."""
     from .identity import type_config
 
+    check_additions(cfg, overrides)
     _apply_pair_method_overrides(cfg, overrides)
     _apply_teacher_choice(cfg, overrides)
     type_config(cfg)
     if check:
         check_config(cfg)
     return cfg
+
+
+# Where `+key=value` may add a key that the config files do not have; anywhere else it is a typo
+# (`+schedule.epoch=1`, which Hydra's own hint suggests for `schedule.epoch=1`, used to be ignored).
+EXTENSIBLE = ("pair.method_overrides.", "suite.", "data.source.", "hydra.")
+
+
+def check_additions(cfg: DictConfig, overrides) -> None:
+    import difflib
+
+    for o in overrides:
+        if not o.startswith("+") or o.startswith("++"):
+            continue
+        key = o[1:].split("=", 1)[0]
+        if "/" in key or "@" in key or key.startswith(EXTENSIBLE):
+            continue  # a config group option (`+hydra/launcher=...`) or an open-ended node
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = [k for k in (node.keys() if isinstance(node, DictConfig) else []) if k != leaf]
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else \
+            (f"; {parent or 'the config'} has: {', '.join(sorted(known))}" if known else "")
+        raise KDBenchError(f"{key} is not a config key (a `+` override adds a new key, so a misspelt one would be "
+                           f"silently ignored){hint}")
 
 
 def check_moved(overrides) -> None:
@@ -140,8 +165,12 @@ def check_config(cfg: DictConfig) -> None:
 
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
-    check_model_name(cfg.pair.teacher)
-    check_model_name(cfg.pair.student)
+    for role in ("teacher", "student"):
+        try:
+            check_model_name(cfg.pair[role])
+        except KDBenchError as exc:
+            raise KDBenchError(f"pair {cfg.pair.name} (kdbench/conf/pair/{cfg.pair.name}.yaml) names {role} "
+                               f"{cfg.pair[role]!r}: {exc}") from None
     if cfg.data.name not in cfg.pair.datasets:
         raise KDBenchError(f"pair {cfg.pair.name!r} is defined for dataset(s) {list(cfg.pair.datasets)}, "
                            f"not {cfg.data.name!r}: add dataset={cfg.pair.datasets[0]}")

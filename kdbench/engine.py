@@ -407,7 +407,14 @@ def _fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig
         if not resume:
             raise KDBenchError(f"a checkpoint of this run exists at {ckpt_path}: pass resume=true to continue "
                                "it, or delete the file to start over")
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or not {"method", "optimizer", "history", "epoch"} <= set(state):
+                raise ValueError("not a kdbench checkpoint")
+        except Exception as exc:  # truncated, foreign, or refused by weights_only: never run code from a file
+            raise KDBenchError(f"the checkpoint {ckpt_path} cannot be read ({type(exc).__name__}; truncated or "
+                               "not written by kdbench): delete it to start this run over, or pass force=true"
+                               ) from None
         method.load_checkpoint_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
@@ -563,6 +570,12 @@ def _select(history: list[dict[str, Any]], method: Method) -> dict[str, Any] | N
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written whole or not at all; a full disk or read-only folder stops the run without a failure
+    record (it is not the run's fault): free space and resume."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise KDBenchError(f"could not write the checkpoint {path}: {exc.strerror or exc}; the previous checkpoint "
+                           "is intact: make room (or fix permissions) and run again with resume=true") from None

@@ -75,6 +75,13 @@ def launch(args: list[str]) -> int:
     """Run Hydra's entry point with ``args`` (``-m`` included) as its command line."""
     from .config import check_names
 
+    from .errors import KDBenchError
+
+    modes = {"--cfg", "-c", "--info", "-i", "--run", "-r", "--shell-completion", "-sc", "--hydra-help", "--help", "-h"}
+    clash = sorted(modes & set(args))
+    if clash:
+        raise KDBenchError(f"{' '.join(clash)} does not combine with -m (a sweep runs jobs): print one run's config "
+                           "with `kdbench config OVERRIDES`")
     check_launcher(args)
     check_names([a for a in args if not a.startswith("-") and not a.startswith("hydra")])
     argv = sys.argv

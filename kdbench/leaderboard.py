@@ -106,6 +106,11 @@ def setting_id(dataset: str, epochs: int, num_train: int, protocol: str = "kdben
     return f"{dataset}-{epochs}ep-{num_train}train-{protocol}-{precision}"
 
 
+def _csv_text(s: str) -> str:
+    """Free text for a CSV cell: a leading = + - @ would make spreadsheets run it as a formula."""
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
@@ -503,7 +508,8 @@ def _pair_labels(agg, header: list[str]) -> list[str]:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    # Markdown renders raw HTML: text from records (notes) is escaped like the page escapes it.
+    esc = lambda s: html.escape(str(s), quote=False).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -756,7 +762,9 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     files["paper_comparison.csv"] = csv(paper_csv)
     files["cost.csv"] = csv(cost_csv)
     files["aggregate.csv"] = agg.to_csv(index=False, lineterminator="\n").encode()
-    files["runs.csv"] = df.drop(columns=["curve"]).to_csv(index=False, lineterminator="\n").encode()
+    runs = df.drop(columns=["curve"])
+    runs["note"] = [_csv_text(n) for n in runs["note"]]
+    files["runs.csv"] = runs.to_csv(index=False, lineterminator="\n").encode()
     speed = speed_table(load_speed(results_root))
     files["speed.csv"] = csv(speed)
     md = render_markdown(reports, metric)
@@ -776,38 +784,79 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     return files
 
 
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The folder's manifest.json (None if absent); a damaged one is named with what to do."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ValueError("no file list")
+    except (OSError, ValueError) as exc:
+        raise KDBenchError(f"{path} is damaged ({exc}; truncated?): delete {out}/ and rebuild it with "
+                           f"`kdbench leaderboard --out {out}`") from None
+    return manifest
+
+
 def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
                       compare_short: bool = False) -> list[Path]:
+    """Write every file of the leaderboard into ``out``, each atomically, the manifest last.
+
+    ``out`` must be new, empty, or a folder this command wrote before (it has our manifest.json):
+    only files that the previous manifest lists are ever removed, so pointing ``--out`` at docs/ or
+    results/ cannot delete anything.
+    """
+    from .records import atomic_write_bytes
+
     results_root, out = Path(results_root), Path(out)
+    if out.exists() and not out.is_dir():
+        raise KDBenchError(f"--out {out} is a file, not a folder")
+    previous = _read_manifest(out) if out.is_dir() else None
+    if previous is None and out.is_dir() and any(out.iterdir()):
+        raise KDBenchError(f"{out}/ is not empty and was not written by `kdbench leaderboard` (it has no "
+                           "manifest.json): refusing to write into it; give --out a new or empty folder")
     options = {"metric": metric, "compare_short": compare_short}
     files = render(results_root, metric, compare_short)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*"):
-        if old.is_file() and old.name not in files and old.name != "manifest.json" and old.suffix in (".png", ".csv", ".md", ".html"):
-            old.unlink()
-    written = []
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-        written.append(out / name)
-    manifest = {"version": LEADERBOARD_VERSION, "options": options,
-                "inputs_sha256": _inputs_digest(results_root, options),
-                "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
-    write_json_atomic(out / "manifest.json", manifest)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (previous or {}).get("files", {}):
+            if name not in files and "/" not in name and (out / name).is_file():
+                (out / name).unlink()  # ours, from an earlier build, no longer produced
+        written = []
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+            written.append(out / name)
+        manifest = {"version": LEADERBOARD_VERSION, "options": options,
+                    "inputs_sha256": _inputs_digest(results_root, options),
+                    "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
+        write_json_atomic(out / "manifest.json", manifest)
+    except OSError as exc:
+        raise KDBenchError(f"could not write the leaderboard to {out}/: {exc.strerror or exc} "
+                           f"({exc.filename or out})") from None
     return written + [out / "manifest.json"]
 
 
-def check_leaderboard(results_root: str | Path, out: Path, **_: Any) -> list[str]:
-    """Problems that make ``out`` untrustworthy: invalid records, stale or hand-edited files."""
+def check_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
+                      compare_short: bool = False) -> list[str]:
+    """Problems that make ``out`` untrustworthy: invalid records, stale, hand-edited or foreign files,
+    or a build with other options than the ones asked for."""
     results_root, out = Path(results_root), Path(out)
     try:
         valid_records(results_root)
     except KDBenchError as exc:
         return [str(exc)]
-    manifest_path = out / "manifest.json"
-    if not manifest_path.exists():
+    try:
+        manifest = _read_manifest(out)
+    except KDBenchError as exc:
+        return [str(exc)]
+    if manifest is None:
         return [f"{out}/manifest.json is missing: run `kdbench leaderboard`"]
-    manifest = json.loads(manifest_path.read_text())
     problems = []
+    options = {"metric": metric, "compare_short": compare_short}
+    if manifest.get("options") != options:
+        problems.append(f"{out}/ was built with {manifest.get('options')}, not {options}: run `kdbench leaderboard` "
+                        "with the options to check")
     if manifest.get("inputs_sha256") != _inputs_digest(results_root, manifest.get("options", {})):
         problems.append(f"{out}/ is stale: {runs_dir(results_root)} or the reference numbers changed since it was "
                         "built; run `kdbench leaderboard`")
@@ -816,5 +865,10 @@ def check_leaderboard(results_root: str | Path, out: Path, **_: Any) -> list[str
         if not path.exists():
             problems.append(f"{path} is missing")
         elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            problems.append(f"{path} was changed after it was generated")
+            problems.append(f"{path} was changed after it was generated (a truncated file too): rebuild it with "
+                            "`kdbench leaderboard`")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in manifest["files"] and p.name != "manifest.json")
+    if foreign:
+        problems.append(f"{out}/ holds files that `kdbench leaderboard` did not write: {', '.join(foreign)} "
+                        "(generated folders hold generated files only)")
     return problems

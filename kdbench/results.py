@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ def add_record(results_root: str | Path, record: dict[str, Any]) -> Path:
             return folder / name
         except FileExistsError:
             continue
+        except OSError as exc:  # full disk, read-only store: nothing was written
+            raise KDBenchError(f"could not write the record {folder / name}: {exc.strerror or exc}") from None
     raise KDBenchError(f"could not find a free record name for {record['run_id']} in {folder}")
 
 
@@ -72,8 +75,8 @@ def load_records(results_root: str | Path) -> list[StoredRecord]:
     out = []
     for path in sorted(runs_dir(results_root).glob("*.json")):
         try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            rec = json.loads(path.read_text(), parse_constant=_refuse_constant)
+        except (OSError, ValueError) as exc:
             out.append(StoredRecord(path, None, [f"not valid JSON: {exc}"]))
             continue
         out.append(StoredRecord(path, rec, validate_record(rec, path.name)))
@@ -99,62 +102,139 @@ def format_problems(bad: list[StoredRecord]) -> str:
     return "\n".join(lines)
 
 
+BUNDLE_FORMAT = "kdbench-results-bundle"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists names and digests: far below this
+MAX_RECORD_BYTES = 32 << 20    # a record with its history and config is ~10-100 KB
+_MEMBER = re.compile(r"^records/[A-Za-z0-9_.+-]+\.json$")
+
+
+def store_lock(results_root: str | Path):
+    """The store's lock: one import (or migration) at a time."""
+    from .locks import file_lock
+
+    return file_lock(Path(results_root) / ".store.lock")
+
+
 def export_bundle(results_root: str | Path, out: str | Path) -> Path:
     """A .tar.gz with every record (each carries its resolved config), the exporter's environment and a manifest."""
+    out = Path(out)
+    if out.exists():
+        kind = "a folder" if out.is_dir() else "a file"
+        raise KDBenchError(f"{out} exists ({kind}): give the bundle a new file name, e.g. {out / 'results.tar.gz'}"
+                           if out.is_dir() else f"{out} exists ({kind}): give the bundle a new file name")
     records = valid_records(results_root)
     if not records:
         raise KDBenchError(f"no records to export in {runs_dir(results_root)}")
-    out = Path(out)
     files = {f"records/{Path(s.path).name}": s.path.read_bytes() for s in load_records(results_root)}
-    manifest = {"format": "kdbench-results-bundle", "version": 1, "created": now_iso(),
+    manifest = {"format": BUNDLE_FORMAT, "version": 1, "created": now_iso(),
                 "exporter_environment": environment(None),
                 "records": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     files["manifest.json"] = json.dumps(manifest, indent=2).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tmp, "w:gz") as tar:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), 0
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise KDBenchError(f"could not write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return out
 
 
+def _read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, listed members): the manifest is read first and only the members it lists, each capped."""
+    try:
+        with tarfile.open(bundle, "r:gz") as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            m = members.get("manifest.json")
+            if m is None or not m.isfile():
+                raise KDBenchError(f"{bundle} has no manifest.json: not a kdbench results bundle")
+            if m.size > MAX_MANIFEST_BYTES:
+                raise KDBenchError(f"{bundle}: manifest.json is {m.size:,} bytes; refusing to read it")
+            try:
+                manifest = json.loads(tar.extractfile(m).read())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise KDBenchError(f"{bundle}: manifest.json is not valid JSON ({exc}): re-export the bundle") from None
+            if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or \
+                    not isinstance(manifest.get("records"), dict):
+                raise KDBenchError(f"{bundle}: manifest.json is not a {BUNDLE_FORMAT} manifest (format and a "
+                                   "`records` map of name -> sha256 expected): re-export the bundle")
+            data: dict[str, bytes] = {}
+            for name in manifest["records"]:
+                member = members.get(name)
+                if not isinstance(name, str) or not _MEMBER.match(name) or member is None or not member.isfile():
+                    continue  # reported as missing by the caller
+                if member.size > MAX_RECORD_BYTES:
+                    raise KDBenchError(f"{bundle}: {name} is {member.size:,} bytes, more than a record can be; "
+                                       "refusing to read it")
+                data[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise KDBenchError(f"{bundle} is not a kdbench results bundle: {exc}") from None
+    return manifest, data
+
+
 def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
-    """Validate every record of a bundle first; then add them (records already present are skipped)."""
+    """Validate every record of a bundle first; then add them all, or nothing.
+
+    Records already in the store (the same content) are skipped. A record whose run id the store
+    holds with other content is a conflict and the bundle is refused: importing must never change
+    a table cell that local runs filled. One import runs at a time (the store's lock).
+    """
     bundle = Path(bundle)
     if not bundle.is_file():
         raise KDBenchError(f"no bundle at {bundle}")
-    try:
-        with tarfile.open(bundle, "r:gz") as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError) as exc:
-        raise KDBenchError(f"{bundle} is not a kdbench results bundle: {exc}") from None
-    if "manifest.json" not in members:
-        raise KDBenchError(f"{bundle} has no manifest.json: not a kdbench results bundle")
-    manifest = json.loads(members["manifest.json"])
+    manifest, members = _read_bundle(bundle)
     problems, records = [], []
-    for name, digest in manifest.get("records", {}).items():
+    for name, digest in manifest["records"].items():
         data = members.get(name)
         if data is None:
-            problems.append(f"{name}: listed in the manifest but missing")
+            problems.append(f"{name}: listed in the manifest but missing (or not records/<name>.json)")
             continue
         if hashlib.sha256(data).hexdigest() != digest:
             problems.append(f"{name}: checksum does not match the manifest")
             continue
         try:
-            rec = json.loads(data)
-        except json.JSONDecodeError as exc:
+            rec = json.loads(data, parse_constant=_refuse_constant)
+        except ValueError as exc:
             problems.append(f"{name}: not valid JSON: {exc}")
             continue
         problems += [f"{name}: {e}" for e in validate_record(rec, Path(name).name)]
         records.append(rec)
     if problems:
         raise KDBenchError(f"{bundle} was not imported; its records have problems:\n  - " + "\n  - ".join(problems))
-    existing = {json.dumps(s.record, sort_keys=True) for s in load_records(results_root) if s.record}
-    added = []
-    for rec in records:
-        if json.dumps(rec, sort_keys=True) not in existing:
-            added.append(add_record(results_root, rec))
-    return added
+    with store_lock(results_root):
+        existing: dict[str, set[str]] = {}
+        for s in load_records(results_root):
+            if s.record:
+                existing.setdefault(str(s.record.get("run_id")), set()).add(_canonical(s.record))
+        new, conflicts = [], []
+        for rec in records:
+            text = _canonical(rec)
+            have = existing.get(rec["run_id"], set())
+            if text in have:
+                continue
+            if have:
+                conflicts.append(f"{rec['run_id']}: the store holds this run (same experiment and seed) with other "
+                                 "content")
+                continue
+            existing[rec["run_id"]] = {text}
+            new.append(rec)
+        if conflicts:
+            raise KDBenchError(f"{bundle} was not imported; it conflicts with records in {runs_dir(results_root)} "
+                               "(a run id is one experiment and seed: keep one record of it):\n  - "
+                               + "\n  - ".join(conflicts))
+        return [add_record(results_root, rec) for rec in new]
+
+
+def _canonical(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, sort_keys=True)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number a record may hold")

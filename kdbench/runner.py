@@ -15,7 +15,7 @@ from .identity import experiment_id, experiment_spec, run_id_from
 from .data import DataBundle, build_dataset
 from .engine import RunDiverged, fit, resolve_device
 from .errors import KDBenchError
-from .locks import file_lock
+from .locks import file_lock, is_locked
 from .method import METHODS, MethodContext, create_method
 from .models import count_parameters, forward_flops
 from .records import SCHEMA_VERSION, environment, git_state, now_iso
@@ -96,7 +96,8 @@ def load_data(cfg: DictConfig) -> DataBundle:
 
 
 def run(cfg: DictConfig, data: DataBundle | None = None,
-        on_step: Callable[[int, int], None] | None = None, on_error: str = "raise") -> dict[str, Any]:
+        on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
+        wait: bool = False) -> dict[str, Any]:
     """Train one student as ``cfg`` says and write its result record.
 
     Idempotent: a run whose completed record exists is returned as is (unless
@@ -104,7 +105,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     ``retry_failed=true``. A failure during training writes a ``failed`` or
     ``diverged`` record; with ``on_error="record"`` (suites) the record is
     returned so the grid continues, otherwise the error is raised after it is
-    written. ``data`` may be passed to reuse an already built dataset.
+    written. ``data`` may be passed to reuse an already built dataset. A run that another process
+    is training is an error, or with ``wait=True`` (suites) waited for and then taken as it ended.
     """
     from . import distributed as ddp
 
@@ -118,7 +120,10 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     run_dir = Path(cfg.paths.runs) / run_id
     if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
         return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
-    with file_lock(run_dir.with_name(run_id + ".lock"), blocking=False) as mine:
+    lock = run_dir.with_name(run_id + ".lock")
+    if wait and is_locked(lock):
+        log.info("run %s is running in another process; waiting for it", run_id)
+    with file_lock(lock, blocking=wait) as mine:
         if not mine:
             raise KDBenchError(f"run {run_id} is running in another process ({run_dir})")
         # Another process may have finished it between the check above and taking the lock.

@@ -27,7 +27,7 @@ def _num(lo: float | None = None, hi: float | None = None, nullable: bool = Fals
             return
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             errs.append(f"{path}: expected a number, got {type(v).__name__}")
-        elif v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
+        elif v != v or v in (float("inf"), float("-inf")) or (lo is not None and v < lo) or (hi is not None and v > hi):
             errs.append(f"{path}: {v} is outside [{lo}, {hi}]")
     return check
 
@@ -170,6 +170,17 @@ FAILED_RECORD = _obj({
 })
 
 
+def _finite(v: Any, path: str, errs: list) -> None:
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        errs.append(f"{path}: {v} is not a number a record may hold")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _finite(x, f"{path}.{k}", errs)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _finite(x, f"{path}[{i}]", errs)
+
+
 def _identity_errors(record: dict[str, Any], filename: str | None) -> list[str]:
     """The run id, experiment id and name fields must all follow from the stored experiment and seed."""
     from .identity import experiment_id, run_id_from
@@ -203,13 +214,33 @@ def validate_record(record: Any, filename: str | None = None) -> list[str]:
         return [f"schema_version: {record.get('schema_version')!r} is not supported (this kdbench reads "
                 f"{SCHEMA_VERSION})"]
     failed = isinstance(record, dict) and record.get("status") in STATUSES[1:]
+    _finite(record, "record", errs)  # JSON has no NaN or Infinity: the store refuses them anywhere
     (FAILED_RECORD if failed else RECORD)(record, "record", errs)
     errs = [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]
     if errs:
         return errs
     errs = _identity_errors(record, filename)
+    peers = record["experiment"]["spec"]["method"].get("peers")
+    if peers is not None and (not isinstance(peers, list) or not all(p is None or isinstance(p, str) for p in peers)):
+        errs.append("experiment.spec.method.peers: expected a list of architecture names or nulls")
     if not failed:
-        primary = record["metrics"]["primary_model"]
-        if primary not in record["metrics"]["last"]:
-            errs.append(f"metrics.last: no metrics for the primary model {primary!r}")
+        errs += _primary_model_errors(record)
+    return errs
+
+
+def _primary_model_errors(record: dict[str, Any]) -> list[str]:
+    """Everything the tables read of the primary model must be there: last, selected and every history row."""
+    primary = record["metrics"]["primary_model"]
+    errs = []
+    if primary not in record["metrics"]["last"]:
+        errs.append(f"metrics.last: no metrics for the primary model {primary!r}")
+    selected = record["metrics"]["selected"]
+    if selected is not None and primary not in selected:
+        errs.append(f"metrics.selected: no metrics for the primary model {primary!r}")
+    for i, row in enumerate(record["history"]):
+        test = row.get(primary, {}).get("test") if isinstance(row.get(primary), dict) else None
+        if not isinstance(test, dict):
+            errs.append(f"history[{i}].{primary}.test: missing")
+        else:
+            _num(0, 100)(test.get("top1"), f"history[{i}].{primary}.test.top1", errs)
     return errs

@@ -91,14 +91,29 @@ def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
 
 
 def _entry(path: Path) -> TeacherEntry:
-    return TeacherEntry(path.name, path, read_json(path / "teacher.json"))
+    try:
+        meta = read_json(path / "teacher.json")
+        if not isinstance(meta, dict) or not {"arch", "weights", "metrics"} <= set(meta):
+            raise ValueError("fields missing")
+    except (OSError, ValueError) as exc:
+        raise KDBenchError(f"{path / 'teacher.json'} is damaged ({exc}): delete {path} to retrain this teacher"
+                           ) from None
+    return TeacherEntry(path.name, path, meta)
 
 
 def list_teachers(root: Path) -> list[TeacherEntry]:
+    """Every readable cache entry; a damaged one is reported and skipped, never a crash of the listing."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return [_entry(p) for p in sorted(root.iterdir()) if (p / "teacher.json").exists()]
+    out = []
+    for p in sorted(root.iterdir()):
+        if (p / "teacher.json").exists():
+            try:
+                out.append(_entry(p))
+            except KDBenchError as exc:
+                log.warning("%s", exc)
+    return out
 
 
 def get_teacher(root: Path, prefix: str) -> TeacherEntry:
@@ -227,8 +242,9 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     source_sha = file_sha256(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling refused or not a torch file
-        raise KDBenchError(f"{path} could not be loaded with weights_only=True: {exc}") from None
+    except Exception as exc:  # unpickling refused or not a torch file; torch's advice to unpickle is never shown
+        raise KDBenchError(f"{path} is not a checkpoint of tensors ({type(exc).__name__}): kdbench loads weights "
+                           "with torch.load(weights_only=True) and never runs code from a file") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KDBenchError(f"{path} holds no state dict (expected a dict with a 'model' entry, or a state dict)")
@@ -286,6 +302,13 @@ def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:
                            "to retrain it")
     in_ch = entry.meta["input_shape"][0]
     model = create_model(entry.arch, num_classes=entry.meta["num_classes"], in_channels=in_ch)
-    load_state_strict(model, torch.load(weights, map_location="cpu", weights_only=True), str(weights), entry.arch)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # never fall back to unpickling code: say what to do instead
+        raise KDBenchError(f"teacher weights {weights} cannot be read as a state dict ({type(exc).__name__}): "
+                           f"delete {entry.path} to retrain it, or import it again") from None
+    if not isinstance(state, dict):
+        raise KDBenchError(f"teacher weights {weights} are not a state dict: delete {entry.path} to retrain it")
+    load_state_strict(model, state, str(weights), entry.arch)
     model.requires_grad_(False)
     return model.to(device).eval()

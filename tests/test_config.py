@@ -100,3 +100,23 @@ def test_suite_method_overrides_apply_under_the_command_line():
     assert compose([*base, "method=crd+kd"]).method.nce_k == 2048
     assert compose([*base, "method=crd", "method.nce_k=512"]).method.nce_k == 512
     assert compose(["pair=cifar10/resnet56-resnet20", "method=crd"]).method.nce_k == 16384
+
+
+@pytest.mark.parametrize("override,hint", [("+schedule.epoch=1", "schedule.epochs"),
+                                           ("+data.val_fracton=0.2", "data.val_fraction"),
+                                           ("+engine.devce=cpu", "engine.device"), ("+method.temprature=2", "method.temperature")])
+def test_a_misspelt_added_key_is_refused_with_the_right_name(override, hint):
+    with pytest.raises(KDBenchError, match=f"did you mean {hint}"):
+        compose([override])
+
+
+def test_a_pair_naming_an_unknown_model_names_its_file():
+    with pytest.raises(KDBenchError, match=r"conf/pair/digits/cnn_wide-cnn_small.yaml\) names teacher 'resnet9'"):
+        compose(["pair.teacher=resnet9"])
+
+
+def test_bad_suite_seeds_are_a_clear_error():
+    from kdbench.bench import load_suite
+
+    with pytest.raises(KDBenchError, match="suite.seeds"):
+        load_suite(["suite.seeds=[a]"])

@@ -24,16 +24,33 @@ def test_another_methods_override_on_the_pair_changes_no_other_run():
 def test_runtime_settings_never_change_identity():
     base = run_identity(compose([]))
     for extra in (["engine.compile=teacher"], ["engine.fold_teacher_bn=false"], ["engine.channels_last=false"],
-                  ["+engine.a_switch_added_later=true"], ["paths.results=/elsewhere"], ["note=hello"],
-                  ["+data.source.cache_dir=/tmp/x"], ["suite=digits-all"], ["force=true"], ["speed.steps=3"]):
+                  ["paths.results=/elsewhere"], ["note=hello"], ["+data.source.cache_dir=/tmp/x"],
+                  ["suite=digits-all"], ["force=true"], ["speed.steps=3"]):
         assert run_identity(compose(extra)) == base, extra
+    # A switch added to the engine later needs no list to be kept out of the identity.
+    from omegaconf import open_dict
+
+    cfg = compose([])
+    with open_dict(cfg):
+        cfg.engine.a_switch_added_later = True
+        cfg.paths.somewhere_new = "/x"
+    assert run_identity(cfg) == base
 
 
 def test_every_top_level_key_is_experiment_or_runtime():
     cfg = compose([])
     assert set(cfg.keys()) <= set(EXPERIMENT) | set(RUNTIME)
-    with pytest.raises(KDBenchError, match="unknown config key"):
+    with pytest.raises(KDBenchError, match="not a config key"):
         compose(["+sched=1"])
+    from omegaconf import open_dict
+
+    from kdbench.identity import check_partition
+
+    cfg = compose([])
+    with open_dict(cfg):
+        cfg.sched = 1  # a top-level key that a config file might add by mistake
+    with pytest.raises(KDBenchError, match="unknown config key"):
+        check_partition(cfg)
 
 
 def test_seeds_and_numbers_are_typed_before_hashing():
@@ -106,6 +123,6 @@ def test_plan_shows_unchanged_run_ids_when_one_method_gets_an_override(tmp_path)
     store = f"paths.results={tmp_path}"
     before = {(r["method"], r["seed"]): r["run_id"] for r in plan_rows(["suite=digits-all", store])}
     after = {(r["method"], r["seed"]): r["run_id"]
-             for r in plan_rows(["suite=digits-all", store, "+pair.method_overrides.at.beta=5"])}
+             for r in plan_rows(["suite=digits-all", store, "pair.method_overrides.at.beta=5"])}
     changed = {k for k in before if before[k] != after[k]}
     assert changed == {("at", s) for s in (0, 1, 2)}

@@ -235,3 +235,137 @@ def test_speed_records_become_a_table(real_records, tmp_path):
     build_leaderboard(root, out)
     (root / "speed" / "kd2.json").write_text(json.dumps(r))
     assert any("stale" in p for p in check_leaderboard(root, out))
+
+
+def test_out_never_deletes_files_it_did_not_write(real_records, tmp_path):
+    """`--out docs` once deleted docs/record-schema.md; `--out results/reference` the paper numbers."""
+    root = _store(tmp_path, real_records)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "record-schema.md").write_text("mine")
+    (docs / "numbers.csv").write_text("a,b\n")
+    with pytest.raises(KDBenchError, match="not empty and was not written"):
+        build_leaderboard(root, docs)
+    assert sorted(p.name for p in docs.iterdir()) == ["numbers.csv", "record-schema.md"]
+    assert main(["leaderboard", "--out", str(docs), f"paths.results={root}"]) == 2
+    # A folder we generated: a later build removes only what the old manifest listed.
+    out = tmp_path / "lb"
+    build_leaderboard(root, out)
+    (out / "notes.md").write_text("someone's notes")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["old_plot.png"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "old_plot.png").write_bytes(b"old")
+    build_leaderboard(root, out)
+    assert (out / "notes.md").read_text() == "someone's notes" and not (out / "old_plot.png").exists()
+    assert any("did not write: notes.md" in p for p in check_leaderboard(root, out))
+
+
+def test_a_damaged_manifest_says_to_rebuild(real_records, tmp_path):
+    root = _store(tmp_path, real_records)
+    out = tmp_path / "lb"
+    build_leaderboard(root, out)
+    (out / "manifest.json").write_text('{"version": 3, "fil')
+    (problem,) = check_leaderboard(root, out)
+    assert "damaged" in problem and "rebuild" in problem
+    with pytest.raises(KDBenchError, match="rebuild"):
+        build_leaderboard(root, out)
+
+
+def test_check_honours_the_options_it_is_asked_for(real_records, tmp_path):
+    root = _store(tmp_path, real_records)
+    out = tmp_path / "lb"
+    build_leaderboard(root, out, metric="selected")
+    assert check_leaderboard(root, out, metric="selected") == []
+    assert any("was built with" in p for p in check_leaderboard(root, out))
+    assert any("was built with" in p for p in check_leaderboard(root, out, metric="selected", compare_short=True))
+
+
+def test_files_are_replaced_whole_or_not_at_all(real_records, tmp_path, monkeypatch):
+    """A crash once left a truncated index.html."""
+    import os
+
+    import kdbench.records as records
+
+    root = _store(tmp_path, real_records)
+    out = tmp_path / "lb"
+    build_leaderboard(root, out)
+    before = (out / "index.html").read_bytes()
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("index.html"):
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", crash)
+    recs = copy.deepcopy(real_records)
+    recs[0]["note"] = "changed"
+    root2 = _store(tmp_path / "other", recs)
+    with pytest.raises(KDBenchError, match="No space left"):
+        build_leaderboard(root2, out)
+    assert (out / "index.html").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _paths(obj, prefix=()):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:3]):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+def _mutate(rec, rng):
+    """Delete one field or replace one value with another type (a hand-edited or foreign record)."""
+    rec = copy.deepcopy(rec)
+    paths = [p for p in _paths(rec) if p[0] not in ("config", "environment", "git", "method_report")]
+    path = rng.choice(paths)
+    parent = rec
+    for k in path[:-1]:
+        parent = parent[k]
+    if rng.random() < 0.4 and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = rng.choice([None, "x", -1, 1e9, [], {}, {"student": {}}, True, float("nan"), 3])
+    return rec
+
+
+def test_any_record_the_validator_accepts_renders_and_any_it_rejects_is_named(real_records, tmp_path,
+                                                                               monkeypatch):
+    """Records that `results validate` accepted once crashed `kdbench leaderboard`."""
+    import random
+
+    import kdbench.leaderboard as lb
+    from kdbench.schema import validate_record
+
+    monkeypatch.setattr(lb, "plots", lambda *a, **k: {})  # the data path is under test, not matplotlib
+    rng = random.Random(0)
+    accepted = rejected = 0
+    for i in range(150):
+        bad = _mutate(rng.choice(real_records), rng)
+        errors = validate_record(bad, f"{bad.get('run_id')}.json" if isinstance(bad.get("run_id"), str) else None)
+        if errors:
+            rejected += 1
+            assert all(":" in e and e.split(":")[0].strip() for e in errors), errors  # "field.path: what"
+            continue
+        accepted += 1
+        root = tmp_path / f"s{i}"
+        (root / "runs").mkdir(parents=True)
+        (root / "runs" / f"{bad['run_id']}.json").write_text(json.dumps(bad))
+        lb.render(root)  # must not raise
+    assert accepted > 10 and rejected > 50
+
+
+def test_notes_cannot_inject_html_or_spreadsheet_formulas(real_records, tmp_path):
+    recs = copy.deepcopy(real_records)
+    recs[0]["note"] = '=HYPERLINK("http://x","y")'
+    recs[1]["note"] = "<img src=x onerror=alert(1)>"
+    files = render(_store(tmp_path, recs))
+    notes = {r["note"] for r in _csv(files["runs.csv"])}
+    assert "'=HYPERLINK(\"http://x\",\"y\")" in notes and not any(n.startswith("=") for n in notes)
+    md = files["README.md"].decode()
+    assert "<img src=x" not in md

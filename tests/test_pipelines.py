@@ -55,6 +55,42 @@ def test_cifar10_jpg_archive_is_extracted_once_and_decoded_once(tmp_path):
     assert torch.equal(again.train.images, data.train.images)
 
 
+def test_a_partial_extraction_is_never_taken_as_complete(tmp_path):
+    """kill -9 during extraction once left 7 of 10 classes that later runs trained on, and a decoded
+    cache that kept the damage."""
+    import shutil
+
+    archive = write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)
+    cfg = _data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25")
+    full = build_dataset(cfg)
+    (out,) = [p for p in (tmp_path / "work" / "data-extract").iterdir() if p.is_dir()]
+    # What a killed extraction leaves: some classes only, no completion marker; and a cache made from it.
+    (out / ".complete.json").unlink()
+    for cls in ("ship", "truck", "horse"):
+        shutil.rmtree(out / "cifar10-jpg" / "train" / cls)
+    (cache,) = (tmp_path / "work" / "data-cache").glob("*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])  # and a truncated decoded cache
+    again = build_dataset(cfg)
+    assert again.info.num_classes == 10 and torch.equal(again.train.images, full.train.images)
+    assert (out / ".complete.json").is_file() and not list(out.parent.glob("*.partial-*"))
+    # Files deleted after a complete extraction: the counts no longer match, so it is extracted again.
+    for f in list((out / "cifar10-jpg" / "test" / "cat").iterdir())[:2]:
+        f.unlink()
+    assert torch.equal(build_dataset(cfg).test.images, full.test.images)
+    assert archive.exists()
+
+
+def test_a_decoded_cache_that_does_not_match_its_source_is_rebuilt(tmp_path):
+    write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)
+    cfg = _data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25")
+    full = build_dataset(cfg)
+    (cache,) = (tmp_path / "work" / "data-cache").glob("*.pt")
+    d = torch.load(cache, weights_only=True)
+    d["train_images"], d["train_labels"] = d["train_images"][:5], d["train_labels"][:5]
+    torch.save(d, cache)
+    assert torch.equal(build_dataset(cfg).train.images, full.train.images)
+
+
 def test_missing_archive_says_where_to_point(tmp_path):
     with pytest.raises(KDBenchError, match="data.source.archive"):
         build_dataset(_data_cfg(tmp_path, "cifar10-jpg"))

@@ -128,3 +128,112 @@ def test_import_refuses_a_bundle_with_an_invalid_record(real_records, tmp_path):
     with pytest.raises(KDBenchError, match="checksum does not match"):
         import_bundle(bundle, tmp_path / "store")
     assert not (tmp_path / "store" / "runs").exists() or not list((tmp_path / "store" / "runs").glob("*.json"))
+
+
+def _bundle(path, members: dict[str, bytes], manifest: dict | None = None, extra: dict[str, bytes] | None = None):
+    """A bundle whose manifest lists ``members`` (or is ``manifest`` verbatim), plus unlisted ``extra`` members."""
+    import hashlib
+    import io
+    import tarfile
+
+    if manifest is None:
+        manifest = {"format": "kdbench-results-bundle", "version": 1,
+                    "records": {n: hashlib.sha256(d).hexdigest() for n, d in members.items()}}
+    files = {**members, **(extra or {}), "manifest.json": json.dumps(manifest).encode()}
+    with tarfile.open(path, "w:gz") as tar:
+        for n, data in files.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _rec_bytes(rec) -> bytes:
+    return json.dumps(rec).encode()
+
+
+def test_import_refuses_a_changed_copy_of_a_stored_run(real_records, tmp_path):
+    """A bundle once changed a stored KD run's top-1 to 100.0 and moved the table's mean."""
+    store = write_records(tmp_path / "store", real_records)
+    forged = copy.deepcopy(real_records[0])
+    forged["metrics"]["last"]["student"]["test"]["top1"] = 100.0
+    bundle = _bundle(tmp_path / "b.tar.gz", {f"records/{forged['run_id']}.json": _rec_bytes(forged)})
+    with pytest.raises(KDBenchError, match="conflicts with records"):
+        import_bundle(bundle, store)
+    assert len(load_records(store)) == len(real_records)
+
+
+@pytest.mark.parametrize("run_id", ["evil_trav", "..", "", "../../etc/x"])
+def test_import_refuses_renamed_records(real_records, tmp_path, run_id):
+    rec = copy.deepcopy(real_records[0])
+    rec["run_id"] = run_id
+    bundle = _bundle(tmp_path / "b.tar.gz", {f"records/{run_id or 'x'}.json": _rec_bytes(rec)})
+    with pytest.raises(KDBenchError, match="was not imported"):
+        import_bundle(bundle, tmp_path / "store")
+    assert not (tmp_path / "store" / "runs").exists() or not list((tmp_path / "store" / "runs").iterdir())
+
+
+def _import(args):
+    bundle, store = args
+    return len(import_bundle(bundle, store))
+
+
+def test_two_imports_of_one_bundle_at_once_add_each_record_once(real_records, tmp_path):
+    src = write_records(tmp_path / "mine", real_records)
+    bundle = export_bundle(src, tmp_path / "b.tar.gz")
+    store = tmp_path / "store"
+    with mp.get_context("spawn").Pool(2) as pool:
+        added = pool.map(_import, [(bundle, store)] * 2)
+    assert sorted(added) == [0, len(real_records)]
+    assert len(load_records(store)) == len(real_records)
+
+
+def test_import_reads_only_listed_members_and_caps_their_size(real_records, tmp_path, monkeypatch):
+    import tarfile
+
+    import kdbench.results as results
+
+    rec = real_records[0]
+    name = f"records/{rec['run_id']}.json"
+    bundle = _bundle(tmp_path / "b.tar.gz", {name: _rec_bytes(rec)}, extra={"records/huge.json": b"0" * (4 << 20)})
+    read = []
+    real_extract = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or real_extract(self, m))
+    assert len(import_bundle(bundle, tmp_path / "store")) == 1
+    assert sorted(read) == ["manifest.json", name]
+    monkeypatch.setattr(results, "MAX_RECORD_BYTES", 1000)
+    with pytest.raises(KDBenchError, match="more than a record can be"):
+        import_bundle(bundle, tmp_path / "store2")
+
+
+@pytest.mark.parametrize("manifest", [b'{"format": "kdbench-res', b'[1, 2]', b'{"format": "other", "records": {}}'])
+def test_a_broken_manifest_is_named(tmp_path, manifest):
+    import io
+    import tarfile
+
+    path = tmp_path / "b.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    with pytest.raises(KDBenchError, match="manifest.json"):
+        import_bundle(path, tmp_path / "store")
+
+
+def test_infinity_is_not_a_number_a_record_may_hold(real_records, tmp_path):
+    store = write_records(tmp_path / "store", real_records[:1])
+    path = next((store / "runs").glob("*.json"))
+    path.write_text(path.read_text().replace('"wall_time_s": ', '"wall_time_s": Infinity, "x": ', 1))
+    (bad,) = load_records(store)
+    assert bad.errors and "Infinity" in bad.errors[0]
+    rec = copy.deepcopy(real_records[0])
+    rec["timing"]["wall_time_s"] = float("inf")
+    assert any("wall_time_s" in e for e in validate_record(rec))
+
+
+def test_export_into_an_existing_path_is_refused(real_records, tmp_path):
+    src = write_records(tmp_path / "mine", real_records[:1])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(KDBenchError, match="exists"):
+        export_bundle(src, tmp_path / "out")
+    assert main(["results", "export", str(tmp_path / "out"), f"paths.results={src}"]) == 2

@@ -165,14 +165,25 @@ def tree_fingerprint(files: list[tuple[Path, int]]) -> str:
     return h.hexdigest()
 
 
-def cached_decode(cache_dir: str | None, key: str, decode: Callable[[], dict]) -> dict:
-    """``decode()`` once per ``key``; later calls load the cached tensors."""
+def cached_decode(cache_dir: str | None, key: str, decode: Callable[[], dict],
+                  complete: Callable[[dict], bool] | None = None) -> dict:
+    """``decode()`` once per ``key``; later calls load the cached tensors.
+
+    The file is written atomically; one that cannot be read (truncated) or fails ``complete``
+    (other image counts than the source now has) is decoded again and replaced.
+    """
     if not cache_dir:
         return decode()
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
-        log.debug("decoded-data cache hit: %s", path)
-        return torch.load(path, weights_only=True)
+        try:
+            cached = torch.load(path, weights_only=True)
+            if complete is None or complete(cached):
+                log.debug("decoded-data cache hit: %s", path)
+                return cached
+            log.warning("decoded-data cache %s does not match its source; decoding again", path)
+        except Exception as exc:  # a truncated or foreign file: rebuild it, never trust it
+            log.warning("decoded-data cache %s is damaged (%s); decoding again", path, type(exc).__name__)
     out = decode()
     buf = io.BytesIO()
     torch.save(out, buf)

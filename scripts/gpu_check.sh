@@ -7,6 +7,7 @@
 #       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
 # Then run through the device tool with carry=["carry", ".whl"] and command `bash scripts/gpu_check.sh`.
 # Dry run on a CPU (small settings): DEVICE=cpu SMALL=1 bash scripts/gpu_check.sh
+# Only the KD fast-path A/B (~2 minutes): QUICK=1 bash scripts/gpu_check.sh
 #
 # Writes under $OUT: speed_512.log, speed_64.log, speed_switches.log, bench.log, records.tar.gz (records + speed records), env.txt.
 set -euo pipefail
@@ -44,6 +45,20 @@ else
   STEPS=(speed.steps=20 speed.warmup=5 speed.repeats=1)
   BIG=512; SMALLB=64
   BENCH=()
+fi
+
+if [ -n "${QUICK:-}" ]; then
+  # QUICK=1: only the KD A/B at batch 512 (defaults vs each teacher switch) and vanilla/KD beside the
+  # reference loop, 1 round each (~2 minutes): for re-measuring a fast-path change.
+  $KD -q speed engine.device=$DEVICE speed.batch_size=512 speed.methods=[vanilla,kd] speed.steps=20 speed.warmup=5 \
+      speed.repeats=1 paths.results="$WORK/results" 2>&1 | tee "$OUT/speed_512.log"
+  for SW in engine.fold_teacher_bn=false engine.teacher_inference_mode=false; do
+    $KD -q speed engine.device=$DEVICE speed.batch_size=512 speed.methods=[kd] speed.reference=false "$SW" \
+        speed.steps=20 speed.warmup=5 speed.repeats=1 paths.results="$WORK/results" 2>&1 | tee -a "$OUT/speed_switches.log"
+  done
+  tar czf "$OUT/records.tar.gz" -C "$WORK" results
+  echo "gpu_check: done (quick); files in $OUT"
+  exit 0
 fi
 
 # 1. The speed harness: every method on resnet32x4 -> resnet8x4 at batch 512 and 64, fast path vs reference loop.

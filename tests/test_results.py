@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import multiprocessing as mp
 
 import pytest
@@ -237,3 +238,12 @@ def test_export_into_an_existing_path_is_refused(real_records, tmp_path):
     with pytest.raises(KDBenchError, match="exists"):
         export_bundle(src, tmp_path / "out")
     assert main(["results", "export", str(tmp_path / "out"), f"paths.results={src}"]) == 2
+
+
+def test_records_are_readable_by_others_like_any_file(real_records, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = add_record(tmp_path / "results", real_records[0])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # mkstemp alone would leave 0600

@@ -80,6 +80,36 @@ def test_a_partial_extraction_is_never_taken_as_complete(tmp_path):
     assert archive.exists()
 
 
+_KILL_DURING_EXTRACTION = """
+import os, signal, sys, tarfile
+from kdbench.config import compose
+from kdbench.data import build_dataset
+real, n = tarfile.TarFile._extract_member, [0]
+def extract(self, *a, **k):
+    n[0] += 1
+    if n[0] == 60:  # kill -9 this process in the middle of the archive
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *a, **k)
+tarfile.TarFile._extract_member = extract
+build_dataset(compose(sys.argv[1:], check=False).data)
+"""
+
+
+def test_kill_9_during_extraction_leaves_nothing_that_is_used(tmp_path):
+    import subprocess
+    import sys
+
+    write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)
+    args = ["dataset=cifar10-jpg", f"paths.data={tmp_path}", f"paths.work={tmp_path}/work", "data.val_fraction=0.25"]
+    p = subprocess.run([sys.executable, "-c", _KILL_DURING_EXTRACTION, *args], capture_output=True, timeout=300)
+    assert p.returncode == -9
+    extract = tmp_path / "work" / "data-extract"
+    assert not [d for d in extract.iterdir() if d.is_dir() and not d.name.endswith((".lock",))
+                and ".partial-" not in d.name]  # only the temporary folder exists
+    data = build_dataset(_data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25"))
+    assert data.info.num_classes == 10 and data.split_len("train") == 30 and data.split_len("test") == 40
+
+
 def test_a_decoded_cache_that_does_not_match_its_source_is_rebuilt(tmp_path):
     write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=4)
     cfg = _data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25")

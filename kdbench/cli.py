@@ -209,7 +209,7 @@ def dispatch(args: argparse.Namespace) -> int:
             added = store.import_bundle(args.bundle, root)
             print(f"added {len(added)} record(s) to {store.runs_dir(root)}")
     elif args.command == "leaderboard":
-        from .leaderboard import build_leaderboard, check_leaderboard
+        from .report import build_leaderboard, check_leaderboard
 
         cfg = compose(args.overrides, check=False)
         opts = {"metric": args.metric, "compare_short": args.compare_short}

@@ -117,16 +117,6 @@ def resolve_fast_path(engine: DictConfig, device: torch.device, precision: str =
                     teacher_inference_mode=bool(_switch(engine, "teacher_inference_mode")))
 
 
-def describe_fast_path(e: dict[str, Any]) -> str:
-    """One line naming a recorded fast path, e.g. "fp32, channels_last, teacher BN folded, foreach SGD"."""
-    compiled = {True: "compiled", "all": "compiled", "teacher": "teacher compiled"}.get(e.get("compile"))
-    parts = [e["amp"], "channels_last" if e.get("channels_last") else None,
-             "teacher BN folded" if e.get("fold_teacher_bn") else None,
-             "teacher inference_mode" if e.get("teacher_inference_mode") else None, compiled,
-             f"{e['optimizer_impl']} SGD"]
-    return ", ".join(p for p in parts if p)
-
-
 def _compile_setting(value: Any) -> str:
     if value in (False, None, "off"):
         return "off"

@@ -1,4 +1,7 @@
-"""Result records: one JSON file per finished run, written whole or not at all."""
+"""Result records: one JSON file per finished run, written whole or not at all.
+
+Torch-free at import (the reporting layer reads records without the training stack).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +13,7 @@ import tempfile
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .schema import SCHEMA_VERSION  # noqa: E402,F401  (re-exported for teacher metadata)
 
@@ -83,9 +84,15 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def environment(device: torch.device | None = None) -> dict[str, Any]:
+if TYPE_CHECKING:
+    import torch
+
+
+def environment(device: "torch.device | None" = None) -> dict[str, Any]:
     """Package versions and hardware, so every number says where it came from."""
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     def v(pkg: str) -> str | None:
         try:
@@ -107,3 +114,20 @@ def environment(device: torch.device | None = None) -> dict[str, Any]:
         env["gpu"] = torch.cuda.get_device_name(device)
     env["hardware"] = env["gpu"] or f"CPU x{os.cpu_count()} ({env['cpu']})"
     return env
+
+
+def describe_fast_path(e: dict[str, Any]) -> str:
+    """One line naming a recorded fast path, e.g. "fp32, channels_last, teacher BN folded, foreach SGD"."""
+    compiled = {True: "compiled", "all": "compiled", "teacher": "teacher compiled"}.get(e.get("compile"))
+    parts = [e["amp"], "channels_last" if e.get("channels_last") else None,
+             "teacher BN folded" if e.get("fold_teacher_bn") else None,
+             "teacher inference_mode" if e.get("teacher_inference_mode") else None, compiled,
+             f"{e['optimizer_impl']} SGD"]
+    return ", ".join(p for p in parts if p)
+
+
+def speedup_range(r: dict[str, Any]) -> str:
+    """The lowest and highest per-round speed-up of a speed record, where it has several rounds."""
+    ratios = [x["images_per_s"] / x["reference_images_per_s"] for x in r.get("rounds") or []
+              if x.get("reference_images_per_s")]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""

@@ -244,3 +244,24 @@ def _primary_model_errors(record: dict[str, Any]) -> list[str]:
         else:
             _num(0, 100)(test.get("top1"), f"history[{i}].{primary}.test.top1", errs)
     return errs
+
+
+# Speed records (`kdbench speed`, results/speed/*.json): what the leaderboard's speed table reads.
+SPEED_RECORD = _obj({
+    "kind": _str(choices=("speed",)),
+    "created": _str(_ISO),
+    "pair": _str(), "method": _str(), "batch_size": _int(1),  # "repeats" came later: 1 when absent
+    "engine": _obj({"amp": _str(), "optimizer_impl": _str(), "images_per_s": _num(0), "peak_memory_bytes": _int(0)}),
+    "reference": _obj({"images_per_s": _num(0)}, nullable=True),
+    "speedup": _num(0, nullable=True),
+    "flops_per_image": _num(0), "achieved_tflops": _num(0), "mfu": _num(0, 1, nullable=True),
+    "environment": _obj({"hardware": _str()}),
+})
+
+
+def validate_speed_record(record: Any) -> list[str]:
+    """Every problem with a speed record as 'field.path: what is wrong'; empty when valid."""
+    errs: list[str] = []
+    _finite(record, "record", errs)
+    SPEED_RECORD(record, "record", errs)
+    return [e.replace("record.", "", 1) if e.startswith("record.") else e for e in errs]

@@ -24,12 +24,12 @@ from omegaconf import DictConfig
 from .config import compose
 from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
-from .engine import (apply_fast_path, build_optimizer, compile_context, describe_fast_path, resolve_device,
-                     resolve_fast_path, train_one_step)
+from .engine import (apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path,
+                     train_one_step)
 from .errors import KDBenchError
 from .method import METHODS, MethodContext, create_method
 from .models import create_model
-from .records import environment, now_iso
+from .records import describe_fast_path, environment, now_iso, speedup_range
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +231,6 @@ def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
                                   reference=bool(cfg.speed.reference), profile=bool(cfg.speed.get("profile")),
                                   repeats=int(cfg.speed.get("repeats", 1))))
     return out
-
-
-def speedup_range(r: dict[str, Any]) -> str:
-    """The lowest and highest per-round speed-up, where a record has several rounds."""
-    ratios = [x["images_per_s"] / x["reference_images_per_s"] for x in r.get("rounds") or []
-              if x.get("reference_images_per_s")]
-    return f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""
 
 
 def format_speed(rows: list[dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.leaderboard import build_leaderboard
+from kdbench.report import build_leaderboard
 from tests.conftest import write_records
 from tests.helpers import relabel
 

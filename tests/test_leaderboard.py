@@ -13,7 +13,7 @@ import pytest
 
 from kdbench import KDBenchError
 from kdbench.cli import main
-from kdbench.leaderboard import build_leaderboard, check_leaderboard, render
+from kdbench.report import build_leaderboard, check_leaderboard, render
 from tests.conftest import write_records
 from tests.helpers import relabel
 
@@ -339,7 +339,7 @@ def test_any_record_the_validator_accepts_renders_and_any_it_rejects_is_named(re
     """Records that `results validate` accepted once crashed `kdbench leaderboard`."""
     import random
 
-    import kdbench.leaderboard as lb
+    import kdbench.report.build as lb
     from kdbench.schema import validate_record
 
     monkeypatch.setattr(lb, "plots", lambda *a, **k: {})  # the data path is under test, not matplotlib
@@ -369,3 +369,18 @@ def test_notes_cannot_inject_html_or_spreadsheet_formulas(real_records, tmp_path
     assert "'=HYPERLINK(\"http://x\",\"y\")" in notes and not any(n.startswith("=") for n in notes)
     md = files["README.md"].decode()
     assert "<img src=x" not in md
+
+
+def test_the_reporting_layer_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, kdbench.report; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).returncode == 0
+
+
+def test_the_page_assets_are_package_files():
+    from importlib import resources
+
+    assets = resources.files("kdbench.report") / "assets"
+    assert (assets / "page.css").read_text().startswith("body{") and "sortable" in (assets / "page.js").read_text()

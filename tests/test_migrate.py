@@ -8,7 +8,7 @@ from pathlib import Path
 from kdbench.cli import main
 from kdbench.config import compose
 from kdbench.identity import run_identity
-from kdbench.leaderboard import build_leaderboard, check_leaderboard
+from kdbench.report import build_leaderboard, check_leaderboard
 from kdbench.migrate import migrate_store
 from kdbench.results import load_records
 

@@ -48,7 +48,7 @@ def test_alternating_rounds_give_medians_and_the_ratio_range():
     import statistics
 
     from kdbench.errors import KDBenchError
-    from kdbench.speed import speedup_range
+    from kdbench.records import speedup_range
 
     r = measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=1, repeats=3)
     assert r["repeats"] == 3 and len(r["rounds"]) == 3

@@ -1,0 +1,172 @@
+"""Build and check the leaderboard folder: every file from records, written atomically, with a manifest."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import KDBenchError
+from ..records import atomic_write_bytes, write_json_atomic
+from ..results import runs_dir, valid_records
+from ..schema import validate_speed_record
+from .frame import aggregate, runs_frame, settings
+from .plots import _slug, plots
+from .render import Section, csv_rows, csv_text, markdown, page
+from .tables import load_reference, runs_table, setting_tables, speed_table
+
+LEADERBOARD_VERSION = 3
+
+
+def load_speed(results_root: Path) -> list[dict[str, Any]]:
+    """Speed records written by ``kdbench speed`` (results/speed/*.json), validated by the schema module."""
+    out = []
+    for path in sorted((Path(results_root) / "speed").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise KDBenchError(f"{path}: not valid JSON: {exc}") from None
+        problems = validate_speed_record(rec)
+        if problems:
+            raise KDBenchError(f"{path}: not a valid speed record: {'; '.join(problems[:5])}")
+        out.append(rec)
+    return out
+
+
+def _inputs_digest(results_root: Path, options: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps({"version": LEADERBOARD_VERSION, "options": options}, sort_keys=True).encode())
+    for path in (sorted(runs_dir(results_root).glob("*.json")) + sorted((results_root / "reference").glob("*.csv"))
+                 + sorted((results_root / "speed").glob("*.json"))):
+        h.update(path.name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def render(results_root: str | Path, metric: str = "last", compare_short: bool = False) -> dict[str, bytes]:
+    """Every output file of the leaderboard, by name (pure: writes nothing)."""
+    import pandas as pd
+
+    results_root = Path(results_root)
+    records = [r for r in valid_records(results_root) if r["status"] == "completed"]  # failures: `kdbench status`
+    if not records:
+        raise KDBenchError(f"no records in {runs_dir(results_root)}: run `kdbench bench` or `kdbench run` first")
+    df = runs_frame(records, metric)
+    agg = aggregate(df)
+    ref = load_reference(results_root)
+    sections = []
+    csvs: dict[str, list[dict[str, Any]]] = {"benchmark": [], "survey": [], "paper_comparison": [], "cost": []}
+    for s in settings(df, metric):
+        slug = _slug(s.id)
+        sec = Section(s, slug, setting_tables(agg, df, ref, s, slug, compare_short), plots(agg, df, s))
+        sections.append(sec)
+        for t in sec.tables:
+            kind = t.id.rsplit("-" + slug, 1)[0].replace("paper", "paper_comparison")
+            rows = ([{"setting": s.id, **{c.key: r[c.key] for c in t.columns}} for r in t.rows]
+                    if kind == "benchmark" else csv_rows(t, setting=s.id))
+            csvs[kind] += rows
+    speed = speed_table(load_speed(results_root))
+    files: dict[str, bytes] = {name: data for sec in sections for name, data in sec.images.items()}
+
+    def csv(rows) -> bytes:
+        return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n").encode()
+
+    for kind, rows in csvs.items():
+        files[f"{kind}.csv"] = csv(rows)
+    files["aggregate.csv"] = agg.to_csv(index=False, lineterminator="\n").encode()
+    runs = df.drop(columns=["curve"])
+    runs["note"] = [csv_text(n) for n in runs["note"]]
+    files["runs.csv"] = runs.to_csv(index=False, lineterminator="\n").encode()
+    files["speed.csv"] = csv(speed.rows)
+    extra = [runs_table(df), speed]
+    files["README.md"] = markdown(sections, [speed], metric).encode()
+    files["index.html"] = page(sections, extra, {k: sorted(set(df[k])) for k in ("dataset", "pair", "scheme")},
+                               metric).encode()
+    return files
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The folder's manifest.json (None if absent); a damaged one is named with what to do."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ValueError("no file list")
+    except (OSError, ValueError) as exc:
+        raise KDBenchError(f"{path} is damaged ({exc}; truncated?): delete {out}/ and rebuild it with "
+                           f"`kdbench leaderboard --out {out}`") from None
+    return manifest
+
+
+def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
+                      compare_short: bool = False) -> list[Path]:
+    """Write every file of the leaderboard into ``out``, each atomically, the manifest last.
+
+    ``out`` must be new, empty, or a folder this command wrote before (it has our manifest.json):
+    only files that the previous manifest lists are ever removed, so pointing ``--out`` at docs/ or
+    results/ cannot delete anything.
+    """
+    results_root, out = Path(results_root), Path(out)
+    if out.exists() and not out.is_dir():
+        raise KDBenchError(f"--out {out} is a file, not a folder")
+    previous = _read_manifest(out) if out.is_dir() else None
+    if previous is None and out.is_dir() and any(out.iterdir()):
+        raise KDBenchError(f"{out}/ is not empty and was not written by `kdbench leaderboard` (it has no "
+                           "manifest.json): refusing to write into it; give --out a new or empty folder")
+    options = {"metric": metric, "compare_short": compare_short}
+    files = render(results_root, metric, compare_short)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (previous or {}).get("files", {}):
+            if name not in files and "/" not in name and (out / name).is_file():
+                (out / name).unlink()  # ours, from an earlier build, no longer produced
+        written = []
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+            written.append(out / name)
+        manifest = {"version": LEADERBOARD_VERSION, "options": options,
+                    "inputs_sha256": _inputs_digest(results_root, options),
+                    "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
+        write_json_atomic(out / "manifest.json", manifest)
+    except OSError as exc:
+        raise KDBenchError(f"could not write the leaderboard to {out}/: {exc.strerror or exc} "
+                           f"({exc.filename or out})") from None
+    return written + [out / "manifest.json"]
+
+
+def check_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
+                      compare_short: bool = False) -> list[str]:
+    """Problems that make ``out`` untrustworthy: invalid records, stale, hand-edited or foreign files,
+    or a build with other options than the ones asked for."""
+    results_root, out = Path(results_root), Path(out)
+    try:
+        valid_records(results_root)
+    except KDBenchError as exc:
+        return [str(exc)]
+    try:
+        manifest = _read_manifest(out)
+    except KDBenchError as exc:
+        return [str(exc)]
+    if manifest is None:
+        return [f"{out}/manifest.json is missing: run `kdbench leaderboard`"]
+    problems = []
+    options = {"metric": metric, "compare_short": compare_short}
+    if manifest.get("options") != options:
+        problems.append(f"{out}/ was built with {manifest.get('options')}, not {options}: run `kdbench leaderboard` "
+                        "with the options to check")
+    if manifest.get("inputs_sha256") != _inputs_digest(results_root, manifest.get("options", {})):
+        problems.append(f"{out}/ is stale: {runs_dir(results_root)} or the reference numbers changed since it was "
+                        "built; run `kdbench leaderboard`")
+    for name, digest in manifest.get("files", {}).items():
+        path = out / name
+        if not path.exists():
+            problems.append(f"{path} is missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            problems.append(f"{path} was changed after it was generated (a truncated file too): rebuild it with "
+                            "`kdbench leaderboard`")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in manifest["files"] and p.name != "manifest.json")
+    if foreign:
+        problems.append(f"{out}/ holds files that `kdbench leaderboard` did not write: {', '.join(foreign)} "
+                        "(generated folders hold generated files only)")
+    return problems

@@ -1,0 +1,76 @@
+"""The leaderboard's plots (matplotlib, Agg): gain over vanilla, accuracy vs student cost, curves."""
+from __future__ import annotations
+
+import io
+import re
+
+from .frame import Setting
+from .tables import _baseline
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(agg, df, setting: Setting) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = agg[agg["setting"] == setting.id]
+    out: dict[str, bytes] = {}
+    pairs = sorted(a["pair"].unique())
+    # 1. gain over the vanilla student per method, error bars = the method's std over seeds
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], pairs):
+        rows = a[(a["pair"] == p) & (a["method"] != "vanilla")].sort_values("label")
+        bases = [_baseline(a, r) for _, r in rows.iterrows()]
+        keep = [b is not None for b in bases]
+        if any(keep):
+            rows = rows[keep]
+            gains = rows["mean"] - [b for b in bases if b is not None]
+            ax.bar(rows["label"], gains, yerr=rows["std"].fillna(0), capsize=3,
+                   color=["tab:green" if g >= 0 else "tab:red" for g in gains])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(p, fontsize=9)
+        ax.set_ylabel("gain over vanilla (points)")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: gain over the vanilla student", fontsize=10)
+    out[f"gain_{_slug(setting.id)}.png"] = _png(fig)
+    # 2. accuracy vs student size and FLOPs
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for m, g in a.groupby("label"):
+        axes[0].errorbar(g["student_params"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
+        axes[1].errorbar(g["student_flops"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
+    axes[0].set_xlabel("student parameters (M)")
+    axes[1].set_xlabel("student forward MFLOPs per image")
+    for ax in axes:
+        ax.set_ylabel("test top-1 (%)")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: accuracy vs student cost", fontsize=10)
+    out[f"cost_{_slug(setting.id)}.png"] = _png(fig)
+    # 3. test-accuracy curves per epoch, one figure per pair
+    d = df[(df["setting"] == setting.id) & df["counted"]]
+    for p in pairs:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for m, g in d[d["pair"] == p].groupby("label"):
+            curves = [c for c in g["curve"]]
+            length = min(len(c) for c in curves)
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
+            ax.plot(range(1, length + 1), mean, label=f"{m} (n={len(curves)})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.set_title(f"{p}, {setting.dataset}: mean test accuracy per epoch", fontsize=9)
+        ax.legend(fontsize=7)
+        out[f"curves_{_slug(setting.id)}_{_slug(p)}.png"] = _png(fig)
+    return out

@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/kdbench bench paths.results=.kdbench/demo-results
 
 test: install
+	$(BIN)/ruff check kdbench methods tests
 	$(BIN)/python -m pytest -q
 
 clean:

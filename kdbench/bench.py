@@ -13,6 +13,7 @@ from .config import compose
 from .data import static_train_size
 from .errors import KDBenchError
 from .runner import load_data, run
+from .schema import VANILLA
 from .teacher import ensure_teacher
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairRe
             continue
         by_method.setdefault(rec["method"]["name"], []).append(
             rec["metrics"]["last"][rec["metrics"]["primary_model"]]["test"]["top1"])
-    base_mean = statistics.fmean(by_method["vanilla"]) if "vanilla" in by_method else None
+    base_mean = statistics.fmean(by_method[VANILLA]) if VANILLA in by_method else None
     rows = []
     for method in methods:
         accs = by_method.get(method)
@@ -100,7 +101,7 @@ def _summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairRe
             continue
         mean = statistics.fmean(accs)
         rows.append({"method": method, "mean": mean, "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "n": len(accs), "gain": None if base_mean is None or method == "vanilla" else mean - base_mean})
+                     "n": len(accs), "gain": None if base_mean is None or method == VANILLA else mean - base_mean})
     return PairResult(str(cfg.pair.name), str(cfg.data.name), int(cfg.schedule.epochs), seeds, teacher_top1, rows)
 
 
@@ -177,8 +178,8 @@ def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
 
 def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     """Every run of the suite with its state, estimated FLOPs and (when measured before) time."""
-    from .identity import run_identity
     from .data import static_shape
+    from .identity import run_identity
     from .method import METHODS
     from .models import create_model, forward_flops
     from .results import load_records

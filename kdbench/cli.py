@@ -56,10 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("overrides", nargs="*")
 
     lb = sub.add_parser("leaderboard", help="write leaderboard/ (tables, page, plots, CSV) from results/")
-    lb.add_argument("--check", action="store_true", help="exit non-zero if a record is invalid or leaderboard/ is stale")
+    lb.add_argument("--check", action="store_true",
+                    help="exit non-zero if a record is invalid or leaderboard/ is stale")
     lb.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
     lb.add_argument("--metric", choices=("last", "selected"), default="last",
-                    help="test accuracy at the last epoch (default, as the CRD benchmark) or at the validation-selected epoch")
+                    help="test accuracy at the last epoch (default, as the CRD benchmark) or at the "
+                         "validation-selected epoch")
     lb.add_argument("--compare-short", action="store_true",
                     help="also compare runs on shorter schedules than the papers' with the papers' numbers (labelled)")
     lb.add_argument("overrides", nargs="*")
@@ -70,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     tt.add_argument("overrides", nargs="*")
     tl = tsub.add_parser("list", help="list cached teachers")
     tl.add_argument("overrides", nargs="*")
-    ti = tsub.add_parser("import", help="add a published checkpoint (e.g. a CRD-benchmark CIFAR-100 teacher) to the cache")
+    ti = tsub.add_parser("import",
+                         help="add a published checkpoint (e.g. a CRD-benchmark CIFAR-100 teacher) to the cache")
     ti.add_argument("path")
     ti.add_argument("--arch", required=True, help="registered model name, e.g. resnet32x4")
     ti.add_argument("--dataset", required=True, help="dataset the checkpoint was trained on, e.g. cifar100")
@@ -115,7 +118,8 @@ def _extra_parameters(cfg) -> int:
     classes, shape = known
     info = DatasetInfo(cfg.data.name, classes, shape, 1000)
     student = create_model(cfg.pair.student, classes, shape[0])
-    teacher = create_model(cfg.pair.teacher, classes, shape[0]) if METHODS.get(cfg.method.name).obj.uses_teacher else None
+    uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
+    teacher = create_model(cfg.pair.teacher, classes, shape[0]) if uses_teacher else None
     import torch
 
     ctx = MethodContext(info, student.feature_spec(shape), teacher.feature_spec(shape) if teacher else None, 0,
@@ -126,7 +130,8 @@ def _extra_parameters(cfg) -> int:
 
 def _teacher_line(t) -> str:
     acc = f"{t.test_top1:6.2f}" if t.test_top1 is not None else "   n/a"
-    origin = (f"seed {t.meta['spec']['seed']}  {t.meta['spec']['schedule']['epochs']:>4} ep" if t.meta["source"] == "trained"
+    spec = t.meta["spec"]
+    origin = (f"seed {spec['seed']}  {spec['schedule']['epochs']:>4} ep" if t.meta["source"] == "trained"
               else f"imported from {t.meta['spec']['imported_from']}")
     return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} {origin}  test top-1 {acc}  {t.meta['created']}"
 
@@ -147,9 +152,8 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "config":
         print(OmegaConf.to_yaml(compose(args.overrides)), end="")
     elif args.command == "run":
-        from .runner import run
-
         from .distributed import is_main, shutdown
+        from .runner import run
 
         rec = run(compose(args.overrides))
         main_rank = is_main()

@@ -32,7 +32,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     ``check=False`` skips the cross-group checks (for commands that use only
     part of the config, such as importing a teacher for a dataset).
     """
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException

@@ -47,8 +47,7 @@ def exit_process(code: int) -> None:
 
     Even after ``shutdown()``, a torchrun worker occasionally died in its exit
     sequence ("terminate called without an active exception", SIGABRT: a C++
-    thread destroyed during finalisation; about 1 in 30 runs of our DDP test
-    file), which turned a finished run -- record written -- into a failed one.
+    thread destroyed during finalisation), which turned a finished run -- record written -- into a failed one.
     Everything kdbench writes is flushed and closed by then, so a worker skips
     finalisation.
     """

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from .data import DataBundle
 from .errors import KDBenchError
+from .identity import PRECISIONS, milestone_epochs, resolve_precision
 from .method import Method
 from .models.fold import fold_batchnorm
-from .identity import PRECISIONS, milestone_epochs, resolve_precision
 from .records import atomic_write_bytes
 from .seeding import derive_seed
 
@@ -133,8 +133,7 @@ def compile_context(fast: FastPath) -> Iterator[None]:
 
     With ``engine.compile=teacher`` the only compiled module is the frozen
     teacher, so its weights may be frozen into the graph: inductor then folds
-    them and uses pre-packed oneDNN convolutions (on our CPU the KD step went
-    from 129.0 to 132.8 img/s, within noise). Never with students, whose
+    them and uses pre-packed oneDNN convolutions (measured in README). Never with students, whose
     weights change every step: a frozen graph would keep computing with the
     first step's weights. (Inductor reads this from its global config; a
     per-module ``options={"freezing": True}`` was silently ignored.)
@@ -530,7 +529,8 @@ def _fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig
         stop.restore()  # also when an exception ends training
     if channels_last:
         method.to(memory_format=torch.contiguous_format)
-    return FitResult(fast_path=fast.as_dict(), peak_memory=measure_peak_memory(device), history=history, last=_summary(history, len(history) - 1, method),
+    return FitResult(fast_path=fast.as_dict(), peak_memory=measure_peak_memory(device), history=history,
+                     last=_summary(history, len(history) - 1, method),
                      selected=_select(history, method), train_time_s=train_time,
                      images_per_s=images_seen / max(train_time, 1e-9), epochs=epochs,
                      resumed_from_epoch=start_epoch)

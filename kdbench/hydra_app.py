@@ -74,7 +74,6 @@ def check_launcher(args: list[str]) -> None:
 def launch(args: list[str]) -> int:
     """Run Hydra's entry point with ``args`` (``-m`` included) as its command line."""
     from .config import check_names
-
     from .errors import KDBenchError
 
     modes = {"--cfg", "-c", "--info", "-i", "--run", "-r", "--shell-completion", "-sc", "--hydra-help", "--help", "-h"}

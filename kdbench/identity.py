@@ -49,7 +49,8 @@ class _Type:
 
     def __init__(self, kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
                  nullable: bool = False, choices: tuple | None = None) -> None:
-        self.kind, self.lo, self.hi, self.lo_open, self.nullable, self.choices = kind, lo, hi, lo_open, nullable, choices
+        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
+        self.nullable, self.choices = nullable, choices
 
     def __call__(self, value: Any, key: str) -> Any:
         if value is None:

@@ -23,11 +23,9 @@ from .data import Batch, DatasetInfo
 from .errors import KDBenchError
 from .models import FeatureSpec, KDModel, ModelOutput
 from .registry import Registry
+from .schema import CATEGORIES, SCHEMES  # noqa: F401  (the one list; re-exported for plug-ins)
 
 log = logging.getLogger(__name__)
-
-CATEGORIES = ("none", "response", "feature", "relation")
-SCHEMES = ("offline", "online", "self", "none")
 
 
 @dataclass

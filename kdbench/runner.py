@@ -11,10 +11,10 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .identity import experiment_id, experiment_spec, run_id_from
 from .data import DataBundle, build_dataset
 from .engine import RunDiverged, fit, resolve_device
 from .errors import KDBenchError
+from .identity import experiment_id, experiment_spec, run_id_from
 from .locks import file_lock, is_locked
 from .method import METHODS, MethodContext, create_method
 from .models import count_parameters, forward_flops

@@ -12,8 +12,11 @@ from typing import Any, Callable
 
 SCHEMA_VERSION = 2
 STATUSES = ("completed", "failed", "diverged")
+# Knowledge categories and training schemes (Gou et al. 2021): the one list, used by the method
+# registry and the records' validator.
 CATEGORIES = ("none", "response", "feature", "relation")
 SCHEMES = ("offline", "online", "self", "none")
+VANILLA = "vanilla"  # the method without distillation: every table's baseline
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")

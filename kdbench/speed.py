@@ -24,8 +24,7 @@ from omegaconf import DictConfig
 from .config import compose
 from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
-from .engine import (apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path,
-                     train_one_step)
+from .engine import apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path, train_one_step
 from .errors import KDBenchError
 from .method import METHODS, MethodContext, create_method
 from .models import create_model

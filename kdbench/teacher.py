@@ -27,6 +27,7 @@ from .identity import schedule_spec
 from .method import MethodContext
 from .models import KDModel, count_parameters, create_model
 from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
+from .schema import VANILLA
 from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     device = data.device
     ctx = MethodContext(data=data.info, student_spec=model.feature_spec(data.info.input_shape),
                         teacher_spec=None, seed=seed)
-    trainer = create_method({"name": "vanilla"}, model, None, ctx).to(device)
+    trainer = create_method({"name": VANILLA}, model, None, ctx).to(device)
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
     result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",

@@ -14,9 +14,8 @@
 - Computation (ours, same numbers): while the bank holds at most 16 x (1 + K) rows
   (CIFAR) the scores come from one product of the anchors with the whole bank,
   then the sampled columns are picked, instead of gathering B x (1 + K) rows as
-  the authors' code does; equal scores and gradients (tested), 2.1x the CRD
-  step's images/s on our CPU (resnet32x4->resnet8x4, 45,000-row banks). The
-  product reads a copy of each bank made for the step (freed after backward),
+  the authors' code does; equal scores and gradients (tested; the speed-up is
+  measured in README). The product reads a copy of each bank made for the step (freed after backward),
   because the banks are updated in place before the backward pass.
 - Precision: heads, scores and NCE run in fp32 even under the engine's bf16
   autocast (the CUDA default): bf16 dot products divided by T = 0.07 would move
@@ -43,13 +42,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from kdbench.methods.kd import kd_loss
 from torch import Tensor, nn
 
 from kdbench.connectors import L2Embed
 from kdbench.data import Batch
 from kdbench.distributed import all_gather_cat, all_reduce_sum, stream, world
 from kdbench.method import Method, StepOutput, full_precision, register_method, require
-from kdbench.methods.kd import kd_loss
 from kdbench.seeding import derive_seed
 
 EPS = 1e-7
@@ -86,7 +85,7 @@ class ContrastMemory(nn.Module):
         if self.n_data <= DENSE_RATIO * k1:
             # One GEMM scores every bank row, then the 1 + K sampled columns are picked: the same
             # dot products as gathering B x (1 + K) rows first (the authors' way), without moving
-            # B x (1 + K) x dim floats -- 25x less time for CRD's scores at CIFAR sizes on our CPU.
+            # B x (1 + K) x dim floats.
             # (copies of the banks: the product keeps them for backward, and update() runs before it)
             dot_s = torch.gather(v_s @ self.memory_t.clone().t(), 1, idx)
             dot_t = torch.gather(v_t @ self.memory_s.clone().t(), 1, idx)

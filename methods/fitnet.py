@@ -24,12 +24,12 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from kdbench.methods.kd import kd_loss
 from torch import Tensor
 
 from kdbench.connectors import ConvRegressor
 from kdbench.data import Batch
 from kdbench.method import Method, StepOutput, register_method, require
-from kdbench.methods.kd import kd_loss
 
 
 def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:

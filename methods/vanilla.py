@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from kdbench.data import Batch
 from kdbench.method import Method, StepOutput, register_method
+from kdbench.schema import VANILLA
 
 
-@register_method("vanilla", category="none", scheme="none",
+@register_method(VANILLA, category="none", scheme="none",
                  description="student alone, cross-entropy only (the baseline)")
 class Vanilla(Method):
     __doc__ = __doc__

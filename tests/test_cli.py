@@ -11,8 +11,10 @@ import pytest
 from kdbench.cli import main
 from tests.conftest import tiny_overrides
 
+METHOD_LINES = ["kd", "[response, offline]", "vanilla", "dml", "[response, online]", "crd+kd"]
 
-@pytest.mark.parametrize("what,expect", [("methods", ["kd", "[response, offline]", "vanilla", "dml", "[response, online]", "crd+kd"]),
+
+@pytest.mark.parametrize("what,expect", [("methods", METHOD_LINES),
                                          ("models", ["cnn_small", "cnn_wide"]),
                                          ("datasets", ["digits", "imagefolder"]),
                                          ("pairs", ["digits/cnn_wide-cnn_small", "cnn_wide -> cnn_small"])])

@@ -7,8 +7,8 @@ import pytest
 
 from kdbench import KDBenchError
 from kdbench.config import PAIRS, compose
-from kdbench.identity import milestone_epochs, run_identity
 from kdbench.data import DATASETS
+from kdbench.identity import milestone_epochs, run_identity
 from kdbench.method import METHODS
 from kdbench.models import MODELS
 
@@ -61,7 +61,8 @@ def test_unknown_names_list_valid_choices(registry, name):
         assert valid in str(err.value)
 
 
-@pytest.mark.parametrize("override,listed", [("method=kdd", ["kd", "vanilla", "crd", "dml"]), ("dataset=mnist", ["digits"]),
+@pytest.mark.parametrize("override,listed", [("method=kdd", ["kd", "vanilla", "crd", "dml"]),
+                                             ("dataset=mnist", ["digits"]),
                                              ("pair=digits/nope", ["cnn_wide-cnn_small"]),
                                              ("schedule=fast", ["crd", "cosine", "digits"])])
 def test_unknown_group_options_list_valid_choices(override, listed):
@@ -104,7 +105,8 @@ def test_suite_method_overrides_apply_under_the_command_line():
 
 @pytest.mark.parametrize("override,hint", [("+schedule.epoch=1", "schedule.epochs"),
                                            ("+data.val_fracton=0.2", "data.val_fraction"),
-                                           ("+engine.devce=cpu", "engine.device"), ("+method.temprature=2", "method.temperature")])
+                                           ("+engine.devce=cpu", "engine.device"),
+                                           ("+method.temprature=2", "method.temperature")])
 def test_a_misspelt_added_key_is_refused_with_the_right_name(override, hint):
     with pytest.raises(KDBenchError, match=f"did you mean {hint}"):
         compose([override])

@@ -1,7 +1,6 @@
 """Datasets: digits splits, the ImageFolder reader on generated JPEGs, batch augmentation."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kdbench import KDBenchError
+from kdbench.config import compose
 from kdbench.engine import lr_at
 from kdbench.method import METHODS
 from kdbench.runner import record_path, run
-from kdbench.config import compose
 
 
 @pytest.mark.parametrize("method", METHODS.names())

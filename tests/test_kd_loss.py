@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from kdbench.methods.kd import kd_loss
 
 

@@ -219,8 +219,8 @@ def test_record_fields_are_escaped_in_the_page(real_records, tmp_path):
 
 
 def test_speed_records_become_a_table(real_records, tmp_path):
-    from kdbench.speed import measure_method
     from kdbench.config import compose
+    from kdbench.speed import measure_method
 
     root = _store(tmp_path, real_records)
     r = measure_method(compose(["pair=cifar100/resnet56-resnet20", "pair.teacher=resnet8", "pair.student=resnet8"]),

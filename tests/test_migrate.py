@@ -8,8 +8,8 @@ from pathlib import Path
 from kdbench.cli import main
 from kdbench.config import compose
 from kdbench.identity import run_identity
-from kdbench.report import build_leaderboard, check_leaderboard
 from kdbench.migrate import migrate_store
+from kdbench.report import build_leaderboard, check_leaderboard
 from kdbench.results import load_records
 
 V1 = Path(__file__).parent / "data" / "records-v1"  # copies of results/runs/ as committed before the change

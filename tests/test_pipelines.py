@@ -161,8 +161,8 @@ def test_device_and_dataloader_paths_agree_in_order_and_augmentation(tmp_path, n
     results = {}
     for pipeline in ("device", "dataloader"):
         cfg = _data_cfg(tmp_path, "cifar10", f"data.pipeline={pipeline}", "data.val_fraction=0")
-        bundle = small_image_bundle(cfg, "coords", coords, labels, coords[:10], labels[:10], [str(i) for i in range(10)],
-                                    mean, std)
+        names = [str(i) for i in range(10)]
+        bundle = small_image_bundle(cfg, "coords", coords, labels, coords[:10], labels[:10], names, mean, std)
         assert isinstance(bundle, TensorBundle if pipeline == "device" else LoaderBundle)
         batches = list(bundle.train_batches(500, seed=3, epoch=1))
         idx = torch.cat([b.indices for b in batches])

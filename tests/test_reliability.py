@@ -76,8 +76,8 @@ def test_a_store_that_cannot_be_written_is_named(make_cfg, monkeypatch):
 @pytest.mark.parametrize("content", [os.urandom(256), b"code pickle"])
 def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
     from kdbench.records import file_sha256
-    from kdbench.teacher import ensure_teacher, load_teacher
     from kdbench.runner import load_data
+    from kdbench.teacher import ensure_teacher, load_teacher
 
     cfg = make_cfg("method=kd", epochs=1)
     entry = ensure_teacher(cfg, load_data(cfg))

@@ -1,7 +1,6 @@
 """Sweeps: idempotent runs, failure records, plan/status, Hydra multirun with real launchers."""
 from __future__ import annotations
 
-
 import pytest
 
 from kdbench import KDBenchError

@@ -45,11 +45,13 @@ def _load(cfg: DictConfig, name: str) -> DataBundle:
     return small_image_bundle(cfg, name, tr_x, tr_y, te_x, te_y, list(train.classes), mean, std)
 
 
-@register_dataset("cifar10", num_classes=10, channels=3, train_per_class=(5000,) * 10, description="CIFAR-10 (official python batches via torchvision), 50k/10k, 10 classes")
+@register_dataset("cifar10", num_classes=10, channels=3, train_per_class=(5000,) * 10,
+                  description="CIFAR-10 (official python batches via torchvision), 50k/10k, 10 classes")
 def build_cifar10(cfg: DictConfig) -> DataBundle:
     return _load(cfg, "cifar10")
 
 
-@register_dataset("cifar100", num_classes=100, channels=3, train_per_class=(500,) * 100, description="CIFAR-100 (official python batches via torchvision), 50k/10k, 100 classes")
+@register_dataset("cifar100", num_classes=100, channels=3, train_per_class=(500,) * 100,
+                  description="CIFAR-100 (official python batches via torchvision), 50k/10k, 100 classes")
 def build_cifar100(cfg: DictConfig) -> DataBundle:
     return _load(cfg, "cifar100")

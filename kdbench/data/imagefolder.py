@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..errors import KDBenchError
 from ..config import digest
+from ..errors import KDBenchError
 from ..locks import file_lock
 from ..records import file_sha256
 from .base import DataBundle
@@ -35,7 +35,8 @@ def _bundle_from_tree(cfg: DictConfig, root: Path, name: str, source_key: str | 
     tr_files, classes = list_tree(root / "train", None, cfg.get("max_per_class"))
     te_files, _ = list_tree(root / str(cfg.test_split), classes, cfg.get("max_test_per_class"))
     key_src = source_key or tree_fingerprint(tr_files + te_files)
-    key = f"{name}-{digest([key_src, size, cfg.get('max_per_class'), cfg.get('max_test_per_class'), str(cfg.test_split)])[:16]}"
+    parts = [key_src, size, cfg.get("max_per_class"), cfg.get("max_test_per_class"), str(cfg.test_split)]
+    key = f"{name}-{digest(parts)[:16]}"
 
     def decode() -> dict:
         tr_x, tr_y = decode_files(tr_files, size)
@@ -52,7 +53,8 @@ def _bundle_from_tree(cfg: DictConfig, root: Path, name: str, source_key: str | 
                               list(d["classes"]), mean, std)
 
 
-@register_dataset("imagefolder", description="any ImageFolder tree of small same-size images (train/ + test/), held on the device")
+@register_dataset("imagefolder",
+                  description="any ImageFolder tree of small same-size images (train/ + test/), held on the device")
 def build_imagefolder(cfg: DictConfig) -> DataBundle:
     src = cfg.get("source") or {}
     if not src.get("root"):
@@ -65,12 +67,14 @@ def build_imagefolder(cfg: DictConfig) -> DataBundle:
     return _bundle_from_tree(cfg, root, str(cfg.name))
 
 
-@register_dataset("cifar10-jpg", num_classes=10, channels=3, train_per_class=(5000,) * 10, description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
+@register_dataset("cifar10-jpg", num_classes=10, channels=3, train_per_class=(5000,) * 10,
+                  description="CIFAR-10 as 32x32 JPEGs (ImageFolder archive), official train/test split")
 def build_cifar10_jpg(cfg: DictConfig) -> DataBundle:
     src = cfg.get("source") or {}
     archive = Path(str(src.archive)).expanduser() if src.get("archive") else None
     if archive is None or not archive.is_file():
-        raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: set data.source.archive=/path/to/cifar10-jpg.tar.gz "
+        raise KDBenchError(f"CIFAR-10 JPEG archive not found at {archive}: "
+                           "set data.source.archive=/path/to/cifar10-jpg.tar.gz "
                            "(an archive holding cifar10-jpg/train/<class>/*.jpg and cifar10-jpg/test/<class>/*.jpg)")
     checksum = file_sha256(archive)
     if src.get("sha256") and checksum != src.sha256:

@@ -18,9 +18,11 @@ from .registry import register_dataset
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@register_dataset("imagenet", num_classes=1000, channels=3, description="ImageNet-1k (ImageFolder train/ + val/), standard transforms, DataLoader path")
+@register_dataset("imagenet", num_classes=1000, channels=3,
+                  description="ImageNet-1k (ImageFolder train/ + val/), standard transforms, DataLoader path")
 def build_imagenet(cfg: DictConfig) -> DataBundle:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     src = cfg.get("source") or {}
     root = Path(str(src.root)).expanduser() if src.get("root") else None

@@ -133,9 +133,11 @@ for _d in (8, 14, 20, 32, 44, 56, 110):
     register_model(f"resnet{_d}", family="cifar",
                    description=f"CIFAR ResNet-{_d} (widths 16/32/64), CRD benchmark")(_resnet(_d))
 register_model("resnet8x4", family="cifar",
-               description="CIFAR ResNet-8 with 4x width (32/64/128/256), CRD benchmark")(_resnet(8, (32, 64, 128, 256)))
+               description="CIFAR ResNet-8 with 4x width (32/64/128/256), CRD benchmark",
+               )(_resnet(8, (32, 64, 128, 256)))
 register_model("resnet32x4", family="cifar",
-               description="CIFAR ResNet-32 with 4x width (32/64/128/256), CRD benchmark")(_resnet(32, (32, 64, 128, 256)))
+               description="CIFAR ResNet-32 with 4x width (32/64/128/256), CRD benchmark",
+               )(_resnet(32, (32, 64, 128, 256)))
 
 
 # --------------------------------------------------------------------------------

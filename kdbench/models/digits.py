@@ -61,11 +61,13 @@ class DigitsCNN(KDModel):
         return ModelOutput(logits=self.fc(emb), features=feats, embedding=emb, preact_features=pres)
 
 
-@register_model("cnn_small", family="digits", description="digits student: 3 stages of one conv, widths 8/16/32 (~6k params)")
+@register_model("cnn_small", family="digits",
+                description="digits student: 3 stages of one conv, widths 8/16/32 (~6k params)")
 def cnn_small(num_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
     return DigitsCNN((8, 16, 32), depth=1, num_classes=num_classes, in_channels=in_channels)
 
 
-@register_model("cnn_wide", family="digits", description="digits teacher: 3 stages of two convs, widths 32/64/128 (~0.29M params)")
+@register_model("cnn_wide", family="digits",
+                description="digits teacher: 3 stages of two convs, widths 32/64/128 (~0.29M params)")
 def cnn_wide(num_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
     return DigitsCNN((32, 64, 128), depth=2, num_classes=num_classes, in_channels=in_channels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import re
 
+from ..schema import VANILLA
 from .frame import Setting
 from .tables import _baseline
 
@@ -33,7 +34,7 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
     # 1. gain over the vanilla student per method, error bars = the method's std over seeds
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.2), squeeze=False)
     for ax, p in zip(axes[0], pairs):
-        rows = a[(a["pair"] == p) & (a["method"] != "vanilla")].sort_values("label")
+        rows = a[(a["pair"] == p) & (a["method"] != VANILLA)].sort_values("label")
         bases = [_baseline(a, r) for _, r in rows.iterrows()]
         keep = [b is not None for b in bases]
         if any(keep):

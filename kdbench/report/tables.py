@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..records import describe_fast_path, speedup_range
+from ..schema import VANILLA
 from .frame import Setting
 
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
@@ -61,13 +62,17 @@ def _num(key: str, header: str, nd: int) -> Column:
     return Column(key, header, text=lambda r: fmt(r.get(key), nd))
 
 
+def _arrow(gain: float) -> str:
+    return "↑" if gain > 0 else "↓" if gain < 0 else ""
+
+
 def _pair_label(agg_row) -> str:
     return f"{agg_row['teacher']} → {agg_row['student']}"
 
 
 def _baseline(a, row) -> float | None:
     """The vanilla student's mean for ``row``: same pair and the same experiment but for the method."""
-    base = a[(a["pair"] == row["pair"]) & (a["method"] == "vanilla") & (a["baseline_key"] == row["baseline_key"])]
+    base = a[(a["pair"] == row["pair"]) & (a["method"] == VANILLA) & (a["baseline_key"] == row["baseline_key"])]
     return float(base["mean"].iloc[0]) if len(base) else None
 
 
@@ -97,14 +102,14 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
     pairs = sorted(a["pair"].unique())
     header = ["method"] + pairs
     rows: list[dict[str, Any]] = _teacher_rows(a, df, setting, pairs)
-    labels = sorted(set(a["label"]), key=lambda lab: (not lab.startswith("vanilla"), lab))
+    labels = sorted(set(a["label"]), key=lambda lab: (not lab.startswith(VANILLA), lab))
     best = {}
     for p in pairs:
-        cand = a[(a["pair"] == p) & (a["method"] != "vanilla")]
+        cand = a[(a["pair"] == p) & (a["method"] != VANILLA)]
         if len(cand):
             best[p] = cand["mean"].max()
     for lab in labels:
-        vanilla = lab == "vanilla"
+        vanilla = lab == VANILLA
         row: dict[str, Any] = {"method": "Student (vanilla)" if vanilla else lab, "scheme": "",
                                "_best": set(), "_values": {}}
         for p in pairs:
@@ -113,7 +118,7 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
                 row[p] = hit["cell"].iloc[0]
                 row["scheme"] = hit["scheme"].iloc[0]
                 row["_values"][p] = float(hit["mean"].iloc[0])
-                if hit["method"].iloc[0] != "vanilla" and hit["mean"].iloc[0] == best.get(p):
+                if hit["method"].iloc[0] != VANILLA and hit["mean"].iloc[0] == best.get(p):
                     row["_best"].add(p)
             else:
                 row[p] = ""
@@ -126,13 +131,13 @@ def survey_table(agg, setting: Setting) -> list[dict[str, Any]]:
     """Grouped by scheme and knowledge category; gain over the vanilla student marked ↑/↓."""
     a = agg[agg["setting"] == setting.id]
     out = []
-    for _, r in a[a["method"] != "vanilla"].iterrows():
+    for _, r in a[a["method"] != VANILLA].iterrows():
         b = _baseline(a, r)
         gain = None if b is None else round(r["mean"] - b, 2)
         out.append({"scheme": r["scheme"], "category": r["category"], "method": r["label"],
                     "pair": r["pair"], "network": _pair_label(r), "teacher": r["teacher_acc"],
                     "baseline": b, "distilled": r["cell"], "distilled_mean": r["mean"],
-                    "gain": "" if gain is None else f"{gain:+.2f} {'↑' if gain > 0 else '↓' if gain < 0 else ''}".strip(),
+                    "gain": "" if gain is None else f"{gain:+.2f} {_arrow(gain)}".strip(),
                     "gain_value": gain})
     out.sort(key=lambda x: (SCHEME_ORDER.get(x["scheme"], 9), CATEGORY_ORDER.get(x["category"], 9), x["method"],
                             x["pair"]))
@@ -238,7 +243,8 @@ PAPER_COLUMNS = [
 COST_COLUMNS = [
     Column("method", "method"), Column("network", "teacher → student"), _num("epoch_time_s", "s/epoch", 3),
     _num("images_per_s", "images/s", 0),
-    Column("peak_memory_mib", "peak memory (MiB)", text=lambda r: f"{fmt(r['peak_memory_mib'], 0)} ({r['memory_kind']})"),
+    Column("peak_memory_mib", "peak memory (MiB)",
+           text=lambda r: f"{fmt(r['peak_memory_mib'], 0)} ({r['memory_kind']})"),
     Column("extra_params", "extra params", text=lambda r: f"{r['extra_params']:,}"), Column("ece", "ECE (%)"),
     Column("agreement", "agreement w/ teacher (%)"), _num("kl", "KL(t‖s)", 4),
 ]

@@ -136,124 +136,157 @@ def _teacher_line(t) -> str:
     return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} {origin}  test top-1 {acc}  {t.meta['created']}"
 
 
-def dispatch(args: argparse.Namespace) -> int:
+def _cmd_list(args: argparse.Namespace) -> int:
+    print(_list(args.what))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .config import compose
+    from .method import METHODS
+
+    print(METHODS.get(args.name).obj.card())
+    cfg = compose([f"method={args.name}", *args.overrides])
+    print(f"\nExtra trainable parameters on {cfg.pair.name}: {_extra_parameters(cfg):,}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
     from .config import compose
 
-    if args.command == "list":
-        print(_list(args.what))
-    elif args.command == "show":
-        from .method import METHODS
-
-        entry = METHODS.get(args.name)
-        print(entry.obj.card())
-        cfg = compose([f"method={args.name}", *args.overrides])
-        extra = _extra_parameters(cfg)
-        print(f"\nExtra trainable parameters on {cfg.pair.name}: {extra:,}")
-    elif args.command == "config":
-        print(OmegaConf.to_yaml(compose(args.overrides)), end="")
-    elif args.command == "run":
-        from .distributed import is_main, shutdown
-        from .runner import run
-
-        rec = run(compose(args.overrides))
-        main_rank = is_main()
-        shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
-        if not main_rank:
-            return 0  # under torchrun, rank 0 reports
-        m = rec["metrics"]
-        last, sel = m["last"][m["primary_model"]]["test"], m["selected"]
-        sel_txt = (f"; at the validation-selected epoch {sel['epoch']}: {sel[m['primary_model']]['test']['top1']:.2f}"
-                   if sel else "")
-        print(f"{rec['run_id']}: test top-1 {last['top1']:.2f}, top-5 {last['top5']:.2f} at the last epoch"
-              f"{sel_txt}")
-    elif args.command == "bench":
-        from .bench import format_bench, run_bench
-
-        print(format_bench(run_bench(args.overrides)))
-    elif args.command == "speed":
-        from .records import write_json_atomic
-        from .speed import format_speed, run_speed, speed_record_name
-
-        rows = run_speed(args.overrides)
-        cfg = compose(args.overrides, check=False)
-        for r in rows:
-            write_json_atomic(Path(cfg.paths.results) / "speed" / speed_record_name(r), r, overwrite=False)
-        print(format_speed(rows))
-    elif args.command in ("plan", "status"):
-        from .bench import format_plan, plan_rows
-
-        print(format_plan(plan_rows(args.overrides), with_estimates=args.command == "plan"))
-    elif args.command == "results":
-        from . import results as store
-
-        cfg = compose(args.overrides, check=False)
-        root = cfg.paths.results
-        if args.results_command == "validate":
-            stored = store.load_records(root)
-            bad = [r for r in stored if r.errors]
-            if bad:
-                print(store.format_problems(bad))
-                print(f"{len(bad)} of {len(stored)} records in {store.runs_dir(root)} are invalid")
-                return 1
-            print(f"all {len(stored)} records in {store.runs_dir(root)} are valid")
-        elif args.results_command == "migrate":
-            from .migrate import migrate_store
-
-            m = migrate_store(root, dry_run=args.dry_run)
-            for old, new in m.migrated:
-                print(f"{'would migrate' if args.dry_run else 'migrated'} {old} -> {new}")
-            print("\n".join(m.problems))
-            print(f"{len(m.migrated)} record(s) {'to migrate' if args.dry_run else 'migrated'}, {m.current} already "
-                  f"current, {len(m.problems)} problem(s) in {store.runs_dir(root)}")
-            return 1 if m.problems else 0
-        elif args.results_command == "export":
-            out = store.export_bundle(root, args.bundle)
-            print(f"wrote {out}")
-        else:
-            added = store.import_bundle(args.bundle, root)
-            print(f"added {len(added)} record(s) to {store.runs_dir(root)}")
-    elif args.command == "leaderboard":
-        from .report import build_leaderboard, check_leaderboard
-
-        cfg = compose(args.overrides, check=False)
-        opts = {"metric": args.metric, "compare_short": args.compare_short}
-        if args.check:
-            problems = check_leaderboard(cfg.paths.results, Path(args.out), **opts)
-            if problems:
-                print("\n".join(problems))
-                return 1
-            print(f"{args.out}/ is up to date with {cfg.paths.results}/")
-        else:
-            written = build_leaderboard(cfg.paths.results, Path(args.out), **opts)
-            print(f"wrote {len(written)} files to {args.out}/")
-    elif args.command == "teacher":
-        from .teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
-
-        if args.teacher_command == "import":
-            from .models import check_model_name
-            from .runner import load_data
-
-            check_model_name(args.arch)
-            if not Path(args.path).is_file():
-                raise KDBenchError(f"no checkpoint file at {args.path}")
-            cfg = compose([f"dataset={args.dataset}", *args.overrides], check=False)
-            data = None if args.no_eval else load_data(cfg)
-            print(_teacher_line(import_teacher(Path(args.path), args.arch, cfg, data)))
-            return 0
-        cfg = compose(args.overrides)
-        if args.teacher_command == "train":
-            from .runner import load_data
-
-            print(_teacher_line(ensure_teacher(cfg, load_data(cfg))))
-        elif args.teacher_command == "list":
-            teachers = list_teachers(Path(cfg.paths.teachers))
-            print("\n".join(_teacher_line(t) for t in teachers) if teachers
-                  else f"no cached teachers in {cfg.paths.teachers}")
-        else:
-            t = get_teacher(Path(cfg.paths.teachers), args.hash)
-            meta = {k: v for k, v in t.meta.items() if k != "history"}
-            print(json.dumps({"path": str(t.path), **meta}, indent=2))
+    print(OmegaConf.to_yaml(compose(args.overrides)), end="")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import compose
+    from .distributed import is_main, shutdown
+    from .runner import run
+
+    rec = run(compose(args.overrides))
+    main_rank = is_main()
+    shutdown()  # under torchrun: leave the process group together (a no-op otherwise)
+    if not main_rank:
+        return 0  # under torchrun, rank 0 reports
+    m = rec["metrics"]
+    last, sel = m["last"][m["primary_model"]]["test"], m["selected"]
+    sel_txt = (f"; at the validation-selected epoch {sel['epoch']}: {sel[m['primary_model']]['test']['top1']:.2f}"
+               if sel else "")
+    print(f"{rec['run_id']}: test top-1 {last['top1']:.2f}, top-5 {last['top5']:.2f} at the last epoch{sel_txt}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_bench, run_bench
+
+    print(format_bench(run_bench(args.overrides)))
+    return 0
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from .config import compose
+    from .records import write_json_atomic
+    from .speed import format_speed, run_speed, speed_record_name
+
+    rows = run_speed(args.overrides)
+    cfg = compose(args.overrides, check=False)
+    for r in rows:
+        write_json_atomic(Path(cfg.paths.results) / "speed" / speed_record_name(r), r, overwrite=False)
+    print(format_speed(rows))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .bench import format_plan, plan_rows
+
+    print(format_plan(plan_rows(args.overrides), with_estimates=args.command == "plan"))
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from . import results as store
+    from .config import compose
+
+    root = compose(args.overrides, check=False).paths.results
+    if args.results_command == "validate":
+        stored = store.load_records(root)
+        bad = [r for r in stored if r.errors]
+        if bad:
+            print(store.format_problems(bad))
+            print(f"{len(bad)} of {len(stored)} records in {store.runs_dir(root)} are invalid")
+            return 1
+        print(f"all {len(stored)} records in {store.runs_dir(root)} are valid")
+    elif args.results_command == "migrate":
+        from .migrate import migrate_store
+
+        m = migrate_store(root, dry_run=args.dry_run)
+        for old, new in m.migrated:
+            print(f"{'would migrate' if args.dry_run else 'migrated'} {old} -> {new}")
+        print("\n".join(m.problems))
+        print(f"{len(m.migrated)} record(s) {'to migrate' if args.dry_run else 'migrated'}, {m.current} already "
+              f"current, {len(m.problems)} problem(s) in {store.runs_dir(root)}")
+        return 1 if m.problems else 0
+    elif args.results_command == "export":
+        print(f"wrote {store.export_bundle(root, args.bundle)}")
+    else:
+        print(f"added {len(store.import_bundle(args.bundle, root))} record(s) to {store.runs_dir(root)}")
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .config import compose
+    from .report import build_leaderboard, check_leaderboard
+
+    results = compose(args.overrides, check=False).paths.results
+    opts = {"metric": args.metric, "compare_short": args.compare_short}
+    if args.check:
+        problems = check_leaderboard(results, Path(args.out), **opts)
+        if problems:
+            print("\n".join(problems))
+            return 1
+        print(f"{args.out}/ is up to date with {results}/")
+    else:
+        print(f"wrote {len(build_leaderboard(results, Path(args.out), **opts))} files to {args.out}/")
+    return 0
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from .config import compose
+    from .runner import load_data
+    from .teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
+
+    if args.teacher_command == "import":
+        from .models import check_model_name
+
+        check_model_name(args.arch)
+        if not Path(args.path).is_file():
+            raise KDBenchError(f"no checkpoint file at {args.path}")
+        cfg = compose([f"dataset={args.dataset}", *args.overrides], check=False)
+        data = None if args.no_eval else load_data(cfg)
+        print(_teacher_line(import_teacher(Path(args.path), args.arch, cfg, data)))
+        return 0
+    cfg = compose(args.overrides)
+    if args.teacher_command == "train":
+        print(_teacher_line(ensure_teacher(cfg, load_data(cfg))))
+    elif args.teacher_command == "list":
+        teachers = list_teachers(Path(cfg.paths.teachers))
+        print("\n".join(_teacher_line(t) for t in teachers) if teachers
+              else f"no cached teachers in {cfg.paths.teachers}")
+    else:
+        t = get_teacher(Path(cfg.paths.teachers), args.hash)
+        meta = {k: v for k, v in t.meta.items() if k != "history"}
+        print(json.dumps({"path": str(t.path), **meta}, indent=2))
+    return 0
+
+
+COMMANDS = {"list": _cmd_list, "show": _cmd_show, "config": _cmd_config, "run": _cmd_run, "bench": _cmd_bench,
+            "speed": _cmd_speed, "plan": _cmd_plan, "status": _cmd_plan, "results": _cmd_results,
+            "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command: one small function per command (``COMMANDS``)."""
+    return COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,5 +188,8 @@ def test_a_run_with_the_teacher_compiled_matches_the_eager_run(make_cfg):
     eager = run(make_cfg("method=kd", epochs=2))
     compiled = run(make_cfg("method=kd", "engine.compile=teacher", "force=true", epochs=2))
     assert compiled["engine"]["compile"] == "teacher" and compiled["run_id"] == eager["run_id"]
+    # Rounding differences only: the first epoch's mean losses agree to 1 %, the test accuracy to 1 point.
+    for term, value in eager["history"][0]["train_loss"].items():
+        assert compiled["history"][0]["train_loss"][term] == pytest.approx(value, rel=1e-2), term
     a, b = (r["metrics"]["last"]["student"]["test"]["top1"] for r in (eager, compiled))
-    assert abs(a - b) < 3  # rounding differences only
+    assert abs(a - b) <= 1.0

@@ -21,7 +21,11 @@ def test_speed_record_has_every_number(method):
     assert r["speedup"] == pytest.approx(r["engine"]["images_per_s"] / r["reference"]["images_per_s"])
     assert r["achieved_tflops"] > 0 and r["mfu"] is None  # no known peak for a CPU
     assert r["engine"]["peak_memory_bytes"] > 0
-    assert method in format_speed([r])
+    line = next(ln for ln in format_speed([r]).splitlines() if ln.split()[:1] == [method])
+    cells = line.split()
+    assert float(cells[1]) == pytest.approx(r["reference"]["images_per_s"], abs=0.06)
+    assert float(cells[2]) == pytest.approx(r["engine"]["images_per_s"], abs=0.06)
+    assert cells[3] == f"{r['speedup']:.2f}x"
 
 
 def test_step_flops_are_forward_plus_backward():

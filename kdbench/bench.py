@@ -146,15 +146,13 @@ def _teacher_sha(cfg: DictConfig) -> str | None:
 def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
     """(state, last record): done | other-teacher | teacher-unknown | failed | diverged | running |
     interrupted | missing. A run that uses a teacher is done only for the teacher it was distilled from."""
-    from pathlib import Path
-
-    from .identity import run_identity
     from .locks import is_locked
     from .method import METHODS
     from .results import completed_records, records_of_run
+    from .runner import RunPaths
 
-    run_id = run_identity(cfg)
-    recs = records_of_run(cfg.paths.results, run_id)
+    paths = RunPaths.of(cfg)
+    recs = records_of_run(cfg.paths.results, paths.run_id)
     done = completed_records(recs)
     if done and METHODS.get(str(cfg.method.name)).obj.uses_teacher:
         sha = _teacher_sha(cfg)
@@ -166,12 +164,11 @@ def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
         done = mine
     if done:
         return "done", done[-1]
-    run_dir = Path(cfg.paths.runs) / run_id
-    if is_locked(run_dir.with_name(run_id + ".lock")):
+    if is_locked(paths.lock):
         return "running", None
     if recs:
         return recs[-1]["status"], recs[-1]
-    if (run_dir / "checkpoint.pt").exists():
+    if paths.checkpoint.exists():
         return "interrupted", None
     return "missing", None
 

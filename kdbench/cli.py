@@ -109,23 +109,22 @@ def _list(what: str) -> str:
 def _extra_parameters(cfg) -> int:
     """Build the method on the configured pair (random weights, no data) and count its helpers."""
     from .data import DatasetInfo, static_shape
-    from .method import METHODS, MethodContext, create_method
-    from .models import create_model
+    from .method import METHODS, build_method
+    from .models import seeded_model
 
     known = static_shape(cfg.data)
     if known is None:
         raise KDBenchError(f"dataset {cfg.data.name!r} has no static shape; pick a pair on a registered data set")
-    classes, shape = known
-    info = DatasetInfo(cfg.data.name, classes, shape, 1000)
-    student = create_model(cfg.pair.student, classes, shape[0])
-    uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
-    teacher = create_model(cfg.pair.teacher, classes, shape[0]) if uses_teacher else None
     import torch
 
-    ctx = MethodContext(info, student.feature_spec(shape), teacher.feature_spec(shape) if teacher else None, 0,
-                        train_labels=torch.arange(1000) % classes, student_arch=str(cfg.pair.student),
-                        teacher_arch=str(cfg.pair.teacher) if teacher else None)
-    return create_method(cfg.method, student, teacher, ctx).extra_trainable_parameters()
+    classes, shape = known
+    info = DatasetInfo(cfg.data.name, classes, shape, 1000)
+    student = seeded_model(cfg.pair.student, classes, shape[0], 0)
+    uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
+    teacher = seeded_model(cfg.pair.teacher, classes, shape[0], 0, "teacher-init") if uses_teacher else None
+    return build_method(cfg.method, student, info, 0, teacher=teacher, student_arch=str(cfg.pair.student),
+                        teacher_arch=str(cfg.pair.teacher), train_labels=torch.arange(1000) % classes
+                        ).extra_trainable_parameters()
 
 
 def _teacher_line(t) -> str:

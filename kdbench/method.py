@@ -87,6 +87,8 @@ class Method(nn.Module):
     uses_teacher: ClassVar[bool] = True
     #: set per instance by the engine's fast path (``engine.teacher_inference_mode``)
     teacher_inference_mode: bool = False
+    #: digest of the student's weights before training, set by ``build_method`` (the fairness record)
+    student_init_sha256: str | None = None
 
     def __init__(self, student: KDModel, teacher: KDModel | None, ctx: MethodContext) -> None:
         super().__init__()
@@ -238,6 +240,30 @@ def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | N
     if missing:
         raise KDBenchError(f"method {name!r} needs hyper-parameter(s) {missing} in its config")
     return cls(student, teacher, ctx, **hparams)
+
+
+def build_method(method_cfg: DictConfig | dict, student: KDModel, info: DatasetInfo, seed: int, *,
+                 teacher: KDModel | None = None, student_arch: str = "", teacher_arch: str | None = None,
+                 train_labels: Tensor | None = None) -> Method:
+    """The one way to make a method (runs, teacher training, speed, ``show``, tests).
+
+    The context is read off the models; the method's own helpers (regressors, heads, peers)
+    are initialised from a stream derived from (seed, "method-init", name), so they never shift
+    the student's initialisation or the data order, and the same seed builds the same helpers.
+    The student's initial weights are digested first (``method.student_init_sha256``).
+    """
+    from .seeding import derive_seed, state_dict_digest
+
+    init = state_dict_digest(student)
+    shape = info.input_shape
+    ctx = MethodContext(info, student.feature_spec(shape), teacher.feature_spec(shape) if teacher is not None else None,
+                        seed, train_labels=train_labels, student_arch=student_arch,
+                        teacher_arch=teacher_arch if teacher is not None else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "method-init", str(method_cfg["name"])))
+        method = create_method(method_cfg, student, teacher, ctx)
+    method.student_init_sha256 = init
+    return method
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:

@@ -5,25 +5,56 @@ import logging
 import shutil
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataBundle, build_dataset
-from .engine import RunDiverged, fit, resolve_device
+from .engine import CHECKPOINT, RunDiverged, fit, resolve_device
 from .errors import KDBenchError
 from .identity import experiment_id, experiment_spec, run_id_from
 from .locks import file_lock, is_locked
-from .method import METHODS, MethodContext, create_method
-from .models import count_parameters, forward_flops
+from .method import METHODS, build_method
+from .models import count_parameters, forward_flops, seeded_model
 from .records import SCHEMA_VERSION, environment, git_state, now_iso
 from .results import add_record, completed_records, records_of_run
-from .seeding import data_order_digest, derive_seed, state_dict_digest
-from .teacher import build_model, ensure_teacher, load_teacher
+from .seeding import data_order_digest
+from .teacher import ensure_teacher, load_teacher
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its files -- the one place that knows: working folder (checkpoint,
+    config), lock, and the record's name in the store."""
+
+    run_id: str
+    work: Path
+    lock: Path
+    record: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / CHECKPOINT
+
+    @classmethod
+    def of(cls, cfg: DictConfig, run_id: str | None = None) -> "RunPaths":
+        run_id = run_id or run_id_from(experiment_spec(cfg), int(cfg.seed))
+        work = Path(cfg.paths.runs) / run_id
+        return cls(run_id, work, work.with_name(run_id + ".lock"), Path(cfg.paths.results) / "runs" / f"{run_id}.json")
+
+
+def _identity_fields(cfg: DictConfig, spec: dict[str, Any], method) -> dict[str, Any]:
+    """What every record of a run says about which run it is (completed or not)."""
+    return {
+        "experiment": {"id": experiment_id(spec), "spec": spec},
+        "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
+        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        "seed": int(cfg.seed),
+    }
 
 
 def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,
@@ -33,11 +64,9 @@ def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
     return {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "diverged" if diverged else "failed",
         "kind": "student", "created": now_iso(), "started": started,
-        "experiment": {"id": experiment_id(spec), "spec": spec},
-        "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
-        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        **_identity_fields(cfg, spec, method),
         "dataset": {"name": data.info.name, "num_train": data.info.num_train},
-        "seed": int(cfg.seed), "schedule": {"name": str(cfg.schedule.name), "epochs": int(cfg.schedule.epochs)},
+        "schedule": {"name": str(cfg.schedule.name), "epochs": int(cfg.schedule.epochs)},
         "error": {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
                   "epoch": exc.epoch + 1 if diverged else None, "step": exc.step + 1 if diverged else None,
                   "traceback": "" if diverged else "".join(traceback.format_exception(exc))[-4000:]},
@@ -47,7 +76,7 @@ def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
 
 
 def record_path(cfg: DictConfig, run_id: str | None = None) -> Path:
-    return Path(cfg.paths.results) / "runs" / f"{run_id or run_id_from(experiment_spec(cfg), int(cfg.seed))}.json"
+    return RunPaths.of(cfg, run_id).record
 
 
 def teacher_fields(entry) -> dict[str, Any]:
@@ -117,10 +146,10 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
     if prior is not None:
         return prior
-    run_dir = Path(cfg.paths.runs) / run_id
+    paths = RunPaths.of(cfg, run_id)
+    run_dir, lock = paths.work, paths.lock
     if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
         return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
-    lock = run_dir.with_name(run_id + ".lock")
     if wait and is_locked(lock):
         log.info("run %s is running in another process; waiting for it", run_id)
     with file_lock(lock, blocking=wait) as mine:
@@ -149,16 +178,10 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
 
     # Fairness: the student's initialisation and the data order depend on the
     # seed alone, so every method starts from the same point and sees the same batches.
-    student = build_model(str(cfg.pair.student), data.info, seed, "student-init")
-    init_digest = state_dict_digest(student)
-    ctx = MethodContext(data=data.info, student_spec=student.feature_spec(data.info.input_shape),
-                        teacher_spec=teacher.feature_spec(data.info.input_shape) if teacher is not None else None,
-                        seed=seed, train_labels=data.train_labels(), student_arch=str(cfg.pair.student),
-                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "method-init", cfg.method.name))
-        method = create_method(cfg.method, student, teacher, ctx)
-    method.to(device)
+    info = data.info
+    student = seeded_model(str(cfg.pair.student), info.num_classes, info.input_shape[0], seed, "student-init")
+    method = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
+                          teacher_arch=str(cfg.pair.teacher), train_labels=data.train_labels()).to(device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main():
@@ -192,12 +215,9 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
         "kind": "student",
         "created": now_iso(),
         "started": started,
-        "experiment": {"id": experiment_id(spec), "spec": spec},
-        "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
-        "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
+        **_identity_fields(cfg, spec, method),
         "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": data.split_len("val"),
                     "num_test": data.split_len("test"), "num_classes": data.info.num_classes},
-        "seed": seed,
         "schedule": {"name": str(cfg.schedule.name), "epochs": result.epochs},
         "metrics": {
             "primary_model": primary,
@@ -212,7 +232,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
                    "student_flops": forward_flops(method.student, data.info.input_shape),
                    "teacher_flops": forward_flops(teacher, data.info.input_shape) if teacher is not None else None},
         "method_report": method.report(),
-        "fairness": {"student_init_sha256": init_digest,
+        "fairness": {"student_init_sha256": method.student_init_sha256,
                      "data_order_sha256": data_order_digest(data.info.num_train, seed, result.epochs)},
         "timing": {"wall_time_s": time.time() - t0, "train_time_s": result.train_time_s,
                    "epoch_time_s": result.train_time_s / max(len(result.history), 1),

@@ -26,8 +26,8 @@ from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
 from .engine import apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path, train_one_step
 from .errors import KDBenchError
-from .method import METHODS, MethodContext, create_method
-from .models import create_model
+from .method import METHODS, build_method
+from .models import seeded_model
 from .records import describe_fast_path, environment, now_iso, speedup_range
 
 log = logging.getLogger(__name__)
@@ -101,21 +101,17 @@ def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: in
     data_cfg = compose(["dataset=cifar100", f"data.pipeline={pipeline}", "data.val_fraction=0"], check=False).data
     data = small_image_bundle(data_cfg, "synthetic-cifar100", images, labels, images[:8], labels[:8],
                               [str(i) for i in range(100)], [0.5] * 3, [0.25] * 3).to(device)
-    torch.manual_seed(0)
-    student = create_model(str(cfg.pair.student), 100)
     cls = METHODS.get(method_name).obj
-    teacher = create_model(str(cfg.pair.teacher), 100).eval() if cls.uses_teacher else None
+    student = seeded_model(str(cfg.pair.student), 100, 3, 0, "student-init")
+    teacher = seeded_model(str(cfg.pair.teacher), 100, 3, 0, "teacher-init").eval() if cls.uses_teacher else None
     # Per-sample state (CRD's memory banks) is sized for the pair's real training set, not
     # for the few synthetic images that feed the step: its cost depends on that size.
     n_train = max(static_train_size(cfg.data) or n_images, n_images)
     info = DatasetInfo("synthetic-cifar100", 100, (3, 32, 32), n_train)
-    ctx = MethodContext(info, student.feature_spec((3, 32, 32)),
-                        teacher.feature_spec((3, 32, 32)) if teacher is not None else None, 0,
-                        train_labels=(torch.arange(n_train) % 100).to(device), student_arch=str(cfg.pair.student),
-                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
     method_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"]).method
-    method = create_method(method_cfg, student, teacher, ctx).to(device)
-    return data, method
+    method = build_method(method_cfg, student, info, 0, teacher=teacher, student_arch=str(cfg.pair.student),
+                          teacher_arch=str(cfg.pair.teacher), train_labels=(torch.arange(n_train) % 100).to(device))
+    return data, method.to(device)
 
 
 def _profile(loop, device: torch.device, steps: int = 3, rows: int = 15) -> str:

@@ -24,11 +24,9 @@ from .data import DataBundle
 from .engine import fit
 from .errors import KDBenchError
 from .identity import schedule_spec
-from .method import MethodContext
-from .models import KDModel, count_parameters, create_model
+from .models import KDModel, count_parameters, create_model, seeded_model
 from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
 from .schema import VANILLA
-from .seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +64,6 @@ def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
 
 def teacher_hash(cfg: DictConfig) -> str:
     return digest(teacher_spec(cfg))[:16]
-
-
-def build_model(arch: str, data_info, seed: int, purpose: str) -> KDModel:
-    """A model initialised from a seed derived from (seed, purpose) alone.
-
-    Built on the CPU inside a forked RNG, so the initialisation is the same on
-    every device and whatever ran before.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, purpose))
-        return create_model(arch, num_classes=data_info.num_classes, in_channels=data_info.input_shape[0])
 
 
 def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
@@ -151,7 +138,8 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
 
 
 def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
-    from .method import create_method
+    """A teacher is a vanilla run of its architecture (built by the one factory), stored in the cache."""
+    from .method import build_method
 
     key = teacher_hash(cfg)
     final = Path(cfg.paths.teachers) / key
@@ -160,11 +148,9 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     arch, seed = str(cfg.pair.teacher), int(cfg.teacher.seed)
     log.info("training teacher %s on %s (seed %d, %d epochs) -> %s", arch, data.info.name, seed,
              int(cfg.teacher.schedule.epochs), final)
-    model = build_model(arch, data.info, seed, "student-init")
-    device = data.device
-    ctx = MethodContext(data=data.info, student_spec=model.feature_spec(data.info.input_shape),
-                        teacher_spec=None, seed=seed)
-    trainer = create_method({"name": VANILLA}, model, None, ctx).to(device)
+    info, device = data.info, data.device
+    model = seeded_model(arch, info.num_classes, info.input_shape[0], seed, "student-init")
+    trainer = build_method({"name": VANILLA}, model, info, seed, student_arch=arch).to(device)
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
     result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",

@@ -12,19 +12,18 @@ from kdbench import distributed as ddp
 from kdbench.config import compose
 from kdbench.data import build_dataset
 from kdbench.engine import build_optimizer
-from kdbench.method import MethodContext, create_method
-from kdbench.models import create_model
+from kdbench.method import build_method
+from kdbench.models import seeded_model
 
 
 def main(out: str) -> None:
     ddp.init_from_env()
     cfg = compose(["method=crd"])
     data = build_dataset(cfg.data)
-    torch.manual_seed(0)
-    student, teacher = create_model("cnn_small", 10, 1), create_model("cnn_wide", 10, 1).eval()
-    ctx = MethodContext(data.info, student.feature_spec((1, 8, 8)), teacher.feature_spec((1, 8, 8)), 0,
-                        train_labels=data.train_labels(), student_arch="cnn_small", teacher_arch="cnn_wide")
-    m = create_method(cfg.method, student, teacher, ctx)
+    student = seeded_model("cnn_small", 10, 1, 0)
+    teacher = seeded_model("cnn_wide", 10, 1, 0, "teacher-init").eval()
+    m = build_method(cfg.method, student, data.info, 0, teacher=teacher, student_arch="cnn_small",
+                     teacher_arch="cnn_wide", train_labels=data.train_labels())
     opt = ddp.GradSync(build_optimizer(m.trainable_parameters(), cfg.schedule, "foreach"))
     # the same anchors on both processes: each process must draw its own negatives
     probe = copy.deepcopy(m.sampler)

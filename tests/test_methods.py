@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kdbench import KDBenchError
 from kdbench.config import PAIRS, compose
 from kdbench.data import Batch, DatasetInfo
-from kdbench.method import METHODS, MethodContext, create_method
+from kdbench.method import METHODS, MethodContext, build_method, create_method
 from kdbench.models import create_model
 
 CIFAR_PAIRS = [n for n in PAIRS.names() if n.startswith("cifar100/")]
@@ -40,13 +40,8 @@ def _build(method: str, pair: str, n_train: int = 48, classes: int = 100, seed: 
     cls = METHODS.get(method).obj
     teacher = _model(cfg.pair.teacher, classes).eval() if cls.uses_teacher else None
     labels = torch.arange(n_train) % classes
-    ctx = MethodContext(info, student.feature_spec((3, 32, 32)),
-                        teacher.feature_spec((3, 32, 32)) if teacher is not None else None, seed,
-                        train_labels=labels, student_arch=str(cfg.pair.student),
-                        teacher_arch=str(cfg.pair.teacher) if teacher is not None else None)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = create_method(cfg.method, student, teacher, ctx)
+    m = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
+                     teacher_arch=str(cfg.pair.teacher), train_labels=labels)
     return m, labels
 
 

@@ -31,6 +31,21 @@ def check_model_name(name: str) -> None:
         MODELS.get(name)
 
 
+def seeded_model(name: str, num_classes: int, in_channels: int, seed: int, purpose: str = "student-init") -> KDModel:
+    """A model initialised from a seed derived from (seed, purpose) alone.
+
+    Built on the CPU inside a forked RNG, so the initialisation is the same on every device and
+    whatever ran before: for a seed, every method's student starts from the same weights.
+    """
+    import torch
+
+    from ..seeding import derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, purpose))
+        return create_model(name, num_classes=num_classes, in_channels=in_channels)
+
+
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> KDModel:
     """Build a registered model by name (one obvious way, as in timm); ``timm/<arch>`` builds any timm model."""
     if name.startswith(TIMM_PREFIX):

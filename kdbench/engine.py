@@ -28,7 +28,6 @@ from .data import DataBundle
 from .errors import KDBenchError
 from .identity import PRECISIONS, milestone_epochs, resolve_precision
 from .method import Method
-from .models.fold import fold_batchnorm
 from .records import atomic_write_bytes
 from .seeding import derive_seed
 
@@ -150,16 +149,14 @@ def compile_context(fast: FastPath) -> Iterator[None]:
 def apply_fast_path(method: Method, fast: FastPath) -> None:
     """BatchNorm folding of the frozen teacher, then memory format and compilation of every
     model the method owns (the checkpointed state -- everything but the teacher -- is unchanged)."""
-    if fast.fold_teacher_bn and method.teacher is not None and method.ctx.teacher_spec is not None:
-        n = fold_batchnorm(method.teacher, method.ctx.teacher_spec.input_shape)
-        log.debug("folded %d BatchNorm layers into the teacher's convolutions", n)
-    method.teacher_inference_mode = fast.teacher_inference_mode
-    if fast.channels_last:
-        method.to(memory_format=torch.channels_last)
-    if fast.compile != "off" and method.teacher is not None:
-        # Static shapes: one graph per batch size (train, last batch, eval); inductor's frozen-weight
-        # convolutions failed a stride check under dynamic batch sizes (torch 2.14, CPU, channels_last).
-        method.teacher.compile(dynamic=False)  # weights frozen into its graphs under compile_context
+    memory_format = torch.channels_last if fast.channels_last else None
+    if method.teacher is not None and method.ctx.teacher_spec is not None:
+        # weights frozen into its graphs under compile_context
+        method.teacher.prepare(method.ctx.teacher_spec.input_shape, fold_bn=fast.fold_teacher_bn,
+                               inference_mode=fast.teacher_inference_mode, memory_format=memory_format,
+                               compile=fast.compile != "off")
+    if memory_format is not None:
+        method.to(memory_format=memory_format)
     if fast.compile == "all":
         for m in {id(m): m for m in [*method.eval_models().values(), method.student]}.values():
             m.compile()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .data import Batch, DatasetInfo
 from .errors import KDBenchError
+from .frozen_teacher import FrozenTeacher, frozen_state_prefixes
 from .models import FeatureSpec, KDModel, ModelOutput
 from .registry import Registry
 from .schema import CATEGORIES, SCHEMES  # noqa: F401  (the one list; re-exported for plug-ins)
@@ -51,28 +52,6 @@ class MethodContext:
     teacher_arch: str | None = None
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copy(v) for v in value)
-    return value
-
-
-class _CopiedOnRead:
-    """A ModelOutput made in inference mode; each field is copied out of it on first read."""
-
-    def __init__(self, out: ModelOutput) -> None:
-        self._out, self._copies = out, {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name not in self._copies:
-            self._copies[name] = _copy(getattr(self._out, name))
-        return self._copies[name]
-
-
 class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement :meth:`step`.
 
@@ -85,8 +64,6 @@ class Method(nn.Module):
     category: ClassVar[str] = "none"
     scheme: ClassVar[str] = "none"
     uses_teacher: ClassVar[bool] = True
-    #: set per instance by the engine's fast path (``engine.teacher_inference_mode``)
-    teacher_inference_mode: bool = False
     #: digest of the student's weights before training, set by ``build_method`` (the fairness record)
     student_init_sha256: str | None = None
 
@@ -97,11 +74,10 @@ class Method(nn.Module):
         if not self.uses_teacher and teacher is not None:
             raise KDBenchError(f"method {self.name!r} trains without a teacher, but one was given")
         self.student = student
-        self.teacher = teacher
+        # The frozen teacher owns eval mode, no-grad, its fast paths and its absence from checkpoints.
+        self.teacher = FrozenTeacher(teacher) if teacher is not None and not isinstance(
+            teacher, FrozenTeacher) else teacher
         self.ctx = ctx
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
 
     # -- what subclasses implement -------------------------------------------------
     def step(self, batch: Batch, epoch: int) -> StepOutput:  # pragma: no cover - abstract
@@ -123,8 +99,8 @@ class Method(nn.Module):
 
     # -- defaults subclasses may override -----------------------------------------
     def trainable_modules(self) -> list[nn.Module]:
-        """Modules whose parameters the optimizer updates: everything but the teacher."""
-        return [m for name, m in self.named_children() if name != "teacher"]
+        """Modules whose parameters the optimizer updates: everything but frozen teachers."""
+        return [m for m in self.children() if not isinstance(m, FrozenTeacher)]
 
     def eval_models(self) -> dict[str, nn.Module]:
         """Models evaluated each epoch; the first is the one reported and selected on."""
@@ -145,34 +121,20 @@ class Method(nn.Module):
         return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
 
     def teacher_forward(self, x: Tensor) -> ModelOutput:
-        """The frozen teacher's outputs without autograd history; call it once per step and
-        share the result between loss terms.
-
-        Under ``teacher_inference_mode`` the forward runs in ``torch.inference_mode`` and each
-        field is copied to a normal tensor when first read: losses such as KL and MSE save
-        their target for the backward pass, which inference tensors do not allow.
-        """
+        """The frozen teacher's outputs without autograd history (:class:`FrozenTeacher`); call it
+        once per step and share the result between loss terms."""
         assert self.teacher is not None
-        if not self.teacher_inference_mode:
-            with torch.no_grad():
-                return self.teacher(x)
-        with torch.inference_mode():
-            out = self.teacher(x)
-        return _CopiedOnRead(out)  # type: ignore[return-value]  # reads like a ModelOutput
-
-    def train(self, mode: bool = True) -> "Method":
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # the teacher is frozen: BN statistics never move
-        return self
+        return self.teacher(x)
 
     def checkpoint_state(self) -> dict[str, Tensor]:
-        """State to checkpoint: everything except the (cached, frozen) teacher."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        """State to checkpoint: everything except frozen teachers (the cache holds them)."""
+        frozen = frozen_state_prefixes(self)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen or ("\0",))}
 
     def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
+        frozen = frozen_state_prefixes(self)
+        missing = [k for k in missing if not k.startswith(frozen or ("\0",))]
         if missing or unexpected:
             raise KDBenchError(f"checkpoint does not match method {self.name!r}: "
                                f"missing {missing}, unexpected {unexpected}")

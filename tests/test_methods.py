@@ -331,7 +331,7 @@ def test_teacher_in_inference_mode_gives_the_same_losses_and_gradients(method):
     results = []
     for inference in (False, True):
         m, labels = _build(method, "cifar100/resnet56-resnet20")
-        m.teacher_inference_mode = inference
+        m.teacher.inference_mode = inference
         m.train()
         out = m.step(_batch(labels), 0)
         sum(out.losses.values()).backward()
@@ -344,7 +344,7 @@ def test_teacher_in_inference_mode_gives_the_same_losses_and_gradients(method):
 
 def test_inference_mode_teacher_outputs_are_usable_by_autograd():
     m, labels = _build("kd", "cifar100/resnet56-resnet20")
-    m.teacher_inference_mode = True
+    m.teacher.inference_mode = True
     x = _batch(labels).images
     t = m.teacher_forward(x)
     assert not t.logits.is_inference() and not t.logits.requires_grad
@@ -376,3 +376,20 @@ def test_relational_losses_run_in_fp32_under_bf16_autocast(method, monkeypatch):
         out = m.step(_batch(labels), 0)
         assert out.logits.dtype == torch.bfloat16  # the networks did run under autocast
     assert seen and all(d == torch.float32 for d in seen), seen
+
+
+def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
+    from kdbench.frozen_teacher import FrozenTeacher
+
+    m, labels = _build("kd", "cifar100/resnet56-resnet20")
+    assert isinstance(m.teacher, FrozenTeacher)
+    m.train()
+    assert not m.teacher.training and not m.teacher.model.training
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+    assert not any(k.startswith("teacher.") for k in m.checkpoint_state())
+    assert all(id(p) not in {id(q) for q in m.teacher.parameters()} for p in m.trainable_parameters())
+    before = m.teacher_forward(_batch(labels).images).logits
+    m.teacher.prepare((3, 32, 32), fold_bn=True, inference_mode=True, memory_format=torch.channels_last)
+    assert m.teacher.folded > 0 and m.teacher.inference_mode
+    after = m.teacher_forward(_batch(labels).images).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))

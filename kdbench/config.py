@@ -38,8 +38,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .method import register_method_configs
+
     check_names(overrides)
     check_moved(overrides)
+    register_method_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):

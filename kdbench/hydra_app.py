@@ -81,7 +81,10 @@ def launch(args: list[str]) -> int:
     if clash:
         raise KDBenchError(f"{' '.join(clash)} does not combine with -m (a sweep runs jobs): print one run's config "
                            "with `kdbench config OVERRIDES`")
+    from .method import register_method_configs
+
     check_launcher(args)
+    register_method_configs()
     check_names([a for a in args if not a.startswith("-") and not a.startswith("hydra")])
     argv = sys.argv
     sys.argv = ["kdbench", *args]

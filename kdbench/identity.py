@@ -239,6 +239,17 @@ def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision
     }
 
 
+def method_defaults_on_pair(cfg: DictConfig) -> dict[str, Any]:
+    """The method's defaults with the pair's settings for it: what a table row's label is measured
+    against (``kd (temperature=1)``). Stored beside the spec in records; not part of the identity."""
+    from .method import method_defaults
+
+    d = method_defaults(str(cfg.method.name))
+    own = (cfg.pair.get("method_overrides") or {}).get(str(cfg.method.name)) or {}
+    d.update(OmegaConf.to_container(own, resolve=True) if OmegaConf.is_config(own) else dict(own))
+    return d
+
+
 def experiment_id(spec: dict[str, Any]) -> str:
     """16 hex digits naming one experiment (a table cell before seeds are pooled)."""
     return digest(spec)[:16]

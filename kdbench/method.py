@@ -55,15 +55,18 @@ class MethodContext:
 class Method(nn.Module):
     """Base class. Subclasses set the class attributes and implement :meth:`step`.
 
-    Hyper-parameters are keyword-only ``__init__`` arguments; their values come
-    from the method's Hydra config file (``kdbench/conf/method/NAME.yaml``),
-    which is the single place defaults live.
+    Hyper-parameters are keyword-only ``__init__`` arguments whose defaults are the
+    method's defaults (the single place they live; a subclass may change some in
+    ``defaults``); Hydra sees them as the ``method/NAME`` config, so the command
+    line overrides them as ``method.KEY=...``.
     """
 
     name: ClassVar[str] = ""
     category: ClassVar[str] = "none"
     scheme: ClassVar[str] = "none"
     uses_teacher: ClassVar[bool] = True
+    #: defaults that differ from (or are missing in) ``__init__``'s keyword defaults, e.g. a subclass's
+    defaults: ClassVar[dict[str, Any]] = {}
     #: digest of the student's weights before training, set by ``build_method`` (the fairness record)
     student_init_sha256: str | None = None
 
@@ -176,6 +179,38 @@ def register_method(name: str, category: str, scheme: str, description: str = ""
         return METHODS.register(name, description, category=category, scheme=scheme)(cls)
 
     return deco
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """A method's default config, read off its class: ``__init__``'s keyword defaults, then the class's
+    ``defaults``. This is the one place defaults live (plug-ins included); Hydra sees it as the
+    ``method/NAME`` config (:func:`register_method_configs`)."""
+    cls = METHODS.get(name).obj
+    out: dict[str, Any] = {"name": name}
+    missing = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[4:]:  # after self, student, teacher, ctx
+        if p.kind is not p.KEYWORD_ONLY:
+            continue
+        if p.default is inspect.Parameter.empty:
+            missing.append(p.name)
+        else:
+            out[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    out.update(cls.defaults)
+    missing = [m for m in missing if m not in out]
+    if missing:
+        raise KDBenchError(f"method {name!r} has no default for {missing}: give each keyword of __init__ a default "
+                           "(or list it in the class's `defaults`)")
+    return out
+
+
+def register_method_configs() -> None:
+    """Every registered method (built-in or plug-in) as a ``method/NAME`` node of Hydra's ConfigStore, so
+    ``method=NAME`` works with no search-path flag. Called before each composition."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for entry in METHODS:
+        cs.store(group="method", name=entry.name, node=method_defaults(entry.name))
 
 
 def method_hparams(cfg: DictConfig | dict) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def _precision_used(rec: dict[str, Any]) -> str:
 
 def migrate_record(rec: dict[str, Any]) -> dict[str, Any] | None:
     """The version-2 form of a version-1 record (None if it is already current)."""
-    from .identity import experiment_id, experiment_spec, run_id_from, type_config
+    from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from, type_config
     from .method import METHODS
 
     if rec.get("schema_version") == SCHEMA_VERSION:
@@ -78,7 +78,7 @@ def migrate_record(rec: dict[str, Any]) -> dict[str, Any] | None:
     new["schema_version"] = SCHEMA_VERSION
     new["run_id"] = run_id_from(spec, int(rec["seed"]))
     new = {k: new[k] for k in ("schema_version", "run_id", "status", "kind", "created", "started")} | \
-        {"experiment": {"id": experiment_id(spec), "spec": spec}} | \
+        {"experiment": {"id": experiment_id(spec), "spec": spec, "defaults": method_defaults_on_pair(cfg)}} | \
         {k: v for k, v in new.items() if k not in ("schema_version", "run_id", "status", "kind", "created",
                                                     "started")}
     if new.get("teacher"):

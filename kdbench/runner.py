@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data import DataBundle, build_dataset
 from .engine import CHECKPOINT, RunDiverged, fit, resolve_device
 from .errors import KDBenchError
-from .identity import experiment_id, experiment_spec, run_id_from
+from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from
 from .locks import file_lock, is_locked
 from .method import METHODS, build_method
 from .models import count_parameters, forward_flops, seeded_model
@@ -50,7 +50,7 @@ class RunPaths:
 def _identity_fields(cfg: DictConfig, spec: dict[str, Any], method) -> dict[str, Any]:
     """What every record of a run says about which run it is (completed or not)."""
     return {
-        "experiment": {"id": experiment_id(spec), "spec": spec},
+        "experiment": {"id": experiment_id(spec), "spec": spec, "defaults": method_defaults_on_pair(cfg)},
         "method": {"name": method.name, "category": method.category, "scheme": method.scheme},
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "seed": int(cfg.seed),

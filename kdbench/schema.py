@@ -116,6 +116,7 @@ EXPERIMENT = _obj({
         "schedule": _obj({"epochs": _int(1)}),
         "teacher": _obj({}, nullable=True),
     }),
+    # "defaults" (optional): the method's defaults on the pair, for row labels; not part of the id
 })
 
 RECORD = _obj({

@@ -46,7 +46,8 @@ def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
 class AT(Method):
     __doc__ = __doc__
 
-    def __init__(self, student, teacher, ctx, *, beta: float, p: float, ce_weight: float) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: float = 1000.0, p: float = 2.0,
+                 ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         n = min(len(ctx.student_spec.stages), len(ctx.teacher_spec.stages)) - 1
         require(n >= 1, "at needs at least one stage feature map beyond the stem on both models")

@@ -184,9 +184,11 @@ class NegativeSampler(nn.Module):
 class CRD(Method):
     __doc__ = __doc__
 
-    def __init__(self, student, teacher, ctx, *, feat_dim: int, nce_k: int, nce_t: float, nce_m: float,
-                 mode: str, negatives: str, beta: float, ce_weight: float, kd_weight: float,
-                 temperature: float) -> None:
+    def __init__(self, student, teacher, ctx, *, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
+                 nce_m: float = 0.5,
+                 mode: str = "exact",  # exact: positive = the anchor itself; relax: a same-class sample
+                 negatives: str = "other_class",  # other_class (authors' CIFAR sampler) | uniform (any sample)
+                 beta: float = 0.8, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.has_indices and ctx.train_labels is not None,
                 f"crd needs the index and label of every training sample; dataset {ctx.data.name!r} provides none")
@@ -224,3 +226,4 @@ class CRD(Method):
                  description="CRD combined with Hinton KD (CRD benchmark's CRD+KD row)")
 class CRDKD(CRD):
     __doc__ = __doc__
+    defaults = {"kd_weight": 1.0}  # the CRD benchmark's CRD+KD: -a 1 -b 0.8

@@ -62,7 +62,10 @@ class DML(Method):
     __doc__ = __doc__
     uses_teacher = False
 
-    def __init__(self, student, teacher, ctx, *, peers: list, update: str, kl_weight: float) -> None:
+    def __init__(self, student, teacher, ctx, *,
+                 peers: list = (None,),  # the other members' architectures; None = the pair's student's
+                 update: str = "sequential",  # sequential (paper Algorithm 1) | simultaneous (one step for all)
+                 kl_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(len(peers) >= 1, "dml needs at least one peer (method.peers), i.e. a cohort of K >= 2")
         require(update in ("sequential", "simultaneous"),

@@ -42,8 +42,11 @@ def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:
 class FitNet(Method):
     __doc__ = __doc__
 
-    def __init__(self, student, teacher, ctx, *, beta: float, ce_weight: float, hint_layer: int, stages: int,
-                 init_epochs: int, temperature: float, kd_weight: float, kd_ce_weight: float) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: float = 100.0, ce_weight: float = 1.0,
+                 hint_layer: int = 2,  # index into features (0 = stem): the middle stage
+                 stages: int = 1,  # 1: CE + beta*hint throughout; 2: the paper's hints-then-KD
+                 init_epochs: int = 30,  # stage-1 epochs when stages=2 (RepDistiller --init_epochs)
+                 temperature: float = 4.0, kd_weight: float = 0.9, kd_ce_weight: float = 0.1) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages, ctx.teacher_spec.stages
         require(len(s) > hint_layer and len(t) > hint_layer,

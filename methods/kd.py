@@ -32,7 +32,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 class KD(Method):
     __doc__ = __doc__
 
-    def __init__(self, student, teacher, ctx, *, temperature: float, ce_weight: float, kd_weight: float) -> None:
+    def __init__(self, student, teacher, ctx, *, temperature: float = 4.0, ce_weight: float = 0.1,
+                 kd_weight: float = 0.9) -> None:
         super().__init__(student, teacher, ctx)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 

@@ -62,8 +62,8 @@ def rkd_angle_loss(s: Tensor, t: Tensor) -> Tensor:
 class RKD(Method):
     __doc__ = __doc__
 
-    def __init__(self, student, teacher, ctx, *, distance_weight: float, angle_weight: float, beta: float,
-                 ce_weight: float) -> None:
+    def __init__(self, student, teacher, ctx, *, distance_weight: float = 25.0, angle_weight: float = 50.0,
+                 beta: float = 1.0, ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self.beta, self.ce_weight = beta, ce_weight

@@ -56,7 +56,7 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
             "hardware": r["environment"]["hardware"], "created": r["created"], "date": r["created"][:10],
             "note": r["note"], "run_id": r["run_id"],
             "curve": [h[primary]["test"]["top1"] for h in r["history"]],
-            "_spec": spec,
+            "_spec": spec, "_defaults": r["experiment"].get("defaults"),
         })
     df = pd.DataFrame(rows)
     if df.empty:
@@ -69,7 +69,7 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
     df = df.sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)
     df["counted"] = ~df.duplicated(["experiment", "seed", "teacher_sha"], keep="last")  # sorted by time: newest wins
     df["label"] = row_labels(df)
-    return df.drop(columns=["_spec"])
+    return df.drop(columns=["_spec", "_defaults"])
 
 
 def _baseline_key(spec: dict[str, Any]) -> str:
@@ -95,50 +95,23 @@ def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def method_defaults(method: str, pair: str) -> dict[str, Any] | None:
-    """A built-in method's hyper-parameters on a pair as its config files give them (no Hydra, no torch)."""
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
-    conf = resources.files("kdbench.conf")
-
-    def load(name: str, depth: int = 0) -> dict[str, Any] | None:
-        path = conf / "method" / f"{name}.yaml"
-        if not path.is_file() or depth > 5:
-            return None
-        own = OmegaConf.to_container(OmegaConf.create(path.read_text()))
-        out: dict[str, Any] = {}
-        for parent in own.pop("defaults", None) or []:  # a method file's defaults list names other methods
-            if isinstance(parent, str) and parent != "_self_":
-                out.update(load(parent, depth + 1) or {})
-        return {**out, **own}
-
-    d = load(method)
-    if d is None:
-        return None
-    pair_file = conf / "pair" / f"{pair}.yaml"
-    if pair_file.is_file():
-        spec = OmegaConf.create(pair_file.read_text()).get("pair") or {}
-        d.update(OmegaConf.to_container(spec.get("method_overrides", {}).get(method) or OmegaConf.create({})))
-    return d
-
-
 def _value_text(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def row_labels(df) -> list[str]:
-    """A row name per run: the method id, then what differs from the method's defaults on the pair
-    (``kd (temperature=1)``; other differing settings when a cell holds several), then the teacher when
-    one (setting, pair) was distilled from more than one teacher (``[teacher 1a2b3c4d]``)."""
+    """A row name per run: the method id, then what differs from the method's defaults on the pair as
+    the records state them (``kd (temperature=1)``; other differing settings when a cell holds several),
+    then the teacher when one (setting, pair) was distilled from more than one teacher
+    (``[teacher 1a2b3c4d]``)."""
     labels: dict[tuple[str, str], str] = {}
     for (setting, pair, method), g in df.groupby(["setting", "pair", "method"], sort=False):
         specs = {e: s for e, s in zip(g["experiment"], g["_spec"])}
+        recorded = [d for d in g["_defaults"] if isinstance(d, dict)]
+        defaults = recorded[-1] if recorded else None  # from the newest record that says
         flat = {e: _leaves({k: v for k, v in s.items() if k not in ("teacher", "protocol")}) for e, s in specs.items()}
         keys = sorted(set().union(*flat.values()))
         varying = [k for k in keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
-        defaults = method_defaults(method, pair)
         for e, f in flat.items():
             parts = []
             for k, v in f.items():

@@ -169,6 +169,7 @@ def check_config(cfg: DictConfig) -> None:
 
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
+    check_engine(cfg)
     for role in ("teacher", "student"):
         try:
             check_model_name(cfg.pair[role])
@@ -178,6 +179,22 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.data.name not in cfg.pair.datasets:
         raise KDBenchError(f"pair {cfg.pair.name!r} is defined for dataset(s) {list(cfg.pair.datasets)}, "
                            f"not {cfg.data.name!r}: add dataset={cfg.pair.datasets[0]}")
+
+
+def check_engine(cfg: DictConfig) -> None:
+    """Every engine switch resolves (the same checks as at training time, for any device), so a bad
+    value is refused at composition, before data loads or a teacher trains."""
+    import torch
+
+    from .engine import resolve_fast_path
+
+    device = str(cfg.engine.device)
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise KDBenchError(f"engine.device={device!r} is not a device: auto, cpu, cuda or cuda:N") from None
+    resolve_fast_path(cfg.engine, torch.device("cpu"), str(cfg.protocol.precision))
 
 
 def digest(obj: Any) -> str:

@@ -364,173 +364,229 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
     """
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
-        return _fit(method, data, sched, engine, seed, run_dir, resume, label, on_step, fast)
+        return _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step,
+                     fast).run(resume)
 
 
-def _fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
-         run_dir: Path, resume: bool, label: str, on_step: Callable[[int, int], None] | None,
-         fast: FastPath) -> FitResult:
-    from . import distributed as ddp
+@dataclass
+class RunState:
+    """A run between epochs: what a checkpoint holds and a resume restores. ``partial`` is set when
+    Ctrl-C stopped an epoch midway: every process's share of it (sums, images, random state)."""
 
-    device = data.device
-    autocast, channels_last = fast.autocast(device), fast.channels_last
-    apply_fast_path(method, fast)
-    optimizer = build_optimizer(method.trainable_parameters(), sched, fast.optimizer_impl)
-    epochs, bs = int(sched.epochs), int(sched.batch_size)
-    n_proc, main = ddp.world(), ddp.is_main()
-    if n_proc > 1:
-        if bs % n_proc:
-            raise KDBenchError(f"schedule.batch_size={bs} does not split over {n_proc} processes")
-        bs //= n_proc  # per-process batch: the global batch stays the schedule's
-        optimizer = ddp.GradSync(optimizer)
-        for t in [*method.parameters(), *method.buffers()]:
-            torch.distributed.broadcast(t.data, 0)
-    history: list[dict[str, Any]] = []
-    train_time, images_seen, start_epoch = 0.0, 0, 0
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time: float = 0.0
+    images_seen: int = 0
+    partial: dict[str, Any] | None = None
 
-    ckpt_path = Path(run_dir) / CHECKPOINT
-    if ckpt_path.exists():
-        if not resume:
-            raise KDBenchError(f"a checkpoint of this run exists at {ckpt_path}: pass resume=true to continue "
-                               "it, or delete the file to start over")
+    def save(self, path: Path, method: Method, optimizer, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        state = {"epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                 "history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
+        _save_checkpoint(path, {**state, "partial": partial} if partial is not None else state)
+
+    @classmethod
+    def load(cls, path: Path, method: Method, optimizer, device: torch.device, n_proc: int) -> "RunState":
         try:
-            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location=device, weights_only=True)
             if not isinstance(state, dict) or not {"method", "optimizer", "history", "epoch"} <= set(state):
                 raise ValueError("not a kdbench checkpoint")
         except Exception as exc:  # truncated, foreign, or refused by weights_only: never run code from a file
-            raise KDBenchError(f"the checkpoint {ckpt_path} cannot be read ({type(exc).__name__}; truncated or "
+            raise KDBenchError(f"the checkpoint {path} cannot be read ({type(exc).__name__}; truncated or "
                                "not written by kdbench): delete it to start this run over, or pass force=true"
                                ) from None
         method.load_checkpoint_state(state["method"])
         optimizer.load_state_dict(state["optimizer"])
-        history, train_time, images_seen = state["history"], state["train_time"], state["images_seen"]
-        start_epoch = state["epoch"]
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
         if partial is not None and len(partial["ranks"]) != n_proc:
-            raise KDBenchError(f"{ckpt_path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
+            raise KDBenchError(f"{path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
                                f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
-        log.info("%sresuming from epoch %d%s of %d (%s)", label, start_epoch,
-                 f", step {partial['step']}" if partial else "", epochs, ckpt_path)
-    else:
-        partial = None
+        return cls(state["epoch"], state["history"], state["train_time"], state["images_seen"], partial)
 
-    teacher_test_logits = None
-    if method.teacher is not None and main:  # fixed: computed once for agreement and KL on the test split
-        teacher_test_logits = predict(method.teacher, data, "test", int(engine.eval_batch_size), autocast,
-                                      channels_last)[0]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    watch = _DivergenceWatch(device)
-    show = _progress_enabled(engine.progress)
-    log_every = max(1, int(engine.log_every))
-    steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / n_proc) / bs)
-    stop = _StopOnInterrupt()
-    try:
-        for epoch in range(start_epoch, epochs):
-            ddp.broadcast_buffers(method)  # BatchNorm statistics from rank 0
-            lr = lr_at(epoch, sched)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(derive_seed(seed, "epoch-rng", epoch))  # method-side randomness
-            method.train()
-            sums: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device)
-            seen, first_step, time_before = 0, 0, 0.0
-            if partial is not None:  # the rest of an epoch stopped by Ctrl-C
-                mine = partial["ranks"][ddp.rank()]
-                first_step, seen, time_before = partial["step"], mine["seen"], partial["time_s"]
-                sums = {k: torch.tensor(v, device=device) for k, v in mine["sums"].items()}
-                correct = torch.tensor(mine["correct"], device=device)
-                torch.set_rng_state(mine["rng"])
-                partial = None
-            t0 = time.perf_counter()
-            bar = _bar(show, steps_per_epoch, f"{label}epoch {epoch + 1}/{epochs}")
-            for step, batch in enumerate(data.train_batches(bs, seed, epoch)):
-                if step < first_step:
-                    continue  # cut and augmented again so the random streams line up; not trained on
-                out = train_one_step(method, batch, epoch, optimizer, autocast, channels_last)
-                watch.push(epoch, step, out.losses, history)
-                n = len(batch.labels)
-                seen += n
-                # Accumulate on the device: no host sync inside the step.
-                for k, v in out.losses.items():
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() * n
-                correct += (out.logits.detach().argmax(1) == batch.labels).sum()
-                if on_step is not None:
-                    on_step(epoch, step)
-                if stop.now(device, (step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
-                    # Each process's share of the epoch so far (its batches, its random stream).
-                    ranks = ddp.gather_objects({"seen": seen, "sums": {k: float(v) for k, v in sums.items()},
-                                                "correct": float(correct), "rng": torch.get_rng_state()})
-                    if main:
-                        _save_checkpoint(ckpt_path, {
-                            "epoch": epoch, "method": method.checkpoint_state(),
-                            "optimizer": optimizer.state_dict(), "history": history, "train_time": train_time,
-                            "images_seen": images_seen,
-                            "partial": {"step": step + 1, "time_s": time_before + time.perf_counter() - t0,
-                                        "ranks": ranks}})
-                    ddp.barrier()  # nobody exits before the checkpoint is on disk
-                    stop.restore()
-                    raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, step {step + 1}; checkpoint {ckpt_path}")
-                if bar is not None and ((step + 1) % log_every == 0 or step + 1 == steps_per_epoch):
-                    el = time.perf_counter() - t0
-                    post = {k: f"{v.item() / seen:.3f}" for k, v in sums.items()}
-                    post["acc"] = f"{100.0 * correct.item() / seen:.1f}"
-                    post["img/s"] = f"{seen / max(el, 1e-9):.0f}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update((step + 1) - bar.n)
-            watch.poll(history, wait=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            epoch_time = time.perf_counter() - t0 + time_before
-            if bar is not None:
-                bar.close()
-            if n_proc > 1:  # totals over every process
-                keys = sorted(sums)
-                tot = ddp.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
-                                                      torch.tensor(float(seen), device=device)]))
-                sums = dict(zip(keys, tot[:len(keys)]))
-                correct, seen = tot[len(keys)], int(tot[-1].item())
-            train_time += epoch_time
-            images_seen += seen
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": seen / max(epoch_time, 1e-9),
-                "train_loss": {k: v.item() / seen for k, v in sums.items()},
-                "train_top1": 100.0 * correct.item() / seen,
-            }
-            ebs = int(engine.eval_batch_size)
-            if main:  # rank 0 evaluates the whole splits; the others receive its numbers
-                for name, model in method.eval_models().items():
-                    row[name] = {
-                        "val": evaluate(model, data, "val", ebs, autocast, channels_last) if data.split_len("val")
-                        else None,
-                        "test": evaluate(model, data, "test", ebs, autocast, channels_last, teacher_test_logits, True),
-                    }
-            if n_proc > 1:
-                shared = [row]
-                torch.distributed.broadcast_object_list(shared, 0)
-                row = shared[0]
-            history.append(row)
-            primary = next(iter(method.eval_models()))
-            log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", label, epoch + 1,
-                     epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
-                     f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
-                     row[primary]["test"]["top1"], row["images_per_s"])
-            if main:
-                _save_checkpoint(ckpt_path, {
-                    "epoch": epoch + 1, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                    "history": history, "train_time": train_time, "images_seen": images_seen,
-                })
 
-    finally:
-        stop.restore()  # also when an exception ends training
-    if channels_last:
-        method.to(memory_format=torch.contiguous_format)
-    return FitResult(fast_path=fast.as_dict(), peak_memory=measure_peak_memory(device), history=history,
-                     last=_summary(history, len(history) - 1, method),
-                     selected=_select(history, method), train_time_s=train_time,
-                     images_per_s=images_seen / max(train_time, 1e-9), epochs=epochs,
-                     resumed_from_epoch=start_epoch)
+@dataclass
+class _Tally:
+    """One process's running totals of an epoch, kept on the device (no host sync in the step)."""
+
+    sums: dict[str, Tensor]
+    correct: Tensor
+    seen: int = 0
+    first_step: int = 0
+    time_before: float = 0.0
+
+    @classmethod
+    def start(cls, device: torch.device, partial: dict[str, Any] | None) -> "_Tally":
+        if partial is None:
+            return cls({}, torch.zeros((), device=device))
+        from . import distributed as ddp
+
+        mine = partial["ranks"][ddp.rank()]  # the rest of an epoch stopped by Ctrl-C
+        torch.set_rng_state(mine["rng"])
+        return cls({k: torch.tensor(v, device=device) for k, v in mine["sums"].items()},
+                   torch.tensor(mine["correct"], device=device), mine["seen"], partial["step"], partial["time_s"])
+
+    def add(self, out, batch) -> None:
+        n = len(batch.labels)
+        self.seen += n
+        for k, v in out.losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float() * n
+        self.correct += (out.logits.detach().argmax(1) == batch.labels).sum()
+
+    def share(self) -> dict[str, Any]:
+        return {"seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()},
+                "correct": float(self.correct), "rng": torch.get_rng_state()}
+
+    def reduce(self, device: torch.device) -> None:
+        """Totals over every process (a no-op for one)."""
+        from . import distributed as ddp
+
+        if ddp.world() == 1:
+            return
+        keys = sorted(self.sums)
+        tot = ddp.all_reduce_sum(torch.stack([*(self.sums[k] for k in keys), self.correct.float(),
+                                              torch.tensor(float(self.seen), device=device)]))
+        self.sums = dict(zip(keys, tot[:len(keys)]))
+        self.correct, self.seen = tot[len(keys)], int(tot[-1].item())
+
+
+class _Loop:
+    """One run's training loop: set-up (fast path, optimizer, processes), then per epoch a training
+    part (:meth:`train_epoch`) and an end-of-epoch part (:meth:`end_epoch`: totals, evaluation, log,
+    checkpoint). The run's state lives in :class:`RunState`."""
+
+    def __init__(self, method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
+                 ckpt: Path, label: str, on_step: Callable[[int, int], None] | None, fast: FastPath) -> None:
+        from . import distributed as ddp
+
+        self.method, self.data, self.sched, self.seed, self.ckpt = method, data, sched, seed, ckpt
+        self.label, self.on_step, self.fast, self.device = label, on_step, fast, data.device
+        self.autocast, self.channels_last = fast.autocast(self.device), fast.channels_last
+        self.epochs, self.bs = int(sched.epochs), int(sched.batch_size)
+        self.eval_bs, self.show = int(engine.eval_batch_size), _progress_enabled(engine.progress)
+        self.log_every = max(1, int(engine.log_every))
+        self.n_proc, self.main = ddp.world(), ddp.is_main()
+        apply_fast_path(method, fast)
+        self.optimizer = build_optimizer(method.trainable_parameters(), sched, fast.optimizer_impl)
+        if self.n_proc > 1:
+            if self.bs % self.n_proc:
+                raise KDBenchError(f"schedule.batch_size={self.bs} does not split over {self.n_proc} processes")
+            self.bs //= self.n_proc  # per-process batch: the global batch stays the schedule's
+            self.optimizer = ddp.GradSync(self.optimizer)
+            for t in [*method.parameters(), *method.buffers()]:
+                torch.distributed.broadcast(t.data, 0)
+        self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
+        self.watch, self.stop = _DivergenceWatch(self.device), _StopOnInterrupt()
+        self.teacher_test_logits = None
+
+    def _restore(self, resume: bool) -> RunState:
+        if not self.ckpt.exists():
+            return RunState()
+        if not resume:
+            raise KDBenchError(f"a checkpoint of this run exists at {self.ckpt}: pass resume=true to continue "
+                               "it, or delete the file to start over")
+        state = RunState.load(self.ckpt, self.method, self.optimizer, self.device, self.n_proc)
+        log.info("%sresuming from epoch %d%s of %d (%s)", self.label, state.epoch,
+                 f", step {state.partial['step']}" if state.partial else "", self.epochs, self.ckpt)
+        return state
+
+    def run(self, resume: bool) -> FitResult:
+        state = self._restore(resume)
+        start = state.epoch
+        if self.method.teacher is not None and self.main:  # fixed: for agreement and KL on the test split
+            self.teacher_test_logits = predict(self.method.teacher, self.data, "test", self.eval_bs, self.autocast,
+                                               self.channels_last)[0]
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            for epoch in range(start, self.epochs):
+                lr = lr_at(epoch, self.sched)
+                tally, epoch_time = self.train_epoch(epoch, lr, state)
+                self.end_epoch(epoch, lr, tally, epoch_time, state)
+        finally:
+            self.stop.restore()  # also when an exception ends training
+        if self.channels_last:
+            self.method.to(memory_format=torch.contiguous_format)
+        h = state.history
+        return FitResult(fast_path=self.fast.as_dict(), peak_memory=measure_peak_memory(self.device), history=h,
+                         last=_summary(h, len(h) - 1, self.method), selected=_select(h, self.method),
+                         train_time_s=state.train_time, images_per_s=state.images_seen / max(state.train_time, 1e-9),
+                         epochs=self.epochs, resumed_from_epoch=start)
+
+    def train_epoch(self, epoch: int, lr: float, state: RunState) -> tuple[_Tally, float]:
+        """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""
+        from . import distributed as ddp
+
+        ddp.broadcast_buffers(self.method)  # BatchNorm statistics from rank 0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(derive_seed(self.seed, "epoch-rng", epoch))  # method-side randomness
+        self.method.train()
+        tally, state.partial = _Tally.start(self.device, state.partial), None
+        t0 = time.perf_counter()
+        bar = _bar(self.show, self.steps_per_epoch, f"{self.label}epoch {epoch + 1}/{self.epochs}")
+        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, epoch)):
+            if step < tally.first_step:
+                continue  # cut and augmented again so the random streams line up; not trained on
+            out = train_one_step(self.method, batch, epoch, self.optimizer, self.autocast, self.channels_last)
+            self.watch.push(epoch, step, out.losses, state.history)
+            tally.add(out, batch)
+            if self.on_step is not None:
+                self.on_step(epoch, step)
+            checkpoint_point = (step + 1) % self.log_every == 0 or step + 1 == self.steps_per_epoch
+            if self.stop.now(self.device, checkpoint_point):
+                ranks = ddp.gather_objects(tally.share())  # each process's share of the epoch so far
+                if self.main:
+                    elapsed = tally.time_before + time.perf_counter() - t0
+                    state.save(self.ckpt, self.method, self.optimizer, epoch,
+                               {"step": step + 1, "time_s": elapsed, "ranks": ranks})
+                ddp.barrier()  # nobody exits before the checkpoint is on disk
+                self.stop.restore()
+                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, step {step + 1}; checkpoint {self.ckpt}")
+            if bar is not None and checkpoint_point:
+                _show_progress(bar, tally, step + 1, time.perf_counter() - t0)
+        self.watch.poll(state.history, wait=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if bar is not None:
+            bar.close()
+        return tally, time.perf_counter() - t0 + tally.time_before
+
+    def end_epoch(self, epoch: int, lr: float, tally: _Tally, epoch_time: float, state: RunState) -> None:
+        """Totals over processes, evaluation (rank 0; the others receive its numbers), log, checkpoint."""
+        tally.reduce(self.device)
+        state.train_time += epoch_time
+        state.images_seen += tally.seen
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": tally.seen / max(epoch_time, 1e-9),
+            "train_loss": {k: v.item() / tally.seen for k, v in tally.sums.items()},
+            "train_top1": 100.0 * tally.correct.item() / tally.seen,
+        }
+        if self.main:
+            for name, model in self.method.eval_models().items():
+                val = evaluate(model, self.data, "val", self.eval_bs, self.autocast, self.channels_last) \
+                    if self.data.split_len("val") else None
+                test = evaluate(model, self.data, "test", self.eval_bs, self.autocast, self.channels_last,
+                                self.teacher_test_logits, True)
+                row[name] = {"val": val, "test": test}
+        if self.n_proc > 1:
+            shared = [row]
+            torch.distributed.broadcast_object_list(shared, 0)
+            row = shared[0]
+        state.history.append(row)
+        primary = next(iter(self.method.eval_models()))
+        log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", self.label, epoch + 1,
+                 self.epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
+                 f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
+                 row[primary]["test"]["top1"], row["images_per_s"])
+        if self.main:
+            state.save(self.ckpt, self.method, self.optimizer, epoch + 1)
+
+
+def _show_progress(bar, tally: _Tally, done: int, elapsed: float) -> None:
+    post = {k: f"{v.item() / tally.seen:.3f}" for k, v in tally.sums.items()}
+    post["acc"] = f"{100.0 * tally.correct.item() / tally.seen:.1f}"
+    post["img/s"] = f"{tally.seen / max(elapsed, 1e-9):.0f}"
+    bar.set_postfix(post, refresh=False)
+    bar.update(done - bar.n)
 
 
 def _bar(show: bool, total: int, desc: str):

@@ -36,9 +36,15 @@ def test_overrides_reach_the_config():
     assert cfg.teacher.schedule.epochs == compose().teacher.schedule.epochs
 
 
-def test_every_registered_method_has_a_config_file_and_back():
-    files = {p.name[:-5] for p in (resources.files("kdbench.conf") / "method").iterdir() if p.name.endswith(".yaml")}
-    assert files == set(METHODS.names())
+def test_every_registered_method_composes_from_its_class_defaults():
+    from kdbench.method import method_defaults
+
+    assert not (resources.files("kdbench.conf") / "method").is_dir()  # defaults live beside the classes only
+    for name in METHODS.names():
+        assert dict(compose([f"method={name}"], check=False).method) == method_defaults(name) or \
+            name in ("at", "crd", "crd+kd")  # the digits pair overrides these (pair.method_overrides)
+        assert dict(compose([f"method={name}", "pair=cifar100/resnet32x4-resnet8x4", "dataset=cifar100"]).method) \
+            == method_defaults(name)
 
 
 @pytest.mark.parametrize("registry", [METHODS, MODELS, DATASETS, PAIRS])

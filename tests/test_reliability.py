@@ -26,7 +26,7 @@ def _records(cfg) -> list:
 
 @pytest.mark.parametrize("bad", ["schedule.batch_size=0", "method.temperature=abc", "schedule.lr=abc", "seed=abc",
                                  "seed=[1,2]", "schedule.epochs=abc", "schedule.epochs=0", "schedule.epochs=-1",
-                                 "+schedule.epoch=1"])
+                                 "+schedule.epoch=1", "engine.device=gpu0", "engine.compile=maybe"])
 def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad):
     assert main(["run", *tiny_overrides(tmp_path), "method=kd", bad]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,6 @@ import inspect
 import logging
 import pkgutil
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -23,7 +22,7 @@ from .data import Batch, DatasetInfo
 from .errors import KDBenchError
 from .frozen_teacher import FrozenTeacher, frozen_state_prefixes
 from .models import FeatureSpec, KDModel, ModelOutput
-from .registry import Registry
+from .registry import Registry, load_plugins
 from .schema import CATEGORIES, SCHEMES  # noqa: F401  (the one list; re-exported for plug-ins)
 
 log = logging.getLogger(__name__)
@@ -157,11 +156,7 @@ def _load_methods() -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"kdbench.methods.{info.name}")
-    for ep in entry_points(group="kdbench.methods"):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plug-in must not hide the built-in methods
-            log.warning("could not load method plug-in %s (%s): %s", ep.name, ep.value, exc)
+    load_plugins("kdbench.methods")
 
 
 METHODS: Registry[type[Method]] = Registry("method", loader=_load_methods)

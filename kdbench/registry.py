@@ -87,3 +87,18 @@ def _first_line(doc: str | None) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def load_plugins(group: str) -> None:
+    """Import every entry point of ``group`` (``kdbench.methods``, ``kdbench.models``, ``kdbench.datasets``):
+    installed packages register their methods, models and datasets on import. A broken plug-in is
+    reported and skipped, never hides the built-ins."""
+    import logging
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=group):
+        try:
+            ep.load()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("could not load plug-in %s (%s) of %s: %s", ep.name, ep.value,
+                                                group, exc)

@@ -6,13 +6,14 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from ..registry import Registry
+from ..registry import Registry, load_plugins
 from .base import DataBundle, held_out_count
 
 
 def _load() -> None:
     for mod in ("digits", "imagefolder", "cifar", "imagenet"):
         importlib.import_module(f"kdbench.data.{mod}")
+    load_plugins("kdbench.datasets")
 
 
 DATASETS: Registry[Callable[[DictConfig], DataBundle]] = Registry("dataset", loader=_load)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from ..registry import Registry
+from ..registry import Registry, load_plugins
 from .base import KDModel
 
 
@@ -12,6 +12,7 @@ def _load() -> None:
     # Model modules register on import; list them here so lookups see all.
     for mod in ("digits", "cifar", "timm_models"):
         importlib.import_module(f"kdbench.models.{mod}")
+    load_plugins("kdbench.models")
 
 
 MODELS: Registry[Callable[..., KDModel]] = Registry("model", loader=_load)

@@ -162,6 +162,57 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
 
 
+def _model_costs(method, teacher, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Parameters and forward FLOPs, counted before training: the engine folds the teacher's BatchNorms
+    in place, which would change its parameter count."""
+    return {"student": count_parameters(method.student),
+            "teacher": count_parameters(teacher) if teacher is not None else None,
+            "extra_trainable": method.extra_trainable_parameters(),
+            "student_flops": forward_flops(method.student, input_shape),
+            "teacher_flops": forward_flops(teacher, input_shape) if teacher is not None else None}
+
+
+def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, result,
+                      teacher_entry, costs: dict[str, Any], started: str, wall_time_s: float) -> dict[str, Any]:
+    """The record of a finished run: identity, metrics, provenance, cost (docs/record-schema.md)."""
+    from . import distributed as ddp
+
+    primary = next(iter(method.eval_models()))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "completed",
+        "kind": "student",
+        "created": now_iso(),
+        "started": started,
+        **_identity_fields(cfg, spec, method),
+        "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": data.split_len("val"),
+                    "num_test": data.split_len("test"), "num_classes": data.info.num_classes},
+        "schedule": {"name": str(cfg.schedule.name), "epochs": result.epochs},
+        "metrics": {
+            "primary_model": primary,
+            "last": result.last,
+            "selected": result.selected,
+            "selection": "best validation top-1 of the primary model; test metrics at that epoch",
+        },
+        "teacher": None if teacher_entry is None else teacher_fields(teacher_entry),
+        "params": costs,
+        "method_report": method.report(),
+        "fairness": {"student_init_sha256": method.student_init_sha256,
+                     "data_order_sha256": data_order_digest(data.info.num_train, int(cfg.seed), result.epochs)},
+        "timing": {"wall_time_s": wall_time_s, "train_time_s": result.train_time_s,
+                   "epoch_time_s": result.train_time_s / max(len(result.history), 1),
+                   "images_per_s": result.images_per_s, "resumed_from_epoch": result.resumed_from_epoch},
+        "memory": result.peak_memory,
+        "engine": result.fast_path,
+        "history": result.history,
+        "environment": {**environment(data.device), "processes": ddp.world()},
+        "git": git_state(),
+        "note": str(cfg.note),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str) -> dict[str, Any]:
     from . import distributed as ddp
@@ -183,6 +234,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     method = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
                           teacher_arch=str(cfg.pair.teacher), train_labels=data.train_labels()).to(device)
 
+    costs = _model_costs(method, teacher, info.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -207,44 +259,8 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
                 raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
             raise
         return rec
-    primary = next(iter(method.eval_models()))
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "status": "completed",
-        "kind": "student",
-        "created": now_iso(),
-        "started": started,
-        **_identity_fields(cfg, spec, method),
-        "dataset": {"name": data.info.name, "num_train": data.info.num_train, "num_val": data.split_len("val"),
-                    "num_test": data.split_len("test"), "num_classes": data.info.num_classes},
-        "schedule": {"name": str(cfg.schedule.name), "epochs": result.epochs},
-        "metrics": {
-            "primary_model": primary,
-            "last": result.last,
-            "selected": result.selected,
-            "selection": "best validation top-1 of the primary model; test metrics at that epoch",
-        },
-        "teacher": None if teacher_entry is None else teacher_fields(teacher_entry),
-        "params": {"student": count_parameters(method.student),
-                   "teacher": count_parameters(teacher) if teacher is not None else None,
-                   "extra_trainable": method.extra_trainable_parameters(),
-                   "student_flops": forward_flops(method.student, data.info.input_shape),
-                   "teacher_flops": forward_flops(teacher, data.info.input_shape) if teacher is not None else None},
-        "method_report": method.report(),
-        "fairness": {"student_init_sha256": method.student_init_sha256,
-                     "data_order_sha256": data_order_digest(data.info.num_train, seed, result.epochs)},
-        "timing": {"wall_time_s": time.time() - t0, "train_time_s": result.train_time_s,
-                   "epoch_time_s": result.train_time_s / max(len(result.history), 1),
-                   "images_per_s": result.images_per_s, "resumed_from_epoch": result.resumed_from_epoch},
-        "memory": result.peak_memory,
-        "engine": result.fast_path,
-        "history": result.history,
-        "environment": {**environment(device), "processes": ddp.world()},
-        "git": git_state(),
-        "note": str(cfg.note),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    record = _completed_record(cfg, run_id, spec, method, data, result, teacher_entry, costs, started,
+                               time.time() - t0)
     if not ddp.is_main():
         return record  # rank 0 writes the record
     out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one

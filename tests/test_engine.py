@@ -193,3 +193,12 @@ def test_a_run_with_the_teacher_compiled_matches_the_eager_run(make_cfg):
         assert compiled["history"][0]["train_loss"][term] == pytest.approx(value, rel=1e-2), term
     a, b = (r["metrics"]["last"]["student"]["test"]["top1"] for r in (eager, compiled))
     assert abs(a - b) <= 1.0
+
+
+def test_the_teachers_parameter_count_is_the_unfolded_models(make_cfg):
+    """The engine folds the teacher's BatchNorms in place; the record counts the model as trained."""
+    from kdbench.models import count_parameters, create_model
+
+    rec = run(make_cfg("method=kd", epochs=1))
+    assert rec["engine"]["fold_teacher_bn"] is True
+    assert rec["params"]["teacher"] == count_parameters(create_model("cnn_wide", 10, 1))

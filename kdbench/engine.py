@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .data import DataBundle
 from .errors import KDBenchError
 from .identity import PRECISIONS, milestone_epochs, resolve_precision
-from .method import Method
+from .method import MAIN_STAGE, InitStage, Method
 from .records import atomic_write_bytes
 from .seeding import derive_seed
 
@@ -231,11 +231,13 @@ def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int,
 
 
 class RunDiverged(Exception):
-    """A loss became NaN or Inf: the run cannot continue. Carries where it happened."""
+    """A loss became NaN or Inf: the run cannot continue. Carries where it happened (the epoch
+    within its stage)."""
 
-    def __init__(self, epoch: int, step: int, history: list[dict[str, Any]]) -> None:
-        super().__init__(f"the loss became non-finite at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.history = epoch, step, history
+    def __init__(self, epoch: int, step: int, history: list[dict[str, Any]], stage: str = MAIN_STAGE) -> None:
+        where = "" if stage == MAIN_STAGE else f" of the initialisation stage {stage!r}"
+        super().__init__(f"the loss became non-finite at epoch {epoch + 1}{where}, step {step + 1}")
+        self.epoch, self.step, self.history, self.stage = epoch, step, history, stage
 
 
 class _StopOnInterrupt:
@@ -304,13 +306,14 @@ class _DivergenceWatch:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
+        self.stage = MAIN_STAGE
         self.pending: list[tuple[int, int, Tensor, Any]] = []
 
     def push(self, epoch: int, step: int, losses: dict[str, Tensor], history) -> None:
         finite = torch.isfinite(torch.stack([v.detach().float() for v in losses.values()]).sum())
         if not self.cuda:
             if not bool(finite):
-                raise RunDiverged(epoch, step, history)
+                raise RunDiverged(epoch, step, history, self.stage)
             return
         flag = finite.to("cpu", non_blocking=True)
         event = torch.cuda.Event()
@@ -323,7 +326,7 @@ class _DivergenceWatch:
             epoch, step, flag, event = self.pending.pop(0)
             event.synchronize()
             if not bool(flag):
-                raise RunDiverged(epoch, step, history)
+                raise RunDiverged(epoch, step, history, self.stage)
 
 
 @dataclass
@@ -337,6 +340,9 @@ class FitResult:
     resumed_from_epoch: int = 0
     peak_memory: dict[str, Any] = field(default_factory=dict)
     fast_path: dict[str, Any] = field(default_factory=dict)
+    # initialisation stages (name, epochs, lr) and their per-epoch rows (training only; no evaluation)
+    init_stages: list[dict[str, Any]] = field(default_factory=list)
+    init_history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def measure_peak_memory(device: torch.device) -> dict[str, Any]:
@@ -370,22 +376,29 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
 
 @dataclass
 class RunState:
-    """A run between epochs: what a checkpoint holds and a resume restores. ``partial`` is set when
-    Ctrl-C stopped an epoch midway: every process's share of it (sums, images, random state)."""
+    """A run between epochs: what a checkpoint holds and a resume restores. ``epoch`` counts finished
+    epochs of every stage (initialisation stages first). ``partial`` is set when Ctrl-C stopped an
+    epoch midway: every process's share of it (sums, images, random state). ``optimizer`` is the
+    state of the optimizer of stage ``optimizer_stage`` when loaded from a checkpoint."""
 
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     train_time: float = 0.0
     images_seen: int = 0
     partial: dict[str, Any] | None = None
+    init_history: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: dict[str, Any] | None = None
+    optimizer_stage: str = MAIN_STAGE
 
-    def save(self, path: Path, method: Method, optimizer, epoch: int, partial: dict[str, Any] | None = None) -> None:
+    def save(self, path: Path, method: Method, optimizer, epoch: int, partial: dict[str, Any] | None = None,
+             stage: str = MAIN_STAGE) -> None:
         state = {"epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+                 "optimizer_stage": stage, "init_history": self.init_history,
                  "history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
         _save_checkpoint(path, {**state, "partial": partial} if partial is not None else state)
 
     @classmethod
-    def load(cls, path: Path, method: Method, optimizer, device: torch.device, n_proc: int) -> "RunState":
+    def load(cls, path: Path, method: Method, device: torch.device, n_proc: int) -> "RunState":
         try:
             state = torch.load(path, map_location=device, weights_only=True)
             if not isinstance(state, dict) or not {"method", "optimizer", "history", "epoch"} <= set(state):
@@ -395,12 +408,12 @@ class RunState:
                                "not written by kdbench): delete it to start this run over, or pass force=true"
                                ) from None
         method.load_checkpoint_state(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
         if partial is not None and len(partial["ranks"]) != n_proc:
             raise KDBenchError(f"{path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
                                f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
-        return cls(state["epoch"], state["history"], state["train_time"], state["images_seen"], partial)
+        return cls(state["epoch"], state["history"], state["train_time"], state["images_seen"], partial,
+                   state.get("init_history", []), state["optimizer"], state.get("optimizer_stage", MAIN_STAGE))
 
 
 @dataclass
@@ -412,6 +425,7 @@ class _Tally:
     seen: int = 0
     first_step: int = 0
     time_before: float = 0.0
+    no_logits: bool = False
 
     @classmethod
     def start(cls, device: torch.device, partial: dict[str, Any] | None) -> "_Tally":
@@ -429,7 +443,10 @@ class _Tally:
         self.seen += n
         for k, v in out.losses.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float() * n
-        self.correct += (out.logits.detach().argmax(1) == batch.labels).sum()
+        if out.logits is not None:
+            self.correct += (out.logits.detach().argmax(1) == batch.labels).sum()
+        else:
+            self.no_logits = True  # no student forward (an initialisation stage): accuracy not reported
 
     def share(self) -> dict[str, Any]:
         return {"seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()},
@@ -448,10 +465,38 @@ class _Tally:
         self.correct, self.seen = tot[len(keys)], int(tot[-1].item())
 
 
+@dataclass(frozen=True)
+class _EpochPlan:
+    """Where a run's n-th epoch falls: its stage, the epoch within the stage, its data epoch."""
+
+    stage: InitStage | None  # None: the main stage (the schedule's epochs)
+    local: int
+    data_epoch: int  # main epochs use the schedule's epoch index, so every method sees the same
+    #                  batches there; initialisation epochs draw their own streams (negative indices)
+
+    @property
+    def name(self) -> str:
+        return self.stage.name if self.stage is not None else MAIN_STAGE
+
+
+def plan_epochs(stages: list[InitStage], main_epochs: int) -> list[_EpochPlan]:
+    """The run's epochs in order: every initialisation stage's, then the schedule's."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names) or MAIN_STAGE in names:
+        raise KDBenchError(f"initialisation stage names must be distinct and not {MAIN_STAGE!r}: {names}")
+    plan: list[_EpochPlan] = []
+    for s in stages:
+        if s.epochs < 0:
+            raise KDBenchError(f"initialisation stage {s.name!r} has {s.epochs} epochs; it needs 0 or more")
+        plan += [_EpochPlan(s, j, -(len(plan) + j + 1)) for j in range(s.epochs)]
+    return plan + [_EpochPlan(None, k, k) for k in range(main_epochs)]
+
+
 class _Loop:
-    """One run's training loop: set-up (fast path, optimizer, processes), then per epoch a training
-    part (:meth:`train_epoch`) and an end-of-epoch part (:meth:`end_epoch`: totals, evaluation, log,
-    checkpoint). The run's state lives in :class:`RunState`."""
+    """One run's training loop: set-up (fast path, processes), then per epoch a training part
+    (:meth:`train_epoch`) and an end-of-epoch part (:meth:`end_epoch`: totals, evaluation, log,
+    checkpoint). Initialisation stages (:class:`InitStage`) come first, each with its own
+    optimizer; the run's state lives in :class:`RunState`."""
 
     def __init__(self, method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
                  ckpt: Path, label: str, on_step: Callable[[int, int], None] | None, fast: FastPath) -> None:
@@ -460,22 +505,38 @@ class _Loop:
         self.method, self.data, self.sched, self.seed, self.ckpt = method, data, sched, seed, ckpt
         self.label, self.on_step, self.fast, self.device = label, on_step, fast, data.device
         self.autocast, self.channels_last = fast.autocast(self.device), fast.channels_last
-        self.epochs, self.bs = int(sched.epochs), int(sched.batch_size)
+        self.bs = int(sched.batch_size)
         self.eval_bs, self.show = int(engine.eval_batch_size), _progress_enabled(engine.progress)
         self.log_every = max(1, int(engine.log_every))
         self.n_proc, self.main = ddp.world(), ddp.is_main()
+        self.stages = [s for s in method.init_stages() if s.epochs != 0]
+        self.plan = plan_epochs(self.stages, int(sched.epochs))
+        self.epochs = int(sched.epochs)  # the schedule's; len(self.plan) counts every stage's
         apply_fast_path(method, fast)
-        self.optimizer = build_optimizer(method.trainable_parameters(), sched, fast.optimizer_impl)
+        self.optimizers: dict[str, Any] = {}
         if self.n_proc > 1:
             if self.bs % self.n_proc:
                 raise KDBenchError(f"schedule.batch_size={self.bs} does not split over {self.n_proc} processes")
             self.bs //= self.n_proc  # per-process batch: the global batch stays the schedule's
-            self.optimizer = ddp.GradSync(self.optimizer)
             for t in [*method.parameters(), *method.buffers()]:
                 torch.distributed.broadcast(t.data, 0)
         self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
         self.watch, self.stop = _DivergenceWatch(self.device), _StopOnInterrupt()
         self.teacher_test_logits = None
+
+    def optimizer(self, stage: InitStage | None):
+        """The stage's optimizer, made on first use: the main stage's over the method's trainable
+        parameters, an initialisation stage's over its modules only."""
+        from . import distributed as ddp
+
+        name = stage.name if stage is not None else MAIN_STAGE
+        if name not in self.optimizers:
+            params = list(self.method.trainable_parameters(None if stage is None else stage.modules))
+            if not params:
+                raise KDBenchError(f"method {self.method.name!r}: stage {name!r} has no trainable parameters")
+            opt = build_optimizer(params, self.sched, self.fast.optimizer_impl)
+            self.optimizers[name] = ddp.GradSync(opt) if self.n_proc > 1 else opt
+        return self.optimizers[name]
 
     def _restore(self, resume: bool) -> RunState:
         if not self.ckpt.exists():
@@ -483,9 +544,17 @@ class _Loop:
         if not resume:
             raise KDBenchError(f"a checkpoint of this run exists at {self.ckpt}: pass resume=true to continue "
                                "it, or delete the file to start over")
-        state = RunState.load(self.ckpt, self.method, self.optimizer, self.device, self.n_proc)
+        state = RunState.load(self.ckpt, self.method, self.device, self.n_proc)
+        if state.epoch < len(self.plan):
+            at = self.plan[state.epoch]
+            if at.name == state.optimizer_stage:  # else a stage ended there: its successor starts afresh
+                self.optimizer(at.stage).load_state_dict(state.optimizer)
+        elif state.epoch > len(self.plan):
+            raise KDBenchError(f"the checkpoint {self.ckpt} has {state.epoch} epochs done, more than this run's "
+                               f"{len(self.plan)}: delete it to start over, or pass force=true")
+        state.optimizer = None
         log.info("%sresuming from epoch %d%s of %d (%s)", self.label, state.epoch,
-                 f", step {state.partial['step']}" if state.partial else "", self.epochs, self.ckpt)
+                 f", step {state.partial['step']}" if state.partial else "", len(self.plan), self.ckpt)
         return state
 
     def run(self, resume: bool) -> FitResult:
@@ -497,50 +566,60 @@ class _Loop:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            for epoch in range(start, self.epochs):
-                lr = lr_at(epoch, self.sched)
-                tally, epoch_time = self.train_epoch(epoch, lr, state)
-                self.end_epoch(epoch, lr, tally, epoch_time, state)
+            for n in range(start, len(self.plan)):
+                at = self.plan[n]
+                lr = lr_at(at.local, self.sched) if at.stage is None else \
+                    float(self.sched.lr if at.stage.lr is None else at.stage.lr)
+                tally, epoch_time = self.train_epoch(n, at, lr, state)
+                self.end_epoch(n, at, lr, tally, epoch_time, state)
         finally:
             self.stop.restore()  # also when an exception ends training
+            self.method.stage = MAIN_STAGE
         if self.channels_last:
             self.method.to(memory_format=torch.contiguous_format)
         h = state.history
         return FitResult(fast_path=self.fast.as_dict(), peak_memory=measure_peak_memory(self.device), history=h,
                          last=_summary(h, len(h) - 1, self.method), selected=_select(h, self.method),
                          train_time_s=state.train_time, images_per_s=state.images_seen / max(state.train_time, 1e-9),
-                         epochs=self.epochs, resumed_from_epoch=start)
+                         epochs=self.epochs, resumed_from_epoch=start, init_history=state.init_history,
+                         init_stages=[{"name": s.name, "epochs": s.epochs,
+                                       "lr": float(self.sched.lr if s.lr is None else s.lr)} for s in self.stages])
 
-    def train_epoch(self, epoch: int, lr: float, state: RunState) -> tuple[_Tally, float]:
+    def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> tuple[_Tally, float]:
         """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""
         from . import distributed as ddp
 
         ddp.broadcast_buffers(self.method)  # BatchNorm statistics from rank 0
-        for group in self.optimizer.param_groups:
+        optimizer = self.optimizer(at.stage)
+        for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(derive_seed(self.seed, "epoch-rng", epoch))  # method-side randomness
+        torch.manual_seed(derive_seed(self.seed, "epoch-rng", at.data_epoch))  # method-side randomness
+        self.method.stage = self.watch.stage = at.name
         self.method.train()
         tally, state.partial = _Tally.start(self.device, state.partial), None
         t0 = time.perf_counter()
-        bar = _bar(self.show, self.steps_per_epoch, f"{self.label}epoch {epoch + 1}/{self.epochs}")
-        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, epoch)):
+        span = self.epochs if at.stage is None else at.stage.epochs
+        what = "epoch" if at.stage is None else f"{at.name} epoch"
+        bar = _bar(self.show, self.steps_per_epoch, f"{self.label}{what} {at.local + 1}/{span}")
+        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, at.data_epoch)):
             if step < tally.first_step:
                 continue  # cut and augmented again so the random streams line up; not trained on
-            out = train_one_step(self.method, batch, epoch, self.optimizer, self.autocast, self.channels_last)
-            self.watch.push(epoch, step, out.losses, state.history)
+            out = train_one_step(self.method, batch, at.local, optimizer, self.autocast, self.channels_last)
+            self.watch.push(at.local, step, out.losses, state.history)
             tally.add(out, batch)
             if self.on_step is not None:
-                self.on_step(epoch, step)
+                self.on_step(n, step)
             checkpoint_point = (step + 1) % self.log_every == 0 or step + 1 == self.steps_per_epoch
             if self.stop.now(self.device, checkpoint_point):
                 ranks = ddp.gather_objects(tally.share())  # each process's share of the epoch so far
                 if self.main:
                     elapsed = tally.time_before + time.perf_counter() - t0
-                    state.save(self.ckpt, self.method, self.optimizer, epoch,
-                               {"step": step + 1, "time_s": elapsed, "ranks": ranks})
+                    state.save(self.ckpt, self.method, optimizer, n,
+                               {"step": step + 1, "time_s": elapsed, "ranks": ranks}, at.name)
                 ddp.barrier()  # nobody exits before the checkpoint is on disk
                 self.stop.restore()
-                raise KeyboardInterrupt(f"stopped after epoch {epoch + 1}, step {step + 1}; checkpoint {self.ckpt}")
+                raise KeyboardInterrupt(f"stopped after {what} {at.local + 1}, step {step + 1}; "
+                                        f"checkpoint {self.ckpt}")
             if bar is not None and checkpoint_point:
                 _show_progress(bar, tally, step + 1, time.perf_counter() - t0)
         self.watch.poll(state.history, wait=True)
@@ -550,40 +629,50 @@ class _Loop:
             bar.close()
         return tally, time.perf_counter() - t0 + tally.time_before
 
-    def end_epoch(self, epoch: int, lr: float, tally: _Tally, epoch_time: float, state: RunState) -> None:
-        """Totals over processes, evaluation (rank 0; the others receive its numbers), log, checkpoint."""
+    def end_epoch(self, n: int, at: _EpochPlan, lr: float, tally: _Tally, epoch_time: float,
+                  state: RunState) -> None:
+        """Totals over processes, evaluation (rank 0; the others receive its numbers), log, checkpoint.
+        Initialisation epochs are logged and checkpointed but not evaluated (the student is not yet
+        trained to classify)."""
         tally.reduce(self.device)
         state.train_time += epoch_time
         state.images_seen += tally.seen
         row: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": lr, "time_s": epoch_time, "images_per_s": tally.seen / max(epoch_time, 1e-9),
+            "epoch": at.local + 1, "lr": lr, "time_s": epoch_time, "images_per_s": tally.seen / max(epoch_time, 1e-9),
             "train_loss": {k: v.item() / tally.seen for k, v in tally.sums.items()},
-            "train_top1": 100.0 * tally.correct.item() / tally.seen,
+            "train_top1": None if tally.no_logits else 100.0 * tally.correct.item() / tally.seen,
         }
+        if at.stage is not None:
+            state.init_history.append({"stage": at.name, **row})
+            log.info("%s%s epoch %d/%d lr %.4g loss %s | %.0f img/s", self.label, at.name, at.local + 1,
+                     at.stage.epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()},
+                     row["images_per_s"])
+        else:
+            if self.main:
+                for name, model in self.method.eval_models().items():
+                    val = evaluate(model, self.data, "val", self.eval_bs, self.autocast, self.channels_last) \
+                        if self.data.split_len("val") else None
+                    test = evaluate(model, self.data, "test", self.eval_bs, self.autocast, self.channels_last,
+                                    self.teacher_test_logits, True)
+                    row[name] = {"val": val, "test": test}
+            if self.n_proc > 1:
+                shared = [row]
+                torch.distributed.broadcast_object_list(shared, 0)
+                row = shared[0]
+            state.history.append(row)
+            primary = next(iter(self.method.eval_models()))
+            log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", self.label,
+                     at.local + 1, self.epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()},
+                     row["train_top1"], f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
+                     row[primary]["test"]["top1"], row["images_per_s"])
         if self.main:
-            for name, model in self.method.eval_models().items():
-                val = evaluate(model, self.data, "val", self.eval_bs, self.autocast, self.channels_last) \
-                    if self.data.split_len("val") else None
-                test = evaluate(model, self.data, "test", self.eval_bs, self.autocast, self.channels_last,
-                                self.teacher_test_logits, True)
-                row[name] = {"val": val, "test": test}
-        if self.n_proc > 1:
-            shared = [row]
-            torch.distributed.broadcast_object_list(shared, 0)
-            row = shared[0]
-        state.history.append(row)
-        primary = next(iter(self.method.eval_models()))
-        log.info("%sepoch %d/%d lr %.4g loss %s train %.2f | val %s test %.2f | %.0f img/s", self.label, epoch + 1,
-                 self.epochs, lr, {k: round(v, 4) for k, v in row["train_loss"].items()}, row["train_top1"],
-                 f"{row[primary]['val']['top1']:.2f}" if row[primary]["val"] else "-",
-                 row[primary]["test"]["top1"], row["images_per_s"])
-        if self.main:
-            state.save(self.ckpt, self.method, self.optimizer, epoch + 1)
+            state.save(self.ckpt, self.method, self.optimizer(at.stage), n + 1, stage=at.name)
 
 
 def _show_progress(bar, tally: _Tally, done: int, elapsed: float) -> None:
     post = {k: f"{v.item() / tally.seen:.3f}" for k, v in tally.sums.items()}
-    post["acc"] = f"{100.0 * tally.correct.item() / tally.seen:.1f}"
+    if not tally.no_logits:
+        post["acc"] = f"{100.0 * tally.correct.item() / tally.seen:.1f}"
     post["img/s"] = f"{tally.seen / max(elapsed, 1e-9):.0f}"
     bar.set_postfix(post, refresh=False)
     bar.update(done - bar.n)

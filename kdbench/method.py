@@ -30,10 +30,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StepOutput:
-    """One training step's result: the primary student's logits and weighted loss terms."""
+    """One training step's result: the primary student's logits and weighted loss terms.
 
-    logits: Tensor
+    ``logits`` may be None in an initialisation stage that does not run the student (FT's
+    paraphraser); the epoch's training accuracy is then not reported."""
+
+    logits: Tensor | None
     losses: dict[str, Tensor]
+
+
+MAIN_STAGE = "main"
+
+
+@dataclass(frozen=True)
+class InitStage:
+    """Epochs trained before the schedule's, with their own optimizer over ``modules`` only.
+
+    The initialisation phases of AB, FT and FSP and FitNets' paper form. During them
+    ``method.stage`` is ``name`` and ``step`` receives the epoch within the stage; the
+    learning rate is held at ``lr`` (the schedule's base rate when None), as in the CRD
+    benchmark's ``init``. The engine counts, records and checkpoints these epochs like any
+    other (resumable mid-stage); the schedule's epochs, data order and evaluation follow
+    unchanged, so every method's main stage sees the same batches.
+    """
+
+    name: str
+    epochs: int
+    modules: tuple[nn.Module, ...]
+    lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,8 @@ class Method(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
     #: digest of the student's weights before training, set by ``build_method`` (the fairness record)
     student_init_sha256: str | None = None
+    #: the stage being trained: an :class:`InitStage`'s name, or ``MAIN_STAGE``; set by the engine
+    stage: str = MAIN_STAGE
 
     def __init__(self, student: KDModel, teacher: KDModel | None, ctx: MethodContext) -> None:
         super().__init__()
@@ -100,6 +126,10 @@ class Method(nn.Module):
         return out
 
     # -- defaults subclasses may override -----------------------------------------
+    def init_stages(self) -> list[InitStage]:
+        """Stages trained before the schedule (none by default); see :class:`InitStage`."""
+        return []
+
     def trainable_modules(self) -> list[nn.Module]:
         """Modules whose parameters the optimizer updates: everything but frozen teachers."""
         return [m for m in self.children() if not isinstance(m, FrozenTeacher)]
@@ -109,18 +139,26 @@ class Method(nn.Module):
         return {"student": self.student}
 
     # -- shared helpers -------------------------------------------------------------
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+    def trainable_parameters(self, modules: list[nn.Module] | tuple[nn.Module, ...] | None = None
+                             ) -> Iterator[nn.Parameter]:
+        """Parameters of ``modules`` (default: :meth:`trainable_modules`) that need gradients, each once."""
         seen: set[int] = set()
-        for m in self.trainable_modules():
+        for m in self.trainable_modules() if modules is None else modules:
             for p in m.parameters():
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     yield p
 
     def extra_trainable_parameters(self) -> int:
-        """Trainable parameters beyond the student's (regressors, embeddings, ...)."""
-        student_ids = {id(p) for p in self.student.parameters()}
-        return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student_ids)
+        """Trainable parameters beyond the student's (regressors, embeddings, ...), in any stage."""
+        counted = {id(p) for p in self.student.parameters()}
+        total = 0
+        for modules in [None, *(s.modules for s in self.init_stages())]:
+            for p in self.trainable_parameters(modules):
+                if id(p) not in counted:
+                    counted.add(id(p))
+                    total += p.numel()
+        return total
 
     def teacher_forward(self, x: Tensor) -> ModelOutput:
         """The frozen teacher's outputs without autograd history (:class:`FrozenTeacher`); call it

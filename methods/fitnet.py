@@ -8,13 +8,12 @@
 - Layers: ``features[hint_layer]`` of both models (stem = 0); default 2, the
   middle stage (CRD benchmark ``--hint_layer 2``), post-activation features.
 - Forms: ``stages=1`` (default) is the CRD benchmark's single-stage form
-  (CE + 100 * hint throughout). ``stages=2`` is the paper's form: for the
-  first ``init_epochs`` epochs only the hint loss trains the student up to the
-  guided layer (and the regressor); afterwards the student is trained with KD
-  (``kd_weight`` * T^2 KL + ``ce_weight`` CE). Deviation: the paper's stage 1 is
-  a separate pre-training phase; here it is the first epochs of the run's
-  schedule (RepDistiller's default ``--init_epochs 30``), so every method costs
-  the same number of epochs.
+  (CE + 100 * hint throughout). ``stages=2`` is the paper's form: an
+  initialisation stage ``hint`` of ``init_epochs`` epochs (before the schedule's,
+  with its own optimizer at the schedule's base learning rate) in which only the
+  hint loss trains the student up to the guided layer and the regressor; then the
+  schedule's epochs train the whole student with KD (``kd_weight`` * T^2 KL +
+  ``kd_ce_weight`` CE). The stage length is RepDistiller's ``--init_epochs 30``.
 - Defaults: beta=100, ce_weight=1, hint_layer=2 (CRD benchmark,
   ``--distill hint -a 0 -b 100``); two-stage: init_epochs=30, T=4, KD 0.9 / CE 0.1.
 - Extra trainable parameters: the regressor.
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from kdbench.connectors import ConvRegressor
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method, require
+from kdbench.method import InitStage, Method, StepOutput, register_method, require
 
 
 def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:
@@ -45,7 +44,7 @@ class FitNet(Method):
     def __init__(self, student, teacher, ctx, *, beta: float = 100.0, ce_weight: float = 1.0,
                  hint_layer: int = 2,  # index into features (0 = stem): the middle stage
                  stages: int = 1,  # 1: CE + beta*hint throughout; 2: the paper's hints-then-KD
-                 init_epochs: int = 30,  # stage-1 epochs when stages=2 (RepDistiller --init_epochs)
+                 init_epochs: int = 30,  # epochs of the hint stage when stages=2 (RepDistiller --init_epochs)
                  temperature: float = 4.0, kd_weight: float = 0.9, kd_ce_weight: float = 0.1) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages, ctx.teacher_spec.stages
@@ -53,21 +52,31 @@ class FitNet(Method):
                 f"fitnet needs feature maps at index {hint_layer}: the student exposes {len(s)}, "
                 f"the teacher {len(t)} (set method.hint_layer)")
         require(stages in (1, 2), f"method.stages must be 1 or 2, got {stages}")
+        require(init_epochs >= 0, f"method.init_epochs must be 0 or more, got {init_epochs}")
         self.regressor = ConvRegressor(s[hint_layer], t[hint_layer])
         self.beta, self.ce_weight, self.hint_layer = beta, ce_weight, hint_layer
         self.stages, self.init_epochs = stages, init_epochs
         self.temperature, self.kd_weight, self.kd_ce_weight = temperature, kd_weight, kd_ce_weight
 
+    def init_stages(self) -> list[InitStage]:
+        # The student's layers past the guided one get no gradient from the hint, so they stay put.
+        return [InitStage("hint", self.init_epochs, (self.student, self.regressor))] if self.stages == 2 else []
+
+    def trainable_modules(self):
+        # The paper's second stage trains the student alone; the regressor served only the hints.
+        return [self.student] if self.stages == 2 else super().trainable_modules()
+
+    def _hint(self, s_out, t_out) -> Tensor:
+        return hint_loss(self.regressor(s_out.features[self.hint_layer]), t_out.features[self.hint_layer])
+
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         t_out = self.teacher_forward(batch.images)
         s_out = self.student(batch.images)
-        if self.stages == 2 and epoch < self.init_epochs:  # paper stage 1: hints only
-            hint = hint_loss(self.regressor(s_out.features[self.hint_layer]), t_out.features[self.hint_layer])
-            return StepOutput(s_out.logits, {"hint": self.beta * hint})
+        if self.stage == "hint":  # paper stage 1: hints only
+            return StepOutput(s_out.logits, {"hint": self.beta * self._hint(s_out, t_out)})
         if self.stages == 2:  # paper stage 2: KD of the whole student
             return StepOutput(s_out.logits, {
                 "ce": self.kd_ce_weight * F.cross_entropy(s_out.logits, batch.labels),
                 "kd": self.kd_weight * kd_loss(s_out.logits, t_out.logits.float(), self.temperature)})
-        hint = hint_loss(self.regressor(s_out.features[self.hint_layer]), t_out.features[self.hint_layer])
         return StepOutput(s_out.logits, {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels),
-                                         "hint": self.beta * hint})
+                                         "hint": self.beta * self._hint(s_out, t_out)})

@@ -15,7 +15,8 @@ from kdbench.runner import record_path, run
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_tiny_full_run_per_method(make_cfg, method):
-    cfg = make_cfg(f"method={method}")
+    # FSP needs equal channel counts on both models (the digits pair's differ): a cnn_small teacher for it
+    cfg = make_cfg(f"method={method}", *(["pair.teacher=cnn_small", "method.init_epochs=1"] if method == "fsp" else []))
     rec = run(cfg)
     path = record_path(cfg)
     assert path.exists() and json.loads(path.read_text())["run_id"] == rec["run_id"]
@@ -25,6 +26,9 @@ def test_tiny_full_run_per_method(make_cfg, method):
     assert last["test"]["top1"] > 20  # 10 classes: chance is 10 %
     assert rec["metrics"]["selected"]["epoch"] in (1, 2)
     assert len(rec["history"]) == 2
+    assert [s["name"] for s in rec["schedule"]["init_stages"]] == {"ab": ["ab"], "ft": ["paraphraser"],
+                                                                  "fsp": ["fsp"]}.get(method, [])
+    assert len(rec["init_history"]) == sum(s["epochs"] for s in rec["schedule"]["init_stages"])
     assert rec["config"]["method"]["name"] == method  # resolved config saved with the run
     assert rec["params"]["student"] > 0 and rec["timing"]["images_per_s"] > 0
     assert rec["environment"]["packages"]["torch"]

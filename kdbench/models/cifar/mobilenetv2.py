@@ -61,8 +61,10 @@ class MobileNetV2(KDModel):
             if i in self.FEATURE_AFTER:
                 feats.append(x)
         emb = _pool(self.conv2(x))
-        # The stages end in a linear bottleneck (no ReLU): there is no separate pre-activation.
-        return ModelOutput(self.classifier(emb), feats, emb, None)
+        # The stages end in a linear bottleneck (no ReLU after it), so each stage output is already its
+        # pre-activation: the same tensors serve both lists (AB reads stages 1-4). The stem's entry is
+        # post-ReLU, exactly what the CRD benchmark returns when asked for this model's pre-activations.
+        return ModelOutput(self.classifier(emb), feats, emb, feats)
 
 
 @register_model("mobilenetv2", family="cifar",

@@ -68,7 +68,8 @@ def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tm
 
     # 40 short epochs: the signal (sent after the first epoch's checkpoint, then forwarded by the
     # launcher, which may itself wait for a CPU) must land well before training ends.
-    base = [*tiny_overrides(tmp_path, epochs=40), "method=kd", "engine.log_every=1"]
+    base = [*tiny_overrides(tmp_path, epochs=40), "teacher.schedule.epochs=1", "teacher.schedule.milestones=[1.0]",
+            "method=kd", "engine.log_every=1"]  # the teacher only needs to exist
     full = [*base, f"paths.results={tmp_path / 'full'}"]
     _torchrun("-m", "kdbench", "-q", "run", *full)  # also trains the shared teacher
     (done,) = _records(tmp_path / "full")

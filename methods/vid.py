@@ -10,7 +10,9 @@
 - Loss: ``ce`` + ``vid`` = ``beta`` x sum over stages.
 - Defaults: beta=1, ce_weight=1 (CRD benchmark ``-a 0 -b 1``); initial variance 5 and eps=1e-5 (the
   authors' code, kept by the CRD benchmark and mdistiller).
-- Extra trainable parameters: the regressors and the variances, trained with the student.
+- Extra trainable parameters: the regressors and the variances, trained with the student (the paper
+  learns the variances and the CRD benchmark optimises them; mdistiller keeps them in a plain list
+  outside its optimizer, so they stay at 5 there -- a difference from its VID numbers).
 - Reported (CRD benchmark, CIFAR-100): wrn_40_2->wrn_16_2 74.11, resnet56->resnet20 70.38,
   resnet32x4->resnet8x4 73.09, vgg13->vgg8 71.23, vgg13->mobilenetv2 65.56,
   resnet32x4->shufflenetv1 73.38.

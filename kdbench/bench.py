@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import compose
 from .data import static_train_size
 from .errors import KDBenchError
+from .identity import teacher_config
 from .runner import load_data, run
 from .schema import VANILLA
 from .teacher import ensure_teacher
@@ -192,7 +193,7 @@ def plan_rows(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
                 speeds[(r["pair"]["name"], r["method"]["name"])] = r["timing"]["images_per_s"]
     for cfg in configs:
         classes, shape = static_shape(cfg.data) or (10, (3, 32, 32))  # FLOPs barely depend on the class count
-        key = (str(cfg.pair.student), str(cfg.pair.teacher), shape)
+        key = (str(cfg.pair.student), str(teacher_config(cfg).pair.teacher), shape)
         if key not in flops_cache:
             flops_cache[key] = (forward_flops(create_model(key[0], classes, shape[0]), shape),
                                 forward_flops(create_model(key[1], classes, shape[0]), shape))

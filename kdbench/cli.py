@@ -117,13 +117,16 @@ def _extra_parameters(cfg) -> int:
         raise KDBenchError(f"dataset {cfg.data.name!r} has no static shape; pick a pair on a registered data set")
     import torch
 
+    from .identity import teacher_config
+
     classes, shape = known
     info = DatasetInfo(cfg.data.name, classes, shape, 1000)
     student = seeded_model(cfg.pair.student, classes, shape[0], 0)
     uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
-    teacher = seeded_model(cfg.pair.teacher, classes, shape[0], 0, "teacher-init") if uses_teacher else None
+    t_arch = str(teacher_config(cfg).pair.teacher)
+    teacher = seeded_model(t_arch, classes, shape[0], 0, "teacher-init") if uses_teacher else None
     return build_method(cfg.method, student, info, 0, teacher=teacher, student_arch=str(cfg.pair.student),
-                        teacher_arch=str(cfg.pair.teacher), train_labels=torch.arange(1000) % classes
+                        teacher_arch=t_arch, train_labels=torch.arange(1000) % classes
                         ).extra_trainable_parameters()
 
 

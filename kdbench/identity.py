@@ -18,13 +18,14 @@ engine switch or path can never split or merge cells. Within the experiment:
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 import types
 import typing
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import digest
 from .errors import KDBenchError
@@ -214,6 +215,25 @@ def run_precision(cfg: DictConfig) -> str:
     return resolve_precision(str(cfg.protocol.precision), resolve_device(str(cfg.engine.device)).type)
 
 
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The config a run's teacher is found, trained and identified by. Usually ``cfg`` itself; for a
+    method whose teacher is a trained copy of its own student (``teacher_arch = "student"``: TF-KD
+    self), a copy whose ``pair.teacher`` is the student's architecture and whose teacher schedule is
+    the student's (the copy is trained as the vanilla student would be). Idempotent."""
+    from .method import METHODS
+
+    name = str(cfg.method.name) if cfg.get("method") is not None else ""
+    if not name or name not in METHODS.names() or getattr(METHODS.get(name).obj, "teacher_arch", "pair") != "student":
+        return cfg
+    if cfg.pair.teacher == cfg.pair.student and cfg.teacher.schedule == cfg.schedule:
+        return cfg
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.pair.teacher = cfg.pair.student
+        out.teacher.schedule = OmegaConf.create(OmegaConf.to_container(cfg.schedule, resolve=True))
+    return out
+
+
 def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
     """How a run's teacher is chosen: a pinned cache entry, or the seed and schedule that train it."""
     if cfg.teacher.get("hash"):
@@ -235,7 +255,7 @@ def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "method": OmegaConf.to_container(cfg.method, resolve=True),
         "schedule": schedule_spec(cfg.schedule),
-        "teacher": teacher_choice(cfg) if uses_teacher else None,
+        "teacher": teacher_choice(teacher_config(cfg)) if uses_teacher else None,
     }
 
 

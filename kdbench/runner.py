@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data import DataBundle, build_dataset
 from .engine import CHECKPOINT, RunDiverged, fit, resolve_device
 from .errors import KDBenchError
-from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from
+from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from, teacher_config
 from .locks import file_lock, is_locked
 from .method import METHODS, build_method
 from .models import count_parameters, forward_flops, seeded_model
@@ -234,7 +234,8 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     info = data.info
     student = seeded_model(str(cfg.pair.student), info.num_classes, info.input_shape[0], seed, "student-init")
     method = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
-                          teacher_arch=str(cfg.pair.teacher), train_labels=data.train_labels()).to(device)
+                          teacher_arch=str(teacher_config(cfg).pair.teacher),
+                          train_labels=data.train_labels()).to(device)
 
     costs = _model_costs(method, teacher, info.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)

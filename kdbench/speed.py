@@ -26,6 +26,7 @@ from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
 from .engine import apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path, train_one_step
 from .errors import KDBenchError
+from .identity import teacher_config
 from .method import METHODS, build_method
 from .models import seeded_model
 from .records import describe_fast_path, environment, now_iso, speedup_range
@@ -102,15 +103,16 @@ def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: in
     data = small_image_bundle(data_cfg, "synthetic-cifar100", images, labels, images[:8], labels[:8],
                               [str(i) for i in range(100)], [0.5] * 3, [0.25] * 3).to(device)
     cls = METHODS.get(method_name).obj
+    run_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"])
+    t_arch = str(teacher_config(run_cfg).pair.teacher)  # the student's own for TF-KD self
     student = seeded_model(str(cfg.pair.student), 100, 3, 0, "student-init")
-    teacher = seeded_model(str(cfg.pair.teacher), 100, 3, 0, "teacher-init").eval() if cls.uses_teacher else None
+    teacher = seeded_model(t_arch, 100, 3, 0, "teacher-init").eval() if cls.uses_teacher else None
     # Per-sample state (CRD's memory banks) is sized for the pair's real training set, not
     # for the few synthetic images that feed the step: its cost depends on that size.
     n_train = max(static_train_size(cfg.data) or n_images, n_images)
     info = DatasetInfo("synthetic-cifar100", 100, (3, 32, 32), n_train)
-    method_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"]).method
-    method = build_method(method_cfg, student, info, 0, teacher=teacher, student_arch=str(cfg.pair.student),
-                          teacher_arch=str(cfg.pair.teacher), train_labels=(torch.arange(n_train) % 100).to(device))
+    method = build_method(run_cfg.method, student, info, 0, teacher=teacher, student_arch=str(cfg.pair.student),
+                          teacher_arch=t_arch, train_labels=(torch.arange(n_train) % 100).to(device))
     return data, method.to(device)
 
 

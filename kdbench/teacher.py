@@ -23,7 +23,7 @@ from .config import digest
 from .data import DataBundle
 from .engine import fit
 from .errors import KDBenchError
-from .identity import schedule_spec
+from .identity import schedule_spec, teacher_config
 from .models import KDModel, count_parameters, create_model, seeded_model
 from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
 from .schema import VANILLA
@@ -54,6 +54,7 @@ def data_spec(data: DictConfig) -> dict[str, Any]:
 
 def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
     """The recipe of the teacher a run needs: its cache key (the weights' sha256 identifies the result)."""
+    cfg = teacher_config(cfg)
     return {
         "dataset": data_spec(cfg.data),
         "arch": str(cfg.pair.teacher),
@@ -68,6 +69,7 @@ def teacher_hash(cfg: DictConfig) -> str:
 
 def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
     """The cached teacher ``cfg`` names: ``teacher.hash`` if set, else the one its spec hashes to."""
+    cfg = teacher_config(cfg)
     if cfg.teacher.get("hash"):
         entry = get_teacher(Path(cfg.paths.teachers), str(cfg.teacher.hash))
         if entry.arch != cfg.pair.teacher or entry.meta["dataset"] != cfg.data.name:
@@ -141,6 +143,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     """A teacher is a vanilla run of its architecture (built by the one factory), stored in the cache."""
     from .method import build_method
 
+    cfg = teacher_config(cfg)
     key = teacher_hash(cfg)
     final = Path(cfg.paths.teachers) / key
     partial = final.with_name(key + ".partial")

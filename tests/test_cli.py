@@ -37,7 +37,7 @@ def test_show_method_prints_the_card(capsys):
     (["run", "pair.student=resnet9000"], "Valid models:"),
     (["run", "seed=="], "Error parsing override"),
     (["show", "method", "kdd"], "Did you mean 'kd'? Valid methods: ab, at, cc, crd, crd+kd, dkd, dml, fitnet, "
-                                "fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, vanilla, vid"),
+                                "fsp, ft, kd, nst, pkt, reviewkd, rkd, sp, tf-kd-reg, tf-kd-self, vanilla, vid"),
     (["run", "dataset=imagefolder", "pair.datasets=[imagefolder]", "data.source.root=/no/such/dir"], "/no/such/dir"),
 ])
 def test_user_errors_exit_2_with_a_message(capsys, tmp_path, args, message):

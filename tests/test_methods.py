@@ -63,8 +63,8 @@ def _build(method: str, pair: str, n_train: int = 48, classes: int = 100, seed: 
     info = DatasetInfo("tiny", classes, (3, 32, 32), n_train)
     student = _model(cfg.pair.student, classes)
     cls = METHODS.get(method).obj
-    if cls.uses_teacher and teacher is None:
-        teacher = _model(cfg.pair.teacher, classes).eval()
+    if cls.uses_teacher and teacher is None:  # TF-KD self distils from a copy of the student's architecture
+        teacher = _model(cfg.pair.student if cls.teacher_arch == "student" else cfg.pair.teacher, classes).eval()
     labels = torch.arange(n_train) % classes
     m = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
                      teacher_arch=str(cfg.pair.teacher), train_labels=labels)

@@ -568,8 +568,7 @@ class _Loop:
         try:
             for n in range(start, len(self.plan)):
                 at = self.plan[n]
-                lr = lr_at(at.local, self.sched) if at.stage is None else \
-                    float(self.sched.lr if at.stage.lr is None else at.stage.lr)
+                lr = lr_at(at.local, self.sched) if at.stage is None else self._stage_lr(at.stage)
                 tally, epoch_time = self.train_epoch(n, at, lr, state)
                 self.end_epoch(n, at, lr, tally, epoch_time, state)
         finally:
@@ -582,8 +581,12 @@ class _Loop:
                          last=_summary(h, len(h) - 1, self.method), selected=_select(h, self.method),
                          train_time_s=state.train_time, images_per_s=state.images_seen / max(state.train_time, 1e-9),
                          epochs=self.epochs, resumed_from_epoch=start, init_history=state.init_history,
-                         init_stages=[{"name": s.name, "epochs": s.epochs,
-                                       "lr": float(self.sched.lr if s.lr is None else s.lr)} for s in self.stages])
+                         init_stages=[{"name": s.name, "epochs": s.epochs, "lr": self._stage_lr(s)}
+                                      for s in self.stages])
+
+    def _stage_lr(self, stage: InitStage) -> float:
+        """An initialisation stage's constant learning rate: its own, else the schedule's base rate."""
+        return float(self.sched.lr if stage.lr is None else stage.lr)
 
     def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> tuple[_Tally, float]:
         """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""

@@ -311,6 +311,16 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def match_sizes(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, b) with the larger feature map average-pooled to the smaller one's height and width, the CRD
+    benchmark's rule wherever two maps are compared (AT, NST, VID, FT, FSP)."""
+    if a.shape[2] > b.shape[2]:
+        a = torch.nn.functional.adaptive_avg_pool2d(a, b.shape[2:])
+    elif a.shape[2] < b.shape[2]:
+        b = torch.nn.functional.adaptive_avg_pool2d(b, a.shape[2:])
+    return a, b
+
+
 def require(condition: bool, message: str) -> None:
     """Fail before training when a method cannot serve a pair or dataset."""
     if not condition:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method, require
+from kdbench.method import Method, StepOutput, match_sizes, register_method, require
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
@@ -33,11 +33,7 @@ def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
 
 def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
     """Mean squared difference of attention maps after matching spatial sizes."""
-    hs, ht = f_s.shape[2], f_t.shape[2]
-    if hs > ht:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
-    elif hs < ht:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    f_s, f_t = match_sizes(f_s, f_t)
     return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
 
 

@@ -25,15 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, full_precision, register_method, require
+from kdbench.method import InitStage, Method, StepOutput, full_precision, match_sizes, register_method, require
 
 
 def fsp_matrix(a: Tensor, b: Tensor) -> Tensor:
     """(B, Cb, Ca): position-averaged products of b's and a's channels, after matching sizes."""
-    if a.shape[2] > b.shape[2]:
-        a = F.adaptive_avg_pool2d(a, b.shape[2:])
-    elif a.shape[2] < b.shape[2]:
-        b = F.adaptive_avg_pool2d(b, a.shape[2:])
+    a, b = match_sizes(a, b)
     return b.flatten(2) @ a.flatten(2).transpose(1, 2) / (a.shape[2] * a.shape[3])
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, full_precision, register_method, require
+from kdbench.method import InitStage, Method, StepOutput, full_precision, match_sizes, register_method, require
 
 # Students whose paraphraser RepDistiller trains at 0.01 (helper/pretrain.py's list of CIFAR ResNets and WRNs).
 _LOW_INIT_LR = re.compile(r"^(resnet(8|14|20|32|44|56|110|8x4|32x4)|wrn_(16|40)_[12])$")
@@ -63,10 +63,7 @@ def factor(f: Tensor) -> Tensor:
 
 
 def ft_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
-    if f_s.shape[2] > f_t.shape[2]:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
-    elif f_s.shape[2] < f_t.shape[2]:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    f_s, f_t = match_sizes(f_s, f_t)
     return (factor(f_s) - factor(f_t)).abs().mean()
 
 
@@ -93,6 +90,12 @@ class FT(Method):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.student, self.translator]  # the paraphraser is frozen after its stage
 
+    def train(self, mode: bool = True) -> "FT":
+        super().train(mode)
+        if self.stage != "paraphraser":  # frozen, in eval mode, after its stage (as the CRD benchmark)
+            self.paraphraser.eval()
+        return self
+
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         f_t = self.teacher_forward(batch.images).features[-1]
         if self.stage == "paraphraser":
@@ -102,7 +105,6 @@ class FT(Method):
                 return StepOutput(None, {"reconstruction": F.mse_loss(rec, f_t)})
         s_out = self.student(batch.images)
         with torch.no_grad():
-            self.paraphraser.eval()  # frozen (eval mode in the CRD benchmark's main stage)
             factor_t = self.paraphraser.encoder(f_t)
         factor_s = self.translator(s_out.features[-1])
         with full_precision(batch.images.device):

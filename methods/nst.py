@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, StepOutput, full_precision, match_sizes, register_method, require
 
 
 def _poly_mmd_term(a: Tensor, b: Tensor) -> Tensor:
@@ -30,11 +30,7 @@ def _poly_mmd_term(a: Tensor, b: Tensor) -> Tensor:
 
 
 def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
-    hs, ht = f_s.shape[2], f_t.shape[2]
-    if hs > ht:
-        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
-    elif hs < ht:
-        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    f_s, f_t = match_sizes(f_s, f_t)
     s = F.normalize(f_s.flatten(2), dim=2)
     t = F.normalize(f_t.flatten(2), dim=2)
     return _poly_mmd_term(t, t).detach() + _poly_mmd_term(s, s) - 2 * _poly_mmd_term(s, t)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, StepOutput, full_precision, match_sizes, register_method, require
 
 
 class VariationalRegressor(nn.Module):
@@ -71,10 +71,7 @@ class VID(Method):
         s_out = self.student(batch.images)
         loss = 0.0
         for reg, f_s, f_t in zip(self.regressors, s_out.features[1:], t_out.features[1:]):
-            if f_s.shape[2] > f_t.shape[2]:
-                f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
-            elif f_s.shape[2] < f_t.shape[2]:
-                f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+            f_s, f_t = match_sizes(f_s, f_t)
             mu = reg.mean(f_s)
             with full_precision(batch.images.device):
                 loss = loss + vid_nll(mu.float(), reg.variance().float(), f_t.float())

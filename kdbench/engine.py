@@ -167,6 +167,8 @@ def train_one_step(method: Method, batch, epoch: int, optimizer: torch.optim.Opt
     """The hot path: one optimisation step, no host-device synchronisation."""
     if channels_last:
         batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        if batch.pair_images is not None:
+            batch.pair_images = batch.pair_images.contiguous(memory_format=torch.channels_last)
     return method.train_step(batch, epoch, optimizer, autocast)
 
 
@@ -604,7 +606,8 @@ class _Loop:
         span = self.epochs if at.stage is None else at.stage.epochs
         what = "epoch" if at.stage is None else f"{at.name} epoch"
         bar = _bar(self.show, self.steps_per_epoch, f"{self.label}{what} {at.local + 1}/{span}")
-        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, at.data_epoch)):
+        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, at.data_epoch,
+                                                                       paired=self.method.paired_batches)):
             if step < tally.first_step:
                 continue  # cut and augmented again so the random streams line up; not trained on
             out = train_one_step(self.method, batch, at.local, optimizer, self.autocast, self.channels_last)

@@ -91,6 +91,8 @@ class Method(nn.Module):
     #: whose architecture the teacher has: "pair" (the pair's teacher) or "student" (a trained copy of the
     #: student, e.g. TF-KD self); see ``identity.teacher_config``
     teacher_arch: ClassVar[str] = "pair"
+    #: whether training batches bring each sample's same-class partner (``Batch.pair_images``; CS-KD)
+    paired_batches: ClassVar[bool] = False
     #: defaults that differ from (or are missing in) ``__init__``'s keyword defaults, e.g. a subclass's
     defaults: ClassVar[dict[str, Any]] = {}
     #: digest of the student's weights before training, set by ``build_method`` (the fairness record)

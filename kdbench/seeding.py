@@ -28,6 +28,19 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "data-order", epoch))
 
 
+def class_partners(labels: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """For every training sample, a sample of its own class drawn uniformly (itself included, as in
+    CS-KD's sampler), fresh each epoch: a pure function of (labels, seed, epoch), so both data
+    pipelines, every process and a resumed epoch pair the same samples."""
+    labels = labels.detach().cpu().long()
+    order = torch.argsort(labels, stable=True)  # samples grouped by class
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    u = torch.rand(len(labels), generator=generator(seed, "class-partner", epoch), dtype=torch.float64)
+    pick = (u * counts[labels]).long().clamp_max(counts[labels] - 1)
+    return order[starts[labels] + pick]
+
+
 def data_order_digest(n: int, seed: int, epochs: int) -> str:
     """sha256 over every epoch's permutation: equal digests mean identical data order."""
     h = hashlib.sha256()

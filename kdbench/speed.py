@@ -67,11 +67,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _endless(data, batch_size: int):
+def _endless(data, batch_size: int, paired: bool = False):
     """Training batches, epoch after epoch, as the loop consumes them (pipeline cost included)."""
     epoch = 0
     while True:
-        yield from data.train_batches(batch_size, 0, epoch)
+        yield from data.train_batches(batch_size, 0, epoch, paired=paired)
         epoch += 1
 
 
@@ -136,13 +136,13 @@ def _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps,
         autocast = fast.autocast(device)
         opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
         method.train()
-        stream = _endless(data, batch_size)
+        stream = _endless(data, batch_size, method.paired_batches)
 
         def engine_loop(n: int) -> None:
             for _, batch in zip(range(n), stream):
                 train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
 
-        flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1)), opt, autocast,
+        flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1, paired=method.paired_batches)), opt, autocast,
                                  fast.channels_last)
         eng = _measure(engine_loop, device, warmup, steps, batch_size)
         return eng, flops, (_profile(engine_loop, device) if profile else None)
@@ -202,7 +202,7 @@ def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, wa
     data, method = _build(cfg, method_name, device, n_images, "dataloader")
     opt = build_optimizer(method.trainable_parameters(), cfg.schedule, "for_loop")
     method.train()
-    stream = _endless(data, batch_size)
+    stream = _endless(data, batch_size, method.paired_batches)
     losses: list[float] = []
 
     def loop(n: int) -> None:

@@ -75,10 +75,13 @@ def _same(a, b) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
-def _batch(labels: torch.Tensor, b: int = 6) -> Batch:
+def _batch(labels: torch.Tensor, b: int = 6, paired: bool = False) -> Batch:
     g = torch.Generator().manual_seed(1)
     idx = torch.randperm(len(labels), generator=g)[:b]
-    return Batch(torch.randn(b, 3, 32, 32, generator=g), labels[idx], idx)
+    batch = Batch(torch.randn(b, 3, 32, 32, generator=g), labels[idx], idx)
+    if paired:  # partners of the same class (CS-KD); any same-class sample will do for the contract
+        batch.pair_images, batch.pair_indices = torch.randn(b, 3, 32, 32, generator=g), idx
+    return batch
 
 
 @pytest.mark.parametrize("pair", CIFAR_PAIRS)
@@ -95,12 +98,17 @@ def test_contract_one_step_on_every_cifar_pair(method, pair):
     fresh, _ = _build(method, pair, seed=1, teacher=m.teacher)  # the checkpoint round trip's target
     teacher_before = copy.deepcopy(m.teacher.state_dict()) if m.teacher is not None else None
     opt = torch.optim.SGD(m.trainable_parameters(), lr=0.01, momentum=0.9)
-    batch = _batch(labels)
+    batch = _batch(labels, paired=m.paired_batches)
     m.train()
     out = m.step(batch, epoch=0)
     loss = sum(out.losses.values())
     assert torch.isfinite(loss), out.losses
     assert out.logits.shape == (len(batch.labels), 100)
+    m.eval()
+    with torch.no_grad():  # every evaluated model (cohort members, heads, branches, ensembles) classifies
+        for name, model in m.eval_models().items():
+            assert model(batch.images).logits.shape == (len(batch.labels), 100), name
+    m.train()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     main = {id(p) for p in m.trainable_parameters()}  # what the schedule's optimizer trains
@@ -140,7 +148,7 @@ def test_contract_same_seed_same_result(method):
         torch.manual_seed(123)
         m, labels = _build(method, pair)
         opt = torch.optim.SGD(m.trainable_parameters(), lr=0.05, momentum=0.9)
-        out = m.train_step(_batch(labels), 0, opt, lambda: torch.autocast("cpu", enabled=False))
+        out = m.train_step(_batch(labels, paired=m.paired_batches), 0, opt, lambda: torch.autocast("cpu", enabled=False))
         results.append(({k: v.item() for k, v in out.losses.items()},
                         m.checkpoint_state()))
     assert results[0][0] == results[1][0]

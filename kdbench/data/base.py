@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import KDBenchError
-from ..seeding import derive_seed, epoch_permutation, generator
+from ..seeding import class_partners, derive_seed, epoch_permutation, generator
 
 # (images, generator) -> images; runs on the batch's device.
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
@@ -57,9 +57,14 @@ class DatasetInfo:
 
 @dataclass
 class Batch:
+    """A training or evaluation batch. With ``paired`` training batches (CS-KD) each sample ``i`` comes with
+    ``pair_images[i]``, a sample of the same class (``pair_indices[i]`` in the training set)."""
+
     images: Tensor
     labels: Tensor
     indices: Tensor
+    pair_images: Tensor | None = None
+    pair_indices: Tensor | None = None
 
 
 class DataBundle:
@@ -75,8 +80,19 @@ class DataBundle:
         """Labels of the training split by sample index, on this bundle's device."""
         raise NotImplementedError
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:  # pragma: no cover
+    def train_batches(self, batch_size: int, seed: int, epoch: int,
+                      paired: bool = False) -> Iterator[Batch]:  # pragma: no cover
+        """The epoch's batches in the shared order of (seed, epoch); with ``paired``, each sample also
+        brings a same-class partner (:func:`kdbench.seeding.class_partners`), augmented on its own."""
         raise NotImplementedError
+
+    def partners(self, seed: int, epoch: int) -> Tensor:
+        """Each training sample's same-class partner this epoch (needs the training labels)."""
+        labels = self.train_labels()
+        if labels is None:
+            raise KDBenchError(f"dataset {self.info.name!r} cannot tell its training labels, which paired "
+                               "(same-class) batches need")
+        return class_partners(labels, seed, epoch)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:  # pragma: no cover
         raise NotImplementedError
@@ -109,20 +125,28 @@ class TensorBundle(DataBundle):
         return TensorBundle(self.info, self.train.to(device), self.val.to(device), self.test.to(device),
                             self.augment, self.prepare)
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+    def train_batches(self, batch_size: int, seed: int, epoch: int, paired: bool = False) -> Iterator[Batch]:
         from ..distributed import shard, stream
 
         split = self.train
         perm = shard(epoch_permutation(len(split), seed, epoch)).to(self.device)  # this process's share
         aug_gen = generator(seed, *stream("augment", epoch), device=self.device) if self.augment else None
+        # Partners are augmented from a stream of their own: the main images are exactly an unpaired run's.
+        partners = self.partners(seed, epoch).to(self.device) if paired else None
+        pair_gen = generator(seed, *stream("pair-augment", epoch), device=self.device) \
+            if paired and self.augment else None
         for start in range(0, len(perm), batch_size):
             idx = perm[start:start + batch_size]
-            images = split.images[idx]
-            if self.augment is not None:
-                images = self.augment(images, aug_gen)
-            if self.prepare is not None:
-                images = self.prepare(images)
-            yield Batch(images, split.labels[idx], split.indices[idx])
+            batch = Batch(self._images(split.images[idx], aug_gen), split.labels[idx], split.indices[idx])
+            if partners is not None:
+                batch.pair_indices = partners[idx]
+                batch.pair_images = self._images(split.images[batch.pair_indices], pair_gen)
+            yield batch
+
+    def _images(self, images: Tensor, gen: torch.Generator | None) -> Tensor:
+        if self.augment is not None:
+            images = self.augment(images, gen)
+        return images if self.prepare is None else self.prepare(images)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         s = getattr(self, split)
@@ -147,6 +171,29 @@ class _OrderSampler(torch.utils.data.Sampler):
         from ..distributed import world
 
         return -(-self.n // world())
+
+
+class _PairBatchSampler(torch.utils.data.Sampler):
+    """Batches of the shared order, each followed by its samples' same-class partners (2 x batch indices)."""
+
+    def __init__(self, order: _OrderSampler, partners: Tensor, batch_size: int) -> None:
+        self.order, self.partners, self.batch_size = order, partners, batch_size
+
+    def __iter__(self):
+        idx = list(self.order)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start:start + self.batch_size]
+            yield chunk + self.partners[chunk].tolist()
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+
+def _split_pairs(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """A loaded [samples; partners] batch as one Batch whose partners ride along."""
+    for b in batches:
+        half = len(b.labels) // 2
+        yield Batch(b.images[:half], b.labels[:half], b.indices[:half], b.images[half:], b.indices[half:])
 
 
 def _own_global_rng(loader, seed: int) -> Iterator:
@@ -196,7 +243,8 @@ class LoaderBundle(DataBundle):
     def to(self, device: torch.device | str) -> "LoaderBundle":
         return LoaderBundle(self.info, self.splits, self.workers, device)
 
-    def _loader(self, split: str, batch_size: int, sampler=None, seed: int = 0) -> torch.utils.data.DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler=None, seed: int = 0,
+                batch_sampler=None) -> torch.utils.data.DataLoader:
         from ..distributed import world
 
         g = torch.Generator().manual_seed(seed)
@@ -209,8 +257,10 @@ class LoaderBundle(DataBundle):
 
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["torch", "kdbench.data"])  # imported once, not per worker
+        sizes = {"batch_sampler": batch_sampler} if batch_sampler is not None else \
+            {"batch_size": batch_size, "sampler": sampler, "shuffle": False}
         return torch.utils.data.DataLoader(
-            self.splits[split], batch_size=batch_size, sampler=sampler, shuffle=False,
+            self.splits[split], **sizes,
             num_workers=self.workers, pin_memory=self.device.type == "cuda", generator=g,
             persistent_workers=False, multiprocessing_context=context)
 
@@ -220,15 +270,19 @@ class LoaderBundle(DataBundle):
             yield Batch(images.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb),
                         indices.to(self.device, non_blocking=nb))
 
-    def train_batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[Batch]:
+    def train_batches(self, batch_size: int, seed: int, epoch: int, paired: bool = False) -> Iterator[Batch]:
         n = len(self.splits["train"])
         from ..distributed import stream
 
         aug_seed = derive_seed(seed, *stream("augment", epoch))
-        loader = self._loader("train", batch_size, _OrderSampler(n, seed, epoch), aug_seed)
-        if self.workers > 0:  # worker RNGs are seeded from the loader's generator
-            return self._batches(loader)
-        return self._batches(_own_global_rng(loader, aug_seed))
+        if paired:  # each batch loads its samples, then their partners, in one pass of the loader
+            sampler = _PairBatchSampler(_OrderSampler(n, seed, epoch), self.partners(seed, epoch), batch_size)
+            loader = self._loader("train", batch_size, seed=aug_seed, batch_sampler=sampler)
+        else:
+            loader = self._loader("train", batch_size, _OrderSampler(n, seed, epoch), aug_seed)
+        batches = self._batches(loader if self.workers > 0 else _own_global_rng(loader, aug_seed))
+        # (worker RNGs are seeded from the loader's generator)
+        return _split_pairs(batches) if paired else batches
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         return self._batches(self._loader(split, batch_size))

@@ -69,6 +69,7 @@ class _UInt8Images(torch.utils.data.Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
         self.images, self.labels = images, labels
+        self.targets = labels  # as torchvision datasets name them: the training labels (CRD, CS-KD) read them
 
     def __len__(self) -> int:
         return len(self.labels)

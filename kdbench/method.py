@@ -73,6 +73,8 @@ class MethodContext:
     train_labels: Tensor | None = None
     student_arch: str = ""
     teacher_arch: str | None = None
+    # the schedule's epoch count (0 where unknown): for methods whose weights ramp over training (ONE)
+    epochs: int = 0
 
 
 class Method(nn.Module):
@@ -279,7 +281,7 @@ def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | N
 
 def build_method(method_cfg: DictConfig | dict, student: KDModel, info: DatasetInfo, seed: int, *,
                  teacher: KDModel | None = None, student_arch: str = "", teacher_arch: str | None = None,
-                 train_labels: Tensor | None = None) -> Method:
+                 train_labels: Tensor | None = None, epochs: int = 0) -> Method:
     """The one way to make a method (runs, teacher training, speed, ``show``, tests).
 
     The context is read off the models; the method's own helpers (regressors, heads, peers)
@@ -293,7 +295,7 @@ def build_method(method_cfg: DictConfig | dict, student: KDModel, info: DatasetI
     shape = info.input_shape
     ctx = MethodContext(info, student.feature_spec(shape), teacher.feature_spec(shape) if teacher is not None else None,
                         seed, train_labels=train_labels, student_arch=student_arch,
-                        teacher_arch=teacher_arch if teacher is not None else None)
+                        teacher_arch=teacher_arch if teacher is not None else None, epochs=int(epochs))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "method-init", str(method_cfg["name"])))
         method = create_method(method_cfg, student, teacher, ctx)

@@ -235,7 +235,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     student = seeded_model(str(cfg.pair.student), info.num_classes, info.input_shape[0], seed, "student-init")
     method = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
                           teacher_arch=str(teacher_config(cfg).pair.teacher),
-                          train_labels=data.train_labels()).to(device)
+                          train_labels=data.train_labels(), epochs=int(cfg.schedule.epochs)).to(device)
 
     costs = _model_costs(method, teacher, info.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)

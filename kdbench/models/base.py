@@ -7,6 +7,7 @@ pooled embedding; they build connectors (regressors, embeddings) from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -47,12 +48,35 @@ class FeatureSpec:
 
 
 class KDModel(nn.Module):
-    """Base class: subclasses implement ``forward(x) -> ModelOutput``."""
+    """Base class: subclasses implement ``forward(x) -> ModelOutput``.
+
+    A family may also split itself into a shared trunk and a tail -- the deepest stage and everything
+    after it -- for methods that give a student several tails (ONE's branches): it names the tail's
+    child modules in ``TAIL`` and implements :meth:`forward_trunk` and :meth:`forward_tail`, with
+    ``forward_tail(forward_trunk(x)) == forward(x).logits``.
+    """
 
     num_classes: int
+    #: the child modules of the tail (empty: the family does not split)
+    TAIL: ClassVar[tuple[str, ...]] = ()
 
     def forward(self, x: Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """The input of the deepest stage."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into trunk and tail")
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        """The logits, from the deepest stage's input."""
+        raise NotImplementedError(f"{type(self).__name__} does not split into trunk and tail")
+
+    def drop_trunk(self) -> "KDModel":
+        """This model reduced to its tail (in place): a branch that runs on another model's trunk."""
+        for name, _ in list(self.named_children()):
+            if name not in self.TAIL:
+                delattr(self, name)
+        return self
 
     @torch.no_grad()
     def feature_spec(self, input_shape: tuple[int, int, int]) -> FeatureSpec:

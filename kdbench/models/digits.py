@@ -60,6 +60,22 @@ class DigitsCNN(KDModel):
         emb = self.pool(x).flatten(1)
         return ModelOutput(logits=self.fc(emb), features=feats, embedding=emb, preact_features=pres)
 
+    TAIL = ("stages", "pool", "fc")  # of ``stages``, the last
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        for stage in self.stages[:-1]:
+            x = stage(x)[1]
+        return x
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.fc(self.pool(self.stages[-1](h)[1]).flatten(1))
+
+    def drop_trunk(self) -> "DigitsCNN":
+        super().drop_trunk()
+        for i in range(len(self.stages) - 1):
+            self.stages[i] = nn.Identity()
+        return self
+
 
 @register_model("cnn_small", family="digits",
                 description="digits student: 3 stages of one conv, widths 8/16/32 (~6k params)")

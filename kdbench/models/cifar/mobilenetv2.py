@@ -66,6 +66,29 @@ class MobileNetV2(KDModel):
         # post-ReLU, exactly what the CRD benchmark returns when asked for this model's pre-activations.
         return ModelOutput(self.classifier(emb), feats, emb, feats)
 
+    TAIL = ("blocks", "conv2", "classifier")  # of ``blocks``, the groups after the last-but-one stage
+
+    @property
+    def _split(self) -> int:
+        return self.FEATURE_AFTER[-2] + 1  # the first block group of the deepest stage
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        x = self.conv1(x)
+        for group in self.blocks[:self._split]:
+            x = group(x)
+        return x
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        for group in self.blocks[self._split:]:
+            h = group(h)
+        return self.classifier(_pool(self.conv2(h)))
+
+    def drop_trunk(self) -> "MobileNetV2":
+        super().drop_trunk()
+        for i in range(self._split):
+            self.blocks[i] = nn.Identity()
+        return self
+
 
 @register_model("mobilenetv2", family="cifar",
                 description="MobileNetV2 for CIFAR, width 0.5, expansion 6 (the benchmark's mobile_half)")

@@ -60,6 +60,14 @@ class CifarResNet(KDModel):
         emb = _pool(x)
         return ModelOutput(self.fc(emb), [f0, *feats], emb, [f0, *pres])
 
+    TAIL = ("layer3", "fc")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.fc(_pool(self.layer3(h)))
+
 
 # Each architecture is a named function, so its name finds its definition.
 

@@ -75,6 +75,14 @@ class CifarStemResNet(KDModel):
         emb = _pool(x)
         return ModelOutput(self.linear(emb), [f0, *feats], emb, [f0, *pres])
 
+    TAIL = ("layer4", "linear")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.layer3(self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x))))))
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.linear(_pool(self.layer4(h)))
+
 
 # Each architecture is a named function, so its name finds its definition.
 

@@ -63,6 +63,14 @@ class ShuffleNetV1(KDModel):
         emb = _pool(x)
         return ModelOutput(self.linear(emb), [f0, *feats], emb, [f0, *pres])
 
+    TAIL = ("layer3", "linear")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)))))
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.linear(_pool(self.layer3(h)))
+
 
 @register_model("shufflenetv1", family="cifar", description="ShuffleNetV1 g=3 for CIFAR, CRD benchmark")
 def shufflenetv1(num_classes: int = 100, in_channels: int = 3) -> ShuffleNetV1:
@@ -134,6 +142,14 @@ class ShuffleNetV2(KDModel):
         x, feats, pres = _run_stages((self.layer1, self.layer2, self.layer3), f0)
         emb = _pool(F.relu(self.bn2(self.conv2(x))))
         return ModelOutput(self.linear(emb), [f0, *feats], emb, [f0, *pres])
+
+    TAIL = ("layer3", "conv2", "bn2", "linear")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.layer2(self.layer1(F.relu(self.bn1(self.conv1(x)))))
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.linear(_pool(F.relu(self.bn2(self.conv2(self.layer3(h))))))
 
 
 @register_model("shufflenetv2", family="cifar", description="ShuffleNetV2 1x for CIFAR, CRD benchmark")

@@ -58,6 +58,18 @@ class VGG(KDModel):
         emb = self.pool4(x).flatten(1)
         return ModelOutput(self.classifier(emb), feats, emb, pres)
 
+    TAIL = ("block4", "pool4", "classifier")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        h = x.shape[2]
+        x = self.pool0(F.relu(self.block0(x)))
+        x = self.pool2(F.relu(self.block2(self.pool1(F.relu(self.block1(x))))))
+        x = F.relu(self.block3(x))
+        return self.pool3(x) if h == 64 else x
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.classifier(self.pool4(F.relu(self.block4(h))).flatten(1))
+
 
 # Each architecture is a named function, so its name finds its definition.
 

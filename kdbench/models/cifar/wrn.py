@@ -77,6 +77,14 @@ class WideResNet(KDModel):
                 _bn_batch_stats(self.bn1, f3)]
         return ModelOutput(self.fc(emb), [f0, f1, f2, f3], emb, pres)
 
+    TAIL = ("block3", "bn1", "relu", "fc")
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        return self.block2(self.block1(self.conv1(x)))
+
+    def forward_tail(self, h: Tensor) -> Tensor:
+        return self.fc(_pool(self.relu(self.bn1(self.block3(h)))))
+
 
 # Each architecture is a named function, so its name finds its definition.
 

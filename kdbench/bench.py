@@ -78,12 +78,42 @@ def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
     for pair in s.pairs:
         cfgs = [c for p, c in configs if p == pair]
         data = load_data(cfgs[0])
-        teacher = ensure_teacher(cfgs[0], data)  # teachers first, once per pair
+        teacher = ensure_teacher(pair_teacher_config(cfgs[0]), data)  # teachers first, once per pair
+        ensure_run_teachers(cfgs, data)  # then the other networks the methods distil from (assistants, ...)
         # Failures are recorded and the grid goes on; interrupted runs resume from their checkpoints.
         pair_records = [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
         records += pair_records
         results.append(_summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
     return BenchResult(str(s.name), results, records, time.time() - t0)
+
+
+def pair_teacher_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` as a method that distils from the pair's own teacher would see it (the teacher a table
+    reports), whatever network ``cfg``'s method distils from."""
+    import copy
+
+    from omegaconf import open_dict
+
+    out = copy.deepcopy(cfg)
+    with open_dict(out):
+        out.method = OmegaConf.create({"name": VANILLA})
+    return out
+
+
+def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
+    """Every distinct network the runs distil from -- TF-KD's student copies, TAKD's assistants (each
+    after its own teacher) -- found or trained once, before any student, in the order first needed."""
+    from .method import METHODS
+    from .teacher import teacher_hash
+
+    seen: set[str] = set()
+    for cfg in cfgs:
+        if not METHODS.get(str(cfg.method.name)).obj.uses_teacher:
+            continue
+        key = str(cfg.teacher.hash) if cfg.teacher.get("hash") and teacher_config(cfg) is cfg else teacher_hash(cfg)
+        if key not in seen:
+            seen.add(key)
+            ensure_teacher(cfg, data)
 
 
 def _summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairResult:

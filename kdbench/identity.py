@@ -216,29 +216,88 @@ def run_precision(cfg: DictConfig) -> str:
 
 
 def teacher_config(cfg: DictConfig) -> DictConfig:
-    """The config a run's teacher is found, trained and identified by. Usually ``cfg`` itself; for a
-    method whose teacher is a trained copy of its own student (``teacher_arch = "student"``: TF-KD
-    self), a copy whose ``pair.teacher`` is the student's architecture and whose teacher schedule is
-    the student's (the copy is trained as the vanilla student would be). Idempotent."""
+    """The config a run's teacher is found, trained and identified by. Usually ``cfg`` itself; otherwise
+    a copy whose ``pair.teacher`` and ``teacher.schedule`` describe the network the method distils from:
+
+    - ``teacher_arch = "student"`` (TF-KD self): a trained copy of the student's architecture, trained
+      by the student's schedule as the vanilla student would be;
+    - ``teacher_arch = "assistant"`` (TAKD): the last of ``method.assistants``, itself a *distilled*
+      run of the student's schedule and ``teacher.seed``, whose own teacher is the pair's teacher (or
+      the previous assistant). The copy's ``teacher.assistant`` holds how it is trained
+      (:func:`assistant_training_config`), and its identity includes its teacher's.
+
+    Idempotent."""
     from .method import METHODS
 
     name = str(cfg.method.name) if cfg.get("method") is not None else ""
-    if not name or name not in METHODS.names() or getattr(METHODS.get(name).obj, "teacher_arch", "pair") != "student":
+    kind = getattr(METHODS.get(name).obj, "teacher_arch", "pair") if name in METHODS.names() else "pair"
+    if kind == "student":
+        if cfg.pair.teacher == cfg.pair.student and cfg.teacher.schedule == cfg.schedule:
+            return cfg
+        out = copy.deepcopy(cfg)
+        with open_dict(out):
+            out.pair.teacher = cfg.pair.student
+            out.teacher.schedule = OmegaConf.create(OmegaConf.to_container(cfg.schedule, resolve=True))
+        return out
+    if kind != "assistant" or cfg.teacher.get("assistant") is not None:
         return cfg
-    if cfg.pair.teacher == cfg.pair.student and cfg.teacher.schedule == cfg.schedule:
+    chain = [str(a) for a in cfg.method.get("assistants") or []]
+    if not chain:
         return cfg
+    link = OmegaConf.to_container(cfg.method, resolve=True)
+    link["assistants"] = chain[:-1]
+    if not chain[:-1]:  # the first assistant learns from the pair's teacher by the link's plain KD
+        link = {k: v for k, v in link.items() if k != "assistants"}
+        link["name"] = "kd"
     out = copy.deepcopy(cfg)
     with open_dict(out):
-        out.pair.teacher = cfg.pair.student
+        out.pair.teacher = chain[-1]
         out.teacher.schedule = OmegaConf.create(OmegaConf.to_container(cfg.schedule, resolve=True))
+        out.teacher.hash = None  # a pinned teacher is the chain's top, not this assistant
+        out.teacher.assistant = {"method": link, "teacher": str(cfg.pair.teacher),
+                                 "teacher_schedule": OmegaConf.to_container(cfg.teacher.schedule, resolve=True),
+                                 "teacher_hash": cfg.teacher.get("hash")}
     return out
+
+
+def assistant_training_config(cfg: DictConfig) -> DictConfig:
+    """For a teacher config whose teacher is an assistant (:func:`teacher_config`), the run that trains
+    that assistant: its architecture as the student, distilled by the link's method from its own teacher,
+    with ``teacher.seed`` as the run seed."""
+    a = cfg.teacher.assistant
+    up = copy.deepcopy(cfg)
+    with open_dict(up):
+        up.pair.student = cfg.pair.teacher
+        up.pair.teacher = a.teacher
+        up.method = OmegaConf.create(OmegaConf.to_container(a.method, resolve=True))
+        up.seed = int(cfg.teacher.seed)
+        up.teacher.schedule = OmegaConf.create(OmegaConf.to_container(a.teacher_schedule, resolve=True))
+        up.teacher.hash = a.teacher_hash
+        del up.teacher["assistant"]
+    return up
+
+
+def assistant_origin(cfg: DictConfig) -> dict[str, Any] | None:
+    """How an assistant teacher is made (its link's method and its own teacher's choice, recursively):
+    part of its cache key and of every identity that depends on it; None for any other teacher."""
+    if cfg.teacher.get("assistant") is None:
+        return None
+    up = assistant_training_config(cfg)
+    top = teacher_config(up)
+    choice = teacher_choice(top)
+    choice.update({"arch": str(top.pair.teacher)})
+    return {"method": OmegaConf.to_container(up.method, resolve=True), "teacher": choice}
 
 
 def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
     """How a run's teacher is chosen: a pinned cache entry, or the seed and schedule that train it."""
     if cfg.teacher.get("hash"):
         return {"hash": str(cfg.teacher.hash)}
-    return {"seed": int(cfg.teacher.seed), "schedule": schedule_spec(cfg.teacher.schedule)}
+    out = {"seed": int(cfg.teacher.seed), "schedule": schedule_spec(cfg.teacher.schedule)}
+    origin = assistant_origin(cfg)
+    if origin is not None:
+        out["distilled"] = origin
+    return out
 
 
 def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision: str | None = None) -> dict[str, Any]:

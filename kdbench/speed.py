@@ -12,6 +12,7 @@ independent of any data set on disk.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import statistics
 import time
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from .config import compose
 from .data import DatasetInfo, static_train_size
 from .data.small import small_image_bundle
 from .engine import apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path, train_one_step
 from .errors import KDBenchError
+from .identity import teacher_config
 from .method import METHODS, build_method
 from .models import seeded_model
 from .records import describe_fast_path, environment, now_iso, speedup_range
@@ -104,7 +106,10 @@ def _build(cfg: DictConfig, method_name: str, device: torch.device, n_images: in
     cls = METHODS.get(method_name).obj
     run_cfg = compose([f"pair={cfg.pair.name}", f"method={method_name}"])
     # the architectures are the measured cfg's (it may override them); TF-KD self's teacher is the student's
-    t_arch = str(cfg.pair.student if cls.teacher_arch == "student" else cfg.pair.teacher)
+    t_cfg = copy.deepcopy(cfg)
+    with open_dict(t_cfg):
+        t_cfg.method = run_cfg.method
+    t_arch = str(teacher_config(t_cfg).pair.teacher)
     student = seeded_model(str(cfg.pair.student), 100, 3, 0, "student-init")
     teacher = seeded_model(t_arch, 100, 3, 0, "teacher-init").eval() if cls.uses_teacher else None
     # Per-sample state (CRD's memory banks) is sized for the pair's real training set, not

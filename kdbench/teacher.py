@@ -23,7 +23,7 @@ from .config import digest
 from .data import DataBundle
 from .engine import fit
 from .errors import KDBenchError
-from .identity import schedule_spec, teacher_config
+from .identity import assistant_origin, assistant_training_config, schedule_spec, teacher_config
 from .models import KDModel, count_parameters, create_model, seeded_model
 from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
 from .schema import VANILLA
@@ -55,12 +55,16 @@ def data_spec(data: DictConfig) -> dict[str, Any]:
 def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
     """The recipe of the teacher a run needs: its cache key (the weights' sha256 identifies the result)."""
     cfg = teacher_config(cfg)
-    return {
+    spec = {
         "dataset": data_spec(cfg.data),
         "arch": str(cfg.pair.teacher),
         "schedule": schedule_spec(cfg.teacher.schedule),
         "seed": int(cfg.teacher.seed),
     }
+    origin = assistant_origin(cfg)
+    if origin is not None:  # a teacher assistant: distilled, so its own teacher is part of what it is
+        spec["distilled"] = origin
+    return spec
 
 
 def teacher_hash(cfg: DictConfig) -> str:
@@ -140,20 +144,31 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
 
 
 def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
-    """A teacher is a vanilla run of its architecture (built by the one factory), stored in the cache."""
+    """A teacher is a vanilla run of its architecture (built by the one factory), stored in the cache; a
+    teacher assistant (TAKD) is a distilled run from its own teacher, which is found or trained first."""
     from .method import build_method
 
     cfg = teacher_config(cfg)
     key = teacher_hash(cfg)
     final = Path(cfg.paths.teachers) / key
     partial = final.with_name(key + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
     arch, seed = str(cfg.pair.teacher), int(cfg.teacher.seed)
-    log.info("training teacher %s on %s (seed %d, %d epochs) -> %s", arch, data.info.name, seed,
-             int(cfg.teacher.schedule.epochs), final)
     info, device = data.info, data.device
+    upper, own_teacher = None, None
+    if cfg.teacher.get("assistant") is not None:
+        upper = assistant_training_config(cfg)
+        upper_entry = ensure_teacher(upper, data)
+        own_teacher = load_teacher(upper_entry, device)
+    partial.mkdir(parents=True, exist_ok=True)
+    log.info("training %s %s on %s (seed %d, %d epochs) -> %s", "teacher" if upper is None else "assistant", arch,
+             data.info.name, seed, int(cfg.teacher.schedule.epochs), final)
     model = seeded_model(arch, info.num_classes, info.input_shape[0], seed, "student-init")
-    trainer = build_method({"name": VANILLA}, model, info, seed, student_arch=arch).to(device)
+    if upper is None:
+        trainer = build_method({"name": VANILLA}, model, info, seed, student_arch=arch).to(device)
+    else:
+        trainer = build_method(upper.method, model, info, seed, teacher=own_teacher, student_arch=arch,
+                               teacher_arch=upper_entry.arch, train_labels=data.train_labels(),
+                               epochs=int(cfg.teacher.schedule.epochs)).to(device)
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
     result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",
@@ -169,7 +184,8 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     meta = {
         "schema_version": SCHEMA_VERSION,
         "hash": key,
-        "source": "trained",
+        "source": "trained" if upper is None else "distilled",
+        "distilled_from": None if upper is None else {"teacher": upper_entry.hash, "method": str(upper.method.name)},
         "arch": arch,
         "dataset": data.info.name,
         "num_classes": data.info.num_classes,

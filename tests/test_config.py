@@ -47,7 +47,8 @@ def test_every_registered_method_composes_from_its_class_defaults():
         cifar = compose([f"method={name}", "pair=cifar100/resnet32x4-resnet8x4", "dataset=cifar100"])
         own = dict(cifar.pair.method_overrides.get(name) or {})
         assert dict(cifar.method) == {**method_defaults(name), **own}
-        assert set(own) <= ({"beta"} if name == "reviewkd" else set())  # the authors' tuned weight only
+        # the authors' tuned weight only; TAKD's assistant is the pair's
+        assert set(own) <= {"reviewkd": {"beta"}, "takd": {"assistants"}}.get(name, set())
 
 
 @pytest.mark.parametrize("registry", [METHODS, MODELS, DATASETS, PAIRS])

@@ -64,7 +64,9 @@ def _build(method: str, pair: str, n_train: int = 48, classes: int = 100, seed: 
     student = _model(cfg.pair.student, classes)
     cls = METHODS.get(method).obj
     if cls.uses_teacher and teacher is None:  # TF-KD self distils from a copy of the student's architecture
-        teacher = _model(cfg.pair.student if cls.teacher_arch == "student" else cfg.pair.teacher, classes).eval()
+        arch = {"student": cfg.pair.student, "assistant": (cfg.method.get("assistants") or [None])[-1]}.get(
+            cls.teacher_arch, cfg.pair.teacher)  # TAKD distils from its pair's assistant
+        teacher = _model(arch, classes).eval()
     labels = torch.arange(n_train) % classes
     m = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
                      teacher_arch=str(cfg.pair.teacher), train_labels=labels)

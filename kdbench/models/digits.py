@@ -87,3 +87,10 @@ def cnn_small(num_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
                 description="digits teacher: 3 stages of two convs, widths 32/64/128 (~0.29M params)")
 def cnn_wide(num_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
     return DigitsCNN((32, 64, 128), depth=2, num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model("cnn_mid", family="digits",
+                description="digits teacher assistant: 3 stages of one conv, widths 16/32/64 (~24k params), between "
+                            "cnn_wide and cnn_small")
+def cnn_mid(num_classes: int = 10, in_channels: int = 1) -> DigitsCNN:
+    return DigitsCNN((16, 32, 64), depth=1, num_classes=num_classes, in_channels=in_channels)

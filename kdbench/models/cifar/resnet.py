@@ -107,6 +107,13 @@ def resnet110(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(110, (16, 16, 32, 64), num_classes, in_channels)
 
 
+@register_model("resnet20x4", family="cifar",
+                description="CIFAR ResNet-20 with 4x width (32/64/128/256): kdbench's teacher assistant between "
+                            "resnet32x4 and resnet8x4 (not a CRD benchmark model)")
+def resnet20x4(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(20, (32, 64, 128, 256), num_classes, in_channels)
+
+
 @register_model("resnet8x4", family="cifar",
                 description="CIFAR ResNet-8 with 4x width (32/64/128/256), CRD benchmark")
 def resnet8x4(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:

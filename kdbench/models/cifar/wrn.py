@@ -99,6 +99,13 @@ def wrn_16_2(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
     return WideResNet(16, 2, num_classes, in_channels)
 
 
+@register_model("wrn_28_2", family="cifar",
+                description="Wide ResNet-28-2: kdbench's teacher assistant between wrn_40_2 and wrn_16_2/wrn_40_1 "
+                            "(not a CRD benchmark model)")
+def wrn_28_2(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    return WideResNet(28, 2, num_classes, in_channels)
+
+
 @register_model("wrn_40_1", family="cifar", description="Wide ResNet-40-1, CRD benchmark")
 def wrn_40_1(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
     return WideResNet(40, 1, num_classes, in_channels)

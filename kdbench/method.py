@@ -303,6 +303,23 @@ def build_method(method_cfg: DictConfig | dict, student: KDModel, info: DatasetI
     return method
 
 
+class PartsView(nn.Module):
+    """A model to evaluate that is made of a method's parts (a head on the student, a branch on its trunk,
+    an ensemble), for :meth:`Method.eval_models`. The parts sit in a plain list, so nothing is registered
+    twice in the method's state, and they follow this view's train/eval mode, so evaluation runs them in
+    eval mode like any model."""
+
+    def __init__(self, *parts: nn.Module) -> None:
+        super().__init__()
+        self.parts = list(parts)
+
+    def train(self, mode: bool = True) -> "PartsView":
+        super().train(mode)
+        for p in self.parts:
+            p.train(mode)
+        return self
+
+
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     """Switch autocast off for a method's own loss arithmetic.
 

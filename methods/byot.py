@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, PartsView, StepOutput, full_precision, register_method, require
 from kdbench.models import KDModel, ModelOutput, StageSpec
 
 
@@ -57,22 +57,7 @@ class Head(nn.Module):
         return self.fc(f), f
 
 
-class _View(nn.Module):
-    """A model to evaluate made of the method's parts, built on demand; the parts sit in a plain list (not
-    registered twice in the method's state) and follow this view's train/eval mode."""
-
-    def __init__(self, *parts: nn.Module) -> None:
-        super().__init__()
-        self.parts = list(parts)
-
-    def train(self, mode: bool = True) -> "_View":
-        super().train(mode)
-        for p in self.parts:
-            p.train(mode)
-        return self
-
-
-class _HeadView(_View):
+class _HeadView(PartsView):
     """The student up to a head."""
 
     def __init__(self, student: KDModel, head: Head, stage: int) -> None:
@@ -86,7 +71,7 @@ class _HeadView(_View):
         return ModelOutput(logits, out.features, f)
 
 
-class _Ensemble(_View):
+class _Ensemble(PartsView):
     """Every classifier's softmax, averaged; its log is returned as logits."""
 
     def forward(self, x: Tensor) -> ModelOutput:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, PartsView, StepOutput, full_precision, register_method, require
 from kdbench.models import KDModel, ModelOutput, create_model
 
 
@@ -50,18 +50,12 @@ def one_kl(branch_logits: Tensor, ensemble_logits: Tensor, temperature: float) -
                     reduction="batchmean", log_target=True) * t * t
 
 
-class _View(nn.Module):
-    """A model to evaluate made of the method's parts (a plain list: nothing registered twice), following
-    this view's train/eval mode."""
+class _View(PartsView):
+    """Branch ``branch`` on the student's trunk, or (None) the gated ensemble."""
 
     def __init__(self, method: "ONE", branch: int | None) -> None:
-        super().__init__()
-        self.parts, self.branch = [method], branch
-
-    def train(self, mode: bool = True) -> "_View":
-        super().train(mode)
-        self.parts[0].train(mode)
-        return self
+        super().__init__(method)
+        self.branch = branch
 
     def forward(self, x: Tensor) -> ModelOutput:
         method = self.parts[0]

@@ -49,7 +49,15 @@ def test_cells_are_mean_and_sample_std_of_the_records(real_records, tmp_path):
     gain = float(agg["kd"]["mean"]) - float(agg["vanilla"]["mean"])
     assert float(survey["kd"]["gain_value"]) == pytest.approx(gain, abs=0.011)
     assert survey["dml"]["scheme"] == "online" and survey["kd"]["scheme"] == "offline"
+    page = files["index.html"].decode()
+    for scheme in ("offline", "online", "self"):  # the survey's three sections, the empty one included
+        assert f'id="survey-{scheme}-' in page
     md = files["README.md"].decode()
+    assert "No self method was run in this setting." in md
+    members = _csv(files["members.csv"])  # DML's peer, beside (never pooled with) the reported student
+    peer = [r["metrics"]["last"]["peer1"]["test"]["top1"] for r in real_records if r["method"]["name"] == "dml"]
+    assert [(m["method"], m["model"]) for m in members] == [("dml", "peer1")]
+    assert members[0]["top1"].startswith(f"{statistics.fmean(peer):.2f} ± {statistics.stdev(peer):.2f} (n=3)")
     assert "digits, 2 epochs" in md and "seeds 0,1,2" in md and "hardware:" in md
 
 
@@ -384,3 +392,31 @@ def test_the_page_assets_are_package_files():
 
     assets = resources.files("kdbench.report") / "assets"
     assert (assets / "page.css").read_text().startswith("body{") and "sortable" in (assets / "page.js").read_text()
+
+
+@pytest.mark.parametrize("row,dataset,expected", [
+    ({"method": "one", "scheme": "online", "student": "resnet32", "peer": None, "teacher": "resnet110"},
+     "cifar100", (68.82, 73.39)),
+    ({"method": "tf-kd-self", "scheme": "self", "student": "resnet18", "peer": None, "teacher": "resnet18"},
+     "cifar100", (75.87, 77.10)),
+    ({"method": "dml", "scheme": "online", "student": "resnet32", "peer": "resnet32", "teacher": "resnet56"},
+     "cifar10", (92.47, 92.80)),  # the student's row, not the survey's teacher-side one (92.68)
+    ({"method": "ft", "scheme": "offline", "student": "resnet20", "peer": None, "teacher": "resnet56"},
+     "cifar10", (92.22, 93.15)),
+    ({"method": "ft", "scheme": "offline", "student": "resnet20", "peer": None, "teacher": "resnet110"},
+     "cifar10", None),  # another teacher: no match
+    ({"method": "one", "scheme": "online", "student": "resnet32", "peer": None, "teacher": "resnet110",
+      "label": "one (branches=4)"}, "cifar100", None),  # a variant is never set beside a reported number
+])
+def test_survey_numbers_stand_beside_ours_only_for_the_same_method_and_networks(row, dataset, expected):
+    import pandas as pd
+
+    from kdbench.report.tables import load_reference, survey_match
+
+    ref = load_reference(REFERENCE.parent)
+    got = survey_match(ref, dataset, pd.Series({"label": row["method"], **row}))
+    if expected is None:
+        assert got is None
+    else:
+        assert (got["survey_baseline"], got["survey_distilled"]) == expected
+        assert got["survey_gain"] == pytest.approx(expected[1] - expected[0], abs=0.006)

@@ -54,13 +54,15 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     agg = aggregate(df)
     ref = load_reference(results_root)
     sections = []
-    csvs: dict[str, list[dict[str, Any]]] = {"benchmark": [], "survey": [], "paper_comparison": [], "cost": []}
+    csvs: dict[str, list[dict[str, Any]]] = {"benchmark": [], "survey": [], "members": [], "paper_comparison": [],
+                                             "cost": []}
     for s in settings(df, metric):
         slug = _slug(s.id)
         sec = Section(s, slug, setting_tables(agg, df, ref, s, slug, compare_short), plots(agg, df, s))
         sections.append(sec)
         for t in sec.tables:
             kind = t.id.rsplit("-" + slug, 1)[0].replace("paper", "paper_comparison")
+            kind = "survey" if kind.startswith("survey-") else kind  # its three sections: one CSV
             rows = ([{"setting": s.id, **{c.key: r[c.key] for c in t.columns}} for r in t.rows]
                     if kind == "benchmark" else csv_rows(t, setting=s.id))
             csvs[kind] += rows

@@ -56,6 +56,11 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
             "hardware": r["environment"]["hardware"], "created": r["created"], "date": r["created"][:10],
             "note": r["note"], "run_id": r["run_id"],
             "curve": [h[primary]["test"]["top1"] for h in r["history"]],
+            # every other evaluated model (DML's peers, ONE's branches and ensemble, BYOT's heads and ensemble)
+            "members": {name: (m["test"]["top1"] if metric == "last" else
+                               (sel[name]["test"]["top1"] if sel and name in sel else None))
+                        for name, m in r["metrics"]["last"].items()
+                        if isinstance(m, dict) and name != primary and "test" in m},
             "_spec": spec, "_defaults": r["experiment"].get("defaults"),
         })
     df = pd.DataFrame(rows)
@@ -188,6 +193,9 @@ def aggregate(df):
             "peak_memory_mib": round(float(g["peak_memory_mib"].max()), 1), "memory_kind": first["memory_kind"],
             "extra_params": int(g["extra_params"].max()), "student_params": int(first["student_params"]),
             "student_flops": int(first["student_flops"]),
+            "members": {name: cell([m.get(name) for m in g["members"]]).text()
+                        for name in sorted({k for m in g["members"] for k in m})
+                        if any(m.get(name) is not None for m in g["members"])},
         })
     return pd.DataFrame(out)
 

@@ -70,6 +70,14 @@ def _pair_label(agg_row) -> str:
     return f"{agg_row['teacher']} → {agg_row['student']}"
 
 
+def _network(agg_row) -> str:
+    """The networks a scheme trains: teacher → student (offline), the cohort (online), the student (self)."""
+    if agg_row["scheme"] == "online":
+        peer = agg_row.get("peer")
+        return f"{agg_row['student']} ⇄ {peer}" if isinstance(peer, str) and peer else str(agg_row["student"])
+    return str(agg_row["student"]) if agg_row["scheme"] == "self" else _pair_label(agg_row)
+
+
 def _baseline(a, row) -> float | None:
     """The vanilla student's mean for ``row``: same pair and the same experiment but for the method."""
     base = a[(a["pair"] == row["pair"]) & (a["method"] == VANILLA) & (a["baseline_key"] == row["baseline_key"])]
@@ -127,20 +135,72 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
     return header, rows
 
 
-def survey_table(agg, setting: Setting) -> list[dict[str, Any]]:
-    """Grouped by scheme and knowledge category; gain over the vanilla student marked ↑/↓."""
+SURVEY = "gou2021survey"
+SCHEMES_SHOWN = ("offline", "online", "self")
+# our method id -> the survey's, where they differ (the survey's Tf-KD rows are TF-KD's self variant)
+SURVEY_NAMES = {"tf-kd-self": "tf-kd"}
+
+
+def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
+    """The survey's row for this method and architectures: same student, and the same teacher (offline),
+    peer (online; ONE's teacher is the student's own branch ensemble) or none (self). Never a
+    hyper-parameter variant; the survey's rows for an online cohort's teacher-side network are skipped."""
+    if dataset is None or ref.empty or "source" not in ref or r["label"].split(" [teacher ")[0] != r["method"]:
+        return None  # a hyper-parameter variant is never set beside a reported number
+    name = SURVEY_NAMES.get(r["method"], r["method"])
+    other = {"online": r["peer"] if r["method"] != "one" else f"{r['student']}+one", "self": None}.get(
+        r["scheme"], r["teacher"])
+    hits = ref[(ref["source"] == SURVEY) & (ref["dataset"] == dataset) & (ref["method"] == name)
+               & (ref["student"] == r["student"]) & ~ref["notes"].fillna("").str.contains("teacher-side")]
+    if other is not None:
+        hits = hits[hits["teacher"] == other]
+    if hits.empty:
+        return None
+    h = hits.iloc[0]
+    num = lambda v: None if v != v else float(v)  # noqa: E731  (NaN -> None)
+    base, dist = num(h["student_baseline_acc"]), num(h["distilled_acc"])
+    return {"survey_baseline": base, "survey_distilled": dist,
+            "survey_gain": None if base is None or dist is None else round(dist - base, 2)}
+
+
+def survey_table(agg, setting: Setting, ref=None) -> list[dict[str, Any]]:
+    """Grouped by scheme and knowledge category, as the survey's Tables 5-6: gain over the vanilla student
+    marked ↑/↓, and the survey's reported numbers beside ours where method and architectures match."""
+    import pandas as pd
+
+    ref = pd.DataFrame() if ref is None else ref
     a = agg[agg["setting"] == setting.id]
     out = []
     for _, r in a[a["method"] != VANILLA].iterrows():
         b = _baseline(a, r)
         gain = None if b is None else round(r["mean"] - b, 2)
+        survey = survey_match(ref, REFERENCE_DATASET.get(setting.dataset), r) or {
+            "survey_baseline": None, "survey_distilled": None, "survey_gain": None}
         out.append({"scheme": r["scheme"], "category": r["category"], "method": r["label"],
-                    "pair": r["pair"], "network": _pair_label(r), "teacher": r["teacher_acc"],
+                    "pair": r["pair"], "network": _network(r), "teacher": r["teacher_acc"],
                     "baseline": b, "distilled": r["cell"], "distilled_mean": r["mean"],
                     "gain": "" if gain is None else f"{gain:+.2f} {_arrow(gain)}".strip(),
-                    "gain_value": gain})
+                    "gain_value": gain, **survey})
     out.sort(key=lambda x: (SCHEME_ORDER.get(x["scheme"], 9), CATEGORY_ORDER.get(x["category"], 9), x["method"],
                             x["pair"]))
+    return out
+
+
+def survey_tables(agg, ref, setting: Setting, sid: str) -> list[Table]:
+    """The survey-style table in its three sections -- offline, online, self -- each present (an empty
+    section says so), like the survey's Tables 5 and 6."""
+    rows = survey_table(agg, setting, ref)
+    titles = {"offline": "Offline distillation (a pretrained teacher)",
+              "online": "Online distillation (teacher and student trained together)",
+              "self": "Self-distillation (no separate teacher network)"}
+    note = ("Survey: the number Gou et al. (IJCV 2021, Tables 5-6) report for the same method and architectures, "
+            "each from its own paper's protocol (typically 200-300 epochs on the full training set), so it is a "
+            "reference point, not a same-protocol comparison.")
+    out = []
+    for scheme in SCHEMES_SHOWN:
+        mine = [r for r in rows if r["scheme"] == scheme]
+        out.append(Table(f"survey-{scheme}-{sid}", f"By training scheme: {titles[scheme]}", setting.caption(),
+                         SURVEY_COLUMNS, mine, note=note if mine else f"No {scheme} method was run in this setting."))
     return out
 
 
@@ -202,6 +262,19 @@ def paper_comparison(agg, ref, setting: Setting, compare_short: bool) -> list[di
     return out
 
 
+def members_table(agg, setting: Setting) -> list[dict[str, Any]]:
+    """Every model a method evaluates besides the student it reports: an online cohort's other members,
+    ONE's branches and gated ensemble, BYOT's heads and ensemble -- each labelled, never pooled with the
+    student's cell."""
+    a = agg[agg["setting"] == setting.id]
+    out = []
+    for _, r in a.sort_values(["pair", "label"]).iterrows():
+        for name, text in (r["members"] or {}).items():
+            out.append({"method": r["label"], "pair": r["pair"], "network": _network(r), "scheme": r["scheme"],
+                        "model": name, "student": r["cell"], "top1": text})
+    return out
+
+
 def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
     a = agg[agg["setting"] == setting.id]
     return [{"method": r["label"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
@@ -228,9 +301,16 @@ def benchmark(agg, df, setting: Setting, sid: str) -> Table:
 
 SURVEY_COLUMNS = [
     Column("scheme", "scheme"), Column("category", "knowledge"), Column("method", "method"),
-    Column("network", "teacher → student"), Column("teacher", "teacher"),
+    Column("network", "networks"), Column("teacher", "teacher"),
     Column("baseline", "student (vanilla)"), Column("distilled", "distilled", sort=lambda r: r["distilled_mean"]),
     Column("gain", "gain", sort=lambda r: r["gain_value"]),
+    Column("survey_distilled", "survey: distilled"), Column(
+        "survey_gain", "survey: gain", text=lambda r: "" if r["survey_gain"] is None else f"{r['survey_gain']:+.2f}"),
+]
+
+MEMBER_COLUMNS = [
+    Column("method", "method"), Column("network", "networks"), Column("student", "student (reported)"),
+    Column("model", "other evaluated model"), Column("top1", "its top-1"),
 ]
 
 PAPER_COLUMNS = [
@@ -270,9 +350,12 @@ SPEED_COLUMNS = [_raw(k, h) for k, h in (
 def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool) -> list[Table]:
     """The four tables of one setting, in page order (the paper comparison only where a paper matches)."""
     cap = setting.caption()
-    out = [benchmark(agg, df, setting, sid),
-           Table(f"survey-{sid}", "By training scheme and knowledge type", cap, SURVEY_COLUMNS,
-                 survey_table(agg, setting))]
+    out = [benchmark(agg, df, setting, sid), *survey_tables(agg, ref, setting, sid)]
+    members = members_table(agg, setting)
+    if members:
+        out.append(Table(f"members-{sid}", "Every evaluated model: cohorts, branches, heads, ensembles", cap,
+                         MEMBER_COLUMNS, members, note="The reported student is the first model a method "
+                         "evaluates; the others are recorded beside it (same seeds, same test split)."))
     paper = paper_comparison(agg, ref, setting, compare_short)
     if paper:
         out.append(Table(f"paper-{sid}", "Against the papers' numbers", cap, PAPER_COLUMNS, paper))

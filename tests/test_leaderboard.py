@@ -45,7 +45,7 @@ def test_cells_are_mean_and_sample_std_of_the_records(real_records, tmp_path):
         assert agg[method]["n"] == "3" and "†" not in agg[method]["cell"]
     bench = _csv(files["benchmark.csv"])
     assert [r["method"] for r in bench][:2] == ["Teacher", "Student (vanilla)"]
-    survey = {r["method"]: r for r in _csv(files["survey.csv"])}
+    survey = {r["method_id"]: r for r in _csv(files["survey.csv"])}
     gain = float(agg["kd"]["mean"]) - float(agg["vanilla"]["mean"])
     assert float(survey["kd"]["gain_value"]) == pytest.approx(gain, abs=0.011)
     assert survey["dml"]["scheme"] == "online" and survey["kd"]["scheme"] == "offline"
@@ -56,7 +56,7 @@ def test_cells_are_mean_and_sample_std_of_the_records(real_records, tmp_path):
     assert "No self method was run in this setting." in md
     members = _csv(files["members.csv"])  # DML's peer, beside (never pooled with) the reported student
     peer = [r["metrics"]["last"]["peer1"]["test"]["top1"] for r in real_records if r["method"]["name"] == "dml"]
-    assert [(m["method"], m["model"]) for m in members] == [("dml", "peer1")]
+    assert [(m["method"], m["model"]) for m in members] == [("DML", "peer1")]
     assert members[0]["top1"].startswith(f"{statistics.fmean(peer):.2f} ± {statistics.stdev(peer):.2f} (n=3)")
     assert "digits, 2 epochs" in md and "seeds 0,1,2" in md and "hardware:" in md
 
@@ -67,7 +67,7 @@ def test_fewer_than_three_seeds_are_marked_and_best_is_bold(real_records, tmp_pa
     assert all("(n=2)†" in r["cell"] for r in _csv(files["aggregate.csv"]))
     agg = {r["method"]: float(r["mean"]) for r in _csv(files["aggregate.csv"])}
     best = max(("kd", "dml"), key=lambda m: agg[m])
-    row = next(line for line in files["README.md"].decode().splitlines() if line.startswith(f"| {best} |"))
+    row = next(line for line in files["README.md"].decode().splitlines() if line.startswith(f"| {best.upper()} |"))
     assert "**" in row
 
 
@@ -91,7 +91,7 @@ def _as_paper_protocol(records, epochs: int = 240):
 
 def test_paper_comparison_joins_the_reference_and_flags(real_records, tmp_path):
     files = render(_store(tmp_path, _as_paper_protocol(real_records)))
-    rows = {(r["method"], r["source"]): r for r in _csv(files["paper_comparison.csv"])}
+    rows = {(r["method_id"], r["source"]): r for r in _csv(files["paper_comparison.csv"])}
     kd = rows[("kd", "tian2020crd")]
     assert float(kd["paper"]) == 70.66 and ("kd", "zhao2022dkd") in rows  # DKD re-lists the same KD number
     assert float(kd["diff"]) == pytest.approx(float(kd["ours_mean"]) - 70.66, abs=0.011)
@@ -105,21 +105,21 @@ def test_paper_comparison_joins_the_reference_and_flags(real_records, tmp_path):
 def test_our_number_is_set_beside_a_papers_only_when_the_protocol_matches(real_records, tmp_path):
     # kdbench's own protocol on a subset, 240 epochs: listed with the reasons, our number left out.
     (kd, *_) = [r for r in _csv(render(_store(tmp_path / "a", _as_crd_setting(real_records, 240)))
-                                ["paper_comparison.csv"]) if r["method"] == "kd"]
+                                ["paper_comparison.csv"]) if r["method_id"] == "kd"]
     assert kd["ours"] == "" and kd["diff"] == ""
     assert "protocol kdbench" in kd["protocol"] and "1,295 vs 50,000 training images" in kd["protocol"]
     # The paper protocol but a shorter schedule: still not compared unless asked, and then labelled.
     root = _store(tmp_path / "b", _as_paper_protocol(real_records, 30))
-    (kd, *_) = [r for r in _csv(render(root)["paper_comparison.csv"]) if r["method"] == "kd"]
+    (kd, *_) = [r for r in _csv(render(root)["paper_comparison.csv"]) if r["method_id"] == "kd"]
     assert kd["ours"] == "" and kd["protocol"] == "not comparable: 30 vs 240 epochs"
-    (kd, *_) = [r for r in _csv(render(root, compare_short=True)["paper_comparison.csv"]) if r["method"] == "kd"]
+    (kd, *_) = [r for r in _csv(render(root, compare_short=True)["paper_comparison.csv"]) if r["method_id"] == "kd"]
     assert kd["ours"] and kd["diff"] and kd["protocol"] == "differs: 30 vs 240 epochs"
     # bf16 is not the papers' arithmetic.
     bf16 = _as_paper_protocol(real_records)
     for r in bf16:
         r["experiment"]["spec"]["protocol"]["precision"] = "bf16"
     (kd, *_) = [r for r in _csv(render(_store(tmp_path / "c", [relabel(r) for r in bf16]))["paper_comparison.csv"])
-                if r["method"] == "kd"]
+                if r["method_id"] == "kd"]
     assert kd["ours"] == "" and "bf16 vs fp32" in kd["protocol"]
 
 
@@ -141,8 +141,8 @@ def test_a_hyper_parameter_variant_gets_its_own_row(real_records, tmp_path):
     agg = {r["label"]: r for r in _csv(files["aggregate.csv"])}
     assert agg["kd"]["n"] == "3" and agg["kd"]["seeds"] == "0,1,2"
     assert agg["kd (temperature=1)"]["n"] == "1"
-    assert "kd (temperature=1)" in files["README.md"].decode() and "kd (temperature=1)" in files["index.html"].decode()
-    assert {r["method"] for r in _csv(files["benchmark.csv"])} >= {"kd", "kd (temperature=1)"}
+    assert "KD (temperature=1)" in files["README.md"].decode() and "KD (temperature=1)" in files["index.html"].decode()
+    assert {r["method"] for r in _csv(files["benchmark.csv"])} >= {"KD", "KD (temperature=1)"}
 
 
 def test_repeats_of_a_seed_count_once_and_the_newest_wins(real_records, tmp_path):
@@ -420,3 +420,45 @@ def test_survey_numbers_stand_beside_ours_only_for_the_same_method_and_networks(
     else:
         assert (got["survey_baseline"], got["survey_distilled"]) == expected
         assert got["survey_gain"] == pytest.approx(expected[1] - expected[0], abs=0.006)
+
+
+def _tex_shape(tex: str) -> None:
+    """LaTeX parsed for shape: environments nest and close, braces balance (escaped ones aside), and every
+    tabular row has as many cells as the column spec."""
+    import re
+
+    stack = []
+    for kind, name in re.findall(r"\\(begin|end)\{([^}]*)\}", tex):
+        if kind == "begin":
+            stack.append(name)
+        else:
+            assert stack and stack.pop() == name, name
+    assert not stack
+    depth = 0
+    for ch in re.sub(r"\\[{}]", "", tex):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)
+    body = tex.split("\\toprule", 1)[1].split("\\bottomrule", 1)[0]
+    rows = [ln for ln in body.splitlines() if ln.strip().endswith("\\\\")]
+    assert rows
+    for ln in rows:
+        assert len(re.split(r"(?<!\\)&", ln)) == len(spec), ln
+
+
+def test_methods_are_in_the_crd_tables_order_with_display_names_and_every_table_has_latex(real_records, tmp_path):
+    files = render(_store(tmp_path, real_records))
+    bench = [r["method"] for r in _csv(files["benchmark.csv"])]
+    assert bench[:4] == ["Teacher", "Student (vanilla)", "KD", "DML"]  # CRD order: offline rows, then online
+    tex = {n: d.decode() for n, d in files.items() if n.endswith(".tex")}
+    kinds = {n.split("-digits")[0] for n in tex}
+    assert {"benchmark", "survey-offline", "survey-online", "survey-self", "members", "cost"} <= kinds
+    for name, t in tex.items():
+        _tex_shape(t)
+        assert "\\toprule" in t and "\\caption{" in t, name
+    table = tex[next(n for n in tex if n.startswith("benchmark"))]
+    assert any(ln.startswith("KD & ") for ln in table.splitlines()) and "$\\pm$" in table
+    from kdbench.report.render import tex_escape
+
+    assert tex_escape("crd+kd_x & 5% {a} #1 ~ ^") == r"crd+kd\_x \& 5\% \{a\} \#1 \textasciitilde{} \textasciicircum{}"

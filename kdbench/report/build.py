@@ -12,7 +12,7 @@ from ..results import runs_dir, valid_records
 from ..schema import validate_speed_record
 from .frame import aggregate, runs_frame, settings
 from .plots import _slug, plots
-from .render import Section, csv_rows, csv_text, markdown, page
+from .render import Section, csv_rows, csv_text, latex_table, markdown, page
 from .tables import load_reference, runs_table, setting_tables, speed_table
 
 LEADERBOARD_VERSION = 3
@@ -74,6 +74,9 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
 
     for kind, rows in csvs.items():
         files[f"{kind}.csv"] = csv(rows)
+    for sec in sections:  # each table as LaTeX (booktabs), for a paper
+        for t in sec.tables:
+            files[f"{t.id}.tex"] = latex_table(t).encode()
     files["aggregate.csv"] = agg.to_csv(index=False, lineterminator="\n").encode()
     runs = df.drop(columns=["curve"])
     runs["note"] = [csv_text(n) for n in runs["note"]]

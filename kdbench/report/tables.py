@@ -13,6 +13,31 @@ from .frame import Setting
 
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
 CATEGORY_ORDER = {"response": 0, "feature": 1, "relation": 2, "none": 3}
+# Rows in the order of the CRD benchmark's table (Tian et al. 2020, Table 1), then the later offline methods,
+# then online and self-distillation as the survey groups them; a method not listed (a plug-in) follows,
+# alphabetically, under its own id.
+METHOD_ORDER = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "crd+kd",
+                "dkd", "reviewkd", "takd", "dml", "one", "tf-kd-self", "tf-kd-reg", "byot", "cs-kd"]
+DISPLAY_NAMES = {"kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "cc": "CC", "vid": "VID", "rkd": "RKD",
+                 "pkt": "PKT", "ab": "AB", "ft": "FT", "fsp": "FSP", "nst": "NST", "crd": "CRD", "crd+kd": "CRD+KD",
+                 "dkd": "DKD", "reviewkd": "ReviewKD", "takd": "TAKD", "dml": "DML", "one": "ONE",
+                 "tf-kd-self": "TF-KD (self)", "tf-kd-reg": "TF-KD (reg)", "byot": "BYOT", "cs-kd": "CS-KD",
+                 VANILLA: "Student (vanilla)"}
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Where a method's rows go: vanilla first, then the CRD table's order (see ``METHOD_ORDER``)."""
+    if method == VANILLA:
+        return (-1, method)
+    return (METHOD_ORDER.index(method), method) if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def display(label: str, method: str) -> str:
+    """A row label with the method's display name in place of its id: ``KD (temperature=1)``."""
+    name = DISPLAY_NAMES.get(method, method)
+    return name + label[len(method):] if label.startswith(method) else label
+
+
 # Schedules of the papers whose numbers we compare against (CIFAR experiments).
 PAPER_EPOCHS = {"tian2020crd": 240, "zhao2022dkd": 240, "zhao2023dot": 240, "chen2021reviewkd": 240,
                 "zhang2018dml": 200}
@@ -110,7 +135,8 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
     pairs = sorted(a["pair"].unique())
     header = ["method"] + pairs
     rows: list[dict[str, Any]] = _teacher_rows(a, df, setting, pairs)
-    labels = sorted(set(a["label"]), key=lambda lab: (not lab.startswith(VANILLA), lab))
+    method_of = dict(zip(a["label"], a["method"]))
+    labels = sorted(set(a["label"]), key=lambda lab: (method_rank(method_of[lab]), lab))
     best = {}
     for p in pairs:
         cand = a[(a["pair"] == p) & (a["method"] != VANILLA)]
@@ -118,8 +144,8 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
             best[p] = cand["mean"].max()
     for lab in labels:
         vanilla = lab == VANILLA
-        row: dict[str, Any] = {"method": "Student (vanilla)" if vanilla else lab, "scheme": "",
-                               "_best": set(), "_values": {}}
+        row: dict[str, Any] = {"method": DISPLAY_NAMES[VANILLA] if vanilla else display(lab, method_of[lab]),
+                               "scheme": "", "_best": set(), "_values": {}}
         for p in pairs:
             hit = a[(a["pair"] == p) & (a["label"] == lab)]
             if len(hit):
@@ -176,13 +202,13 @@ def survey_table(agg, setting: Setting, ref=None) -> list[dict[str, Any]]:
         gain = None if b is None else round(r["mean"] - b, 2)
         survey = survey_match(ref, REFERENCE_DATASET.get(setting.dataset), r) or {
             "survey_baseline": None, "survey_distilled": None, "survey_gain": None}
-        out.append({"scheme": r["scheme"], "category": r["category"], "method": r["label"],
+        out.append({"scheme": r["scheme"], "category": r["category"], "method": display(r["label"], r["method"]),
+                    "method_id": r["method"],
                     "pair": r["pair"], "network": _network(r), "teacher": r["teacher_acc"],
                     "baseline": b, "distilled": r["cell"], "distilled_mean": r["mean"],
                     "gain": "" if gain is None else f"{gain:+.2f} {_arrow(gain)}".strip(),
                     "gain_value": gain, **survey})
-    out.sort(key=lambda x: (SCHEME_ORDER.get(x["scheme"], 9), CATEGORY_ORDER.get(x["category"], 9), x["method"],
-                            x["pair"]))
+    out.sort(key=lambda x: (SCHEME_ORDER.get(x["scheme"], 9), method_rank(x["method_id"]), x["method"], x["pair"]))
     return out
 
 
@@ -254,12 +280,19 @@ def paper_comparison(agg, ref, setting: Setting, compare_short: bool) -> list[di
                 flags.append("n<3")
             if shown and (r["std"] is None or abs(diff) > 2 * r["std"]):
                 flags.append("|diff|>2std")
-            out.append({"method": r["method"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
+            out.append({"method": display(r["method"], r["method"]), "method_id": r["method"], "pair": r["pair"],
+                        "network": _pair_label(r), "scheme": r["scheme"],
                         "ours": r["cell"] if shown else "", "ours_mean": r["mean"] if shown else None,
                         "paper": float(h["distilled_acc"]), "source": h["source"], "diff": diff,
                         "flag": ", ".join(flags), "protocol": "same as the paper" if not gaps else
                         ("not comparable: " if not compare_short else "differs: ") + "; ".join(gaps)})
     return out
+
+
+def _in_order(a):
+    """Aggregate rows by pair, then in the table's method order."""
+    keys = [(p, method_rank(m), lab) for p, m, lab in zip(a["pair"], a["method"], a["label"])]
+    return a.iloc[sorted(range(len(a)), key=keys.__getitem__)]
 
 
 def members_table(agg, setting: Setting) -> list[dict[str, Any]]:
@@ -268,20 +301,22 @@ def members_table(agg, setting: Setting) -> list[dict[str, Any]]:
     student's cell."""
     a = agg[agg["setting"] == setting.id]
     out = []
-    for _, r in a.sort_values(["pair", "label"]).iterrows():
+    for _, r in _in_order(a).iterrows():
         for name, text in (r["members"] or {}).items():
-            out.append({"method": r["label"], "pair": r["pair"], "network": _network(r), "scheme": r["scheme"],
+            out.append({"method": display(r["label"], r["method"]), "method_id": r["method"], "pair": r["pair"],
+                        "network": _network(r), "scheme": r["scheme"],
                         "model": name, "student": r["cell"], "top1": text})
     return out
 
 
 def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
     a = agg[agg["setting"] == setting.id]
-    return [{"method": r["label"], "pair": r["pair"], "network": _pair_label(r), "scheme": r["scheme"],
+    return [{"method": display(r["label"], r["method"]), "method_id": r["method"], "pair": r["pair"],
+             "network": _pair_label(r), "scheme": r["scheme"],
              "epoch_time_s": r["epoch_time_s"], "images_per_s": r["images_per_s"],
              "peak_memory_mib": r["peak_memory_mib"], "memory_kind": r["memory_kind"],
              "extra_params": r["extra_params"], "ece": r["ece"], "agreement": r["agreement"], "kl": r["kl"]}
-            for _, r in a.sort_values(["pair", "label"]).iterrows()]
+            for _, r in _in_order(a).iterrows()]
 
 
 

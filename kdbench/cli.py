@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                          "validation-selected epoch")
     lb.add_argument("--compare-short", action="store_true",
                     help="also compare runs on shorter schedules than the papers' with the papers' numbers (labelled)")
+    lb.add_argument("--against", metavar="METHOD", default=None,
+                    help="mark each benchmark cell ↑/↓ against this method on the same pair and teacher, as the CRD "
+                         "table does against KD (--against kd)")
     lb.add_argument("overrides", nargs="*")
 
     teacher = sub.add_parser("teacher", help="the teacher cache: train, list, show")
@@ -240,7 +243,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from .report import build_leaderboard, check_leaderboard
 
     results = compose(args.overrides, check=False).paths.results
-    opts = {"metric": args.metric, "compare_short": args.compare_short}
+    opts = {"metric": args.metric, "compare_short": args.compare_short, "against": args.against}
     if args.check:
         problems = check_leaderboard(results, Path(args.out), **opts)
         if problems:

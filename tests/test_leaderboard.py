@@ -210,12 +210,21 @@ def test_hand_edits_are_detected(real_records, tmp_path):
     assert any("changed after it was generated" in p for p in check_leaderboard(root, out))
 
 
-def test_plots_are_pngs(real_records, tmp_path):
-    files = render(_store(tmp_path, real_records))
+def test_plots_are_pngs_and_never_degenerate(real_records, tmp_path):
+    files = render(_store(tmp_path / "a", real_records))
     pngs = [n for n in files if n.endswith(".png")]
-    assert any(n.startswith("gain_") for n in pngs) and any(n.startswith("cost_") for n in pngs)
-    assert any(n.startswith("curves_") for n in pngs)
+    assert any(n.startswith("gain_") for n in pngs) and any(n.startswith("curves_") for n in pngs)
     assert all(files[n][:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+    # every method shares one student: accuracy vs student cost would be one x value, so it is not drawn
+    assert not any(n.startswith("cost_") for n in pngs)
+    # a second student (another pair): now there is something to plot
+    other = [relabel(r, pair="digits/cnn_wide-cnn_wide", student="cnn_wide") for r in real_records]
+    for r in other:
+        r["params"]["student"] *= 40
+    assert any(n.startswith("cost_") for n in render(_store(tmp_path / "c", real_records + other)))
+    # no vanilla run: no gain plot rather than an empty one
+    files = render(_store(tmp_path / "b", [r for r in real_records if r["method"]["name"] != "vanilla"]))
+    assert not any(n.startswith("gain_") for n in files) and any(n.startswith("curves_") for n in files)
 
 
 def test_record_fields_are_escaped_in_the_page(real_records, tmp_path):
@@ -462,3 +471,17 @@ def test_methods_are_in_the_crd_tables_order_with_display_names_and_every_table_
     from kdbench.report.render import tex_escape
 
     assert tex_escape("crd+kd_x & 5% {a} #1 ~ ^") == r"crd+kd\_x \& 5\% \{a\} \#1 \textasciitilde{} \textasciicircum{}"
+
+
+def test_against_kd_marks_each_cell_up_or_down_as_the_crd_table_does(real_records, tmp_path):
+    variants = [relabel(r, temperature=1.0) for r in real_records if r["method"]["name"] == "kd"]
+    for r in variants:  # a variant that is clearly below KD on every seed
+        r["metrics"]["last"]["student"]["test"]["top1"] -= 5
+    files = render(_store(tmp_path, real_records + variants), against="kd")
+    rows = {r["method"]: r for r in _csv(files["benchmark.csv"])}
+    pair = "digits/cnn_wide-cnn_small"
+    assert rows["KD (temperature=1)"][pair].endswith(" ↓")
+    assert not rows["KD"][pair].endswith(("↑", "↓")) and not rows["Student (vanilla)"][pair].endswith(("↑", "↓"))
+    assert "as the CRD table marks them against KD" in files["README.md"].decode()
+    plain = {r["method"]: r for r in _csv(render(_store(tmp_path / "plain", real_records + variants))["benchmark.csv"])}
+    assert not plain["KD (temperature=1)"][pair].endswith("↓")

@@ -42,7 +42,8 @@ def _inputs_digest(results_root: Path, options: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def render(results_root: str | Path, metric: str = "last", compare_short: bool = False) -> dict[str, bytes]:
+def render(results_root: str | Path, metric: str = "last", compare_short: bool = False,
+           against: str | None = None) -> dict[str, bytes]:
     """Every output file of the leaderboard, by name (pure: writes nothing)."""
     import pandas as pd
 
@@ -58,7 +59,7 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
                                              "cost": []}
     for s in settings(df, metric):
         slug = _slug(s.id)
-        sec = Section(s, slug, setting_tables(agg, df, ref, s, slug, compare_short), plots(agg, df, s))
+        sec = Section(s, slug, setting_tables(agg, df, ref, s, slug, compare_short, against), plots(agg, df, s))
         sections.append(sec)
         for t in sec.tables:
             kind = t.id.rsplit("-" + slug, 1)[0].replace("paper", "paper_comparison")
@@ -105,7 +106,7 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
 
 
 def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
-                      compare_short: bool = False) -> list[Path]:
+                      compare_short: bool = False, against: str | None = None) -> list[Path]:
     """Write every file of the leaderboard into ``out``, each atomically, the manifest last.
 
     ``out`` must be new, empty, or a folder this command wrote before (it has our manifest.json):
@@ -119,8 +120,8 @@ def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
     if previous is None and out.is_dir() and any(out.iterdir()):
         raise KDBenchError(f"{out}/ is not empty and was not written by `kdbench leaderboard` (it has no "
                            "manifest.json): refusing to write into it; give --out a new or empty folder")
-    options = {"metric": metric, "compare_short": compare_short}
-    files = render(results_root, metric, compare_short)
+    options = {"metric": metric, "compare_short": compare_short, "against": against}
+    files = render(results_root, metric, compare_short, against)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name in (previous or {}).get("files", {}):
@@ -141,7 +142,7 @@ def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
 
 
 def check_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
-                      compare_short: bool = False) -> list[str]:
+                      compare_short: bool = False, against: str | None = None) -> list[str]:
     """Problems that make ``out`` untrustworthy: invalid records, stale, hand-edited or foreign files,
     or a build with other options than the ones asked for."""
     results_root, out = Path(results_root), Path(out)
@@ -156,7 +157,7 @@ def check_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
     if manifest is None:
         return [f"{out}/manifest.json is missing: run `kdbench leaderboard`"]
     problems = []
-    options = {"metric": metric, "compare_short": compare_short}
+    options = {"metric": metric, "compare_short": compare_short, "against": against}
     if manifest.get("options") != options:
         problems.append(f"{out}/ was built with {manifest.get('options')}, not {options}: run `kdbench leaderboard` "
                         "with the options to check")

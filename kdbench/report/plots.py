@@ -6,7 +6,7 @@ import re
 
 from ..schema import VANILLA
 from .frame import Setting
-from .tables import _baseline
+from .tables import _baseline, _in_order, display
 
 
 def _slug(s: str) -> str:
@@ -31,35 +31,42 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
     a = agg[agg["setting"] == setting.id]
     out: dict[str, bytes] = {}
     pairs = sorted(a["pair"].unique())
-    # 1. gain over the vanilla student per method, error bars = the method's std over seeds
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 3.2), squeeze=False)
-    for ax, p in zip(axes[0], pairs):
-        rows = a[(a["pair"] == p) & (a["method"] != VANILLA)].sort_values("label")
+    # 1. gain over the vanilla student per method, error bars = the method's std over seeds; only pairs
+    #    with a vanilla run (no empty panels), and no figure at all without one
+    gains_by_pair = {}
+    for p in pairs:
+        rows = _in_order(a[(a["pair"] == p) & (a["method"] != VANILLA)])
         bases = [_baseline(a, r) for _, r in rows.iterrows()]
         keep = [b is not None for b in bases]
         if any(keep):
-            rows = rows[keep]
-            gains = rows["mean"] - [b for b in bases if b is not None]
-            ax.bar(rows["label"], gains, yerr=rows["std"].fillna(0), capsize=3,
-                   color=["tab:green" if g >= 0 else "tab:red" for g in gains])
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_title(p, fontsize=9)
-        ax.set_ylabel("gain over vanilla (points)")
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
-    fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: gain over the vanilla student", fontsize=10)
-    out[f"gain_{_slug(setting.id)}.png"] = _png(fig)
-    # 2. accuracy vs student size and FLOPs
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for m, g in a.groupby("label"):
-        axes[0].errorbar(g["student_params"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
-        axes[1].errorbar(g["student_flops"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=m, capsize=2)
-    axes[0].set_xlabel("student parameters (M)")
-    axes[1].set_xlabel("student forward MFLOPs per image")
-    for ax in axes:
-        ax.set_ylabel("test top-1 (%)")
-    axes[1].legend(fontsize=7, loc="best")
-    fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: accuracy vs student cost", fontsize=10)
-    out[f"cost_{_slug(setting.id)}.png"] = _png(fig)
+            gains_by_pair[p] = (rows[keep], rows[keep]["mean"] - [b for b in bases if b is not None])
+    if gains_by_pair:
+        fig, axes = plt.subplots(1, len(gains_by_pair), figsize=(4.5 * len(gains_by_pair), 3.2), squeeze=False)
+        for ax, (p, (rows, gains)) in zip(axes[0], gains_by_pair.items()):
+            ax.bar([display(lab, m) for lab, m in zip(rows["label"], rows["method"])], gains,
+                   yerr=rows["std"].fillna(0), capsize=3, color=["tab:green" if g >= 0 else "tab:red" for g in gains])
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_title(p, fontsize=9)
+            ax.set_ylabel("gain over vanilla (points)")
+            ax.tick_params(axis="x", rotation=45, labelsize=8)
+        fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: gain over the vanilla student", fontsize=10)
+        out[f"gain_{_slug(setting.id)}.png"] = _png(fig)
+    # 2. accuracy vs student size and FLOPs: only where students differ (one student is one x value)
+    if a["student"].nunique() > 1:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        for m, g in a.groupby("label"):
+            name = display(m, g["method"].iloc[0])
+            axes[0].errorbar(g["student_params"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=name,
+                             capsize=2)
+            axes[1].errorbar(g["student_flops"] / 1e6, g["mean"], yerr=g["std"].fillna(0), fmt="o", label=name,
+                             capsize=2)
+        axes[0].set_xlabel("student parameters (M)")
+        axes[1].set_xlabel("student forward MFLOPs per image")
+        for ax in axes:
+            ax.set_ylabel("test top-1 (%)")
+        axes[1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{setting.dataset}, {setting.epochs} epochs: accuracy vs student cost", fontsize=10)
+        out[f"cost_{_slug(setting.id)}.png"] = _png(fig)
     # 3. test-accuracy curves per epoch, one figure per pair
     d = df[(df["setting"] == setting.id) & df["counted"]]
     for p in pairs:
@@ -68,7 +75,7 @@ def plots(agg, df, setting: Setting) -> dict[str, bytes]:
             curves = [c for c in g["curve"]]
             length = min(len(c) for c in curves)
             mean = [sum(c[i] for c in curves) / len(curves) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, label=f"{m} (n={len(curves)})")
+            ax.plot(range(1, length + 1), mean, label=f"{display(m, g['method'].iloc[0])} (n={len(curves)})")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{p}, {setting.dataset}: mean test accuracy per epoch", fontsize=9)

@@ -126,7 +126,20 @@ def _teacher_rows(a, df, setting: Setting, pairs: list[str]) -> list[dict[str, A
     return rows
 
 
-def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str, Any]]]:
+def _against_mark(a, row, against: str | None) -> str:
+    """" ↑"/" ↓" for ``row`` against ``against``'s default cell on the same pair and teacher ("" for the
+    reference itself, vanilla, or where it has no such cell)."""
+    if not against or row["method"] == VANILLA or row["label"].split(" [")[0] == against:
+        return ""
+    ref = a[(a["pair"] == row["pair"]) & (a["method"] == against) & (a["teacher_sha"] == row["teacher_sha"])
+            & (a["label"].str.split(" [", regex=False).str[0] == against)]
+    if not len(ref):
+        return ""
+    arrow = _arrow(float(row["mean"]) - float(ref["mean"].iloc[0]))
+    return f" {arrow}" if arrow else ""
+
+
+def benchmark_table(agg, df, setting: Setting, against: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows = teacher(s), vanilla, then methods and their variants; columns = pairs (CRD benchmark layout).
 
     The header holds pair ids (CSV columns); pages show them as "teacher → student".
@@ -149,7 +162,7 @@ def benchmark_table(agg, df, setting: Setting) -> tuple[list[str], list[dict[str
         for p in pairs:
             hit = a[(a["pair"] == p) & (a["label"] == lab)]
             if len(hit):
-                row[p] = hit["cell"].iloc[0]
+                row[p] = hit["cell"].iloc[0] + _against_mark(a, hit.iloc[0], against)
                 row["scheme"] = hit["scheme"].iloc[0]
                 row["_values"][p] = float(hit["mean"].iloc[0])
                 if hit["method"].iloc[0] != VANILLA and hit["mean"].iloc[0] == best.get(p):
@@ -323,14 +336,18 @@ def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
 
 # -- the tables, declared once ------------------------------------------------------------
 
-def benchmark(agg, df, setting: Setting, sid: str) -> Table:
-    header, rows = benchmark_table(agg, df, setting)
+def benchmark(agg, df, setting: Setting, sid: str, against: str | None = None) -> Table:
+    header, rows = benchmark_table(agg, df, setting, against)
     labels = {r["pair"]: _pair_label(r) for _, r in agg.iterrows()}
     cols = [Column("method", "method")] + [
         Column(p, labels.get(p, p), text=lambda r, p=p: r[p], sort=lambda r, p=p: r["_values"].get(p))
         for p in header[1:]]
+    note = "Bold: best distilled student per pair."
+    if against:
+        note += (f" ↑/↓: above/below {DISPLAY_NAMES.get(against, against)} (default hyper-parameters) on the same "
+                 "pair and teacher, as the CRD table marks them against KD.")
     return Table(f"benchmark-{sid}", "Benchmark table", setting.caption(), cols, rows,
-                 note="Bold: best distilled student per pair.", best=lambda r, c: c.key in r["_best"],
+                 note=note, best=lambda r, c: c.key in r["_best"],
                  filters=("scheme",))
 
 
@@ -382,10 +399,11 @@ SPEED_COLUMNS = [_raw(k, h) for k, h in (
     ("tflops", "TFLOP/s"), ("mfu_pct", "MFU (%)"), ("peak_memory_mib", "peak MiB"), ("date", "date"))]
 
 
-def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool) -> list[Table]:
+def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool,
+                   against: str | None = None) -> list[Table]:
     """The four tables of one setting, in page order (the paper comparison only where a paper matches)."""
     cap = setting.caption()
-    out = [benchmark(agg, df, setting, sid), *survey_tables(agg, ref, setting, sid)]
+    out = [benchmark(agg, df, setting, sid, against), *survey_tables(agg, ref, setting, sid)]
     members = members_table(agg, setting)
     if members:
         out.append(Table(f"members-{sid}", "Every evaluated model: cohorts, branches, heads, ensembles", cap,

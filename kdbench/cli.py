@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
                        ("status", "show each run of a suite: done, running, failed, diverged, interrupted, missing"),
                        ("config", "print the resolved config")):
         sp = sub.add_parser(name, help=text)
+        if name == "plan":
+            sp.add_argument("--gflops", type=float, default=None,
+                            help="training throughput (GFLOP/s) to estimate unmeasured runs and teachers with "
+                                 "(default: the median of this store's records)")
         sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=kd seed=1 schedule.epochs=5")
 
     results = sub.add_parser("results", help="the results store: validate, export, import")
@@ -202,9 +206,22 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .bench import format_plan, plan_rows
+    from .bench import format_plan, load_suite, measured_throughput, plan_rows, plan_teachers, suite_runs
 
-    print(format_plan(plan_rows(args.overrides), with_estimates=args.command == "plan"))
+    if args.command != "plan":  # status: states only
+        print(format_plan(plan_rows(args.overrides), with_estimates=False))
+        return 0
+    if args.gflops is not None:
+        if args.gflops <= 0:
+            raise KDBenchError(f"--gflops must be positive, got {args.gflops}")
+        rate, where = args.gflops * 1e9, "given"
+    else:
+        from .config import compose
+
+        first = suite_runs(load_suite(args.overrides), args.overrides)[0][1]
+        rate, n = measured_throughput(compose(first).paths.results)
+        where = f"median of {n} records in this store"
+    print(format_plan(plan_rows(args.overrides, rate), True, plan_teachers(args.overrides, rate), (rate, where)))
     return 0
 
 

@@ -119,3 +119,24 @@ def test_multirun_with_submitit_local_executor(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     recs = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
     assert len(recs) == 4 and all(r["status"] == "completed" for r in recs)
+
+
+def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp_path, capsys):
+    from kdbench.bench import plan_teachers
+
+    ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,takd]", "suite.seeds=[0]"]
+    teachers = plan_teachers(ov, flops_per_s=1e9)
+    assert [(t["kind"], t["teacher"], t["state"]) for t in teachers] == [
+        ("teacher", "cnn_wide", "to train"), ("assistant", "cnn_mid", "to train")]
+    assert all(t["train_flops"] > 0 and t["est_time_s"] == pytest.approx(t["train_flops"] / 1e9) for t in teachers)
+    rows = plan_rows(ov, flops_per_s=2e9)
+    assert all(r["est_source"] == "flops" and r["est_time_s"] == pytest.approx(r["train_flops"] / 2e9) for r in rows)
+    assert main(["plan", "--gflops", "2", *ov]) == 0
+    out = capsys.readouterr().out
+    assert "assistant cnn_mid" in out and "at 2.0 GFLOP/s (given)" in out
+    assert out.index("teacher cnn_wide") < out.index("assistant cnn_mid") < out.index("vanilla")
+    run(compose([*ov, "method=vanilla", "seed=0"]))  # the store now has a measured speed
+    rows = {r["method"]: r for r in plan_rows(ov)}
+    assert rows["vanilla"]["est_source"] == "measured"
+    assert rows["takd"]["est_source"] == "flops"  # from the store's measured throughput
+    assert main(["plan", "--gflops", "0", *ov]) == 2  # a usage error, one line

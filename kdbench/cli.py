@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--dry-run", action="store_true", help="say what would change; write nothing")
     rm.add_argument("overrides", nargs="*")
 
+    ev = sub.add_parser("eval", help="evaluate a run's kept student (by run id) or a model file on a dataset split")
+    ev.add_argument("target", help="a run id (or a unique prefix), or a .pt file: a kept student or a state dict")
+    ev.add_argument("--split", choices=("test", "val", "train"), default="test")
+    ev.add_argument("--arch", default=None, help="the architecture of a plain state dict, e.g. resnet20")
+    ev.add_argument("--out", default=None, help="also write the metrics as JSON to this file")
+    ev.add_argument("overrides", nargs="*", help="for a file: dataset=... (and pair=...); for a run: e.g. the "
+                                                 "data's location data.source.archive=...")
+
     lb = sub.add_parser("leaderboard", help="write leaderboard/ (tables, page, plots, CSV) from results/")
     lb.add_argument("--check", action="store_true",
                     help="exit non-zero if a record is invalid or leaderboard/ is stale")
@@ -255,6 +263,27 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .artifacts import eval_target
+    from .records import write_json_atomic
+
+    out = eval_target(args.target, args.overrides, args.split, args.arch)
+    m = out["metrics"]
+    what = f"run {out['run_id']}" if out["record"] is not None else out["model"]
+    line = (f"{what} ({out['arch']}) on {out['dataset']} {out['split']}: top-1 {m['top1']:.2f}, top-5 {m['top5']:.2f}, "
+            f"ECE {m['ece']:.2f}")
+    if m.get("teacher_agreement") is not None:
+        line += f", agreement with teacher {out['teacher']['hash']} {m['teacher_agreement']:.2f}"
+    print(line)
+    if out["record"] is not None:
+        rec, diff = out["record"]["top1"], m["top1"] - out["record"]["top1"]
+        print(f"record: top-1 {rec:.2f} ({'the same' if diff == 0 else f'differs by {diff:+.4f}'})")
+    if args.out:
+        write_json_atomic(Path(args.out), out)
+        print(f"metrics written to {args.out}")
+    return 0
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from .config import compose
     from .report import build_leaderboard, check_leaderboard
@@ -303,7 +332,7 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 COMMANDS = {"list": _cmd_list, "show": _cmd_show, "config": _cmd_config, "run": _cmd_run, "bench": _cmd_bench,
             "speed": _cmd_speed, "plan": _cmd_plan, "status": _cmd_plan, "results": _cmd_results,
-            "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher}
+            "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher, "eval": _cmd_eval}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -268,6 +268,10 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
         return record  # rank 0 writes the record
     out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
     log.info("record written: %s", out)
+    if cfg.engine.get("keep_model", True):
+        from .artifacts import save_model
+
+        log.info("student kept: %s", save_model(cfg, run_id, method.student, info.num_classes, info.input_shape[0]))
     if not cfg.engine.keep_checkpoint:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record

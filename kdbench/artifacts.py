@@ -1,0 +1,162 @@
+"""Trained students as results: each completed run's final student is kept beside the records
+(``paths.models``, ``engine.keep_model``), and ``kdbench eval`` evaluates a stored or imported model.
+
+An artifact is a ``torch.save`` dict of tensors and plain values only (read back with
+``weights_only=True``): the architecture, the data's class count and channels, the run id and the
+student's weights with their sha256. Evaluating a run's artifact with its record's config reproduces the
+record's last-epoch test metrics (same data, same evaluation path, same fast-path arithmetic).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import KDBenchError
+from .models import KDModel, create_model
+from .records import atomic_write_bytes, now_iso
+
+log = logging.getLogger(__name__)
+
+FORMAT = "kdbench-model/1"
+
+
+def model_path(cfg: DictConfig, run_id: str) -> Path:
+    return Path(cfg.paths.models) / f"{run_id}.pt"
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_model(cfg: DictConfig, run_id: str, model: KDModel, num_classes: int, in_channels: int) -> Path:
+    """The run's final student, written whole or not at all (a newer record of the run replaces it)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    blob = {"format": FORMAT, "run_id": run_id, "arch": str(cfg.pair.student), "num_classes": int(num_classes),
+            "in_channels": int(in_channels), "created": now_iso(), "weights_sha256": weights_sha256(state),
+            "state_dict": state}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    path = model_path(cfg, run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise KDBenchError(f"could not keep the student at {path}: {exc.strerror or exc} (the record is written; "
+                           "engine.keep_model=false skips this)") from None
+    return path
+
+
+def load_model(path: Path, arch: str | None = None, num_classes: int | None = None,
+               in_channels: int | None = None) -> tuple[KDModel, dict[str, Any]]:
+    """(model, facts) from a kdbench artifact, or from a plain state dict with ``arch`` (and the class
+    count and channels) given; checked strictly against the architecture."""
+    from .teacher import load_state_strict
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise KDBenchError(f"no model file at {path}") from None
+    except Exception as exc:  # never unpickle code
+        raise KDBenchError(f"{path} cannot be read as a state dict ({type(exc).__name__})") from None
+    if not isinstance(blob, dict):
+        raise KDBenchError(f"{path} holds a {type(blob).__name__}, not a state dict")
+    ours = blob.get("format") == FORMAT
+    state = blob["state_dict"] if ours else blob.get("state_dict", blob.get("model", blob))
+    facts = {k: v for k, v in blob.items() if k != "state_dict"} if ours else {}
+    arch = arch or facts.get("arch")
+    if not arch:
+        raise KDBenchError(f"{path} is not a kdbench artifact: give its architecture (--arch NAME)")
+    if ours and facts.get("weights_sha256") != weights_sha256(state):
+        raise KDBenchError(f"{path} fails its checksum: it was changed or truncated after it was written")
+    model = create_model(arch, num_classes=int(num_classes or facts.get("num_classes") or 100),
+                         in_channels=int(in_channels or facts.get("in_channels") or 3))
+    load_state_strict(model, state, str(path), arch)
+    return model, {**facts, "arch": arch}
+
+
+def evaluate_model(cfg: DictConfig, model: KDModel, split: str = "test", data=None) -> dict[str, Any]:
+    """Metrics of ``model`` on ``split`` of ``cfg``'s dataset, by the engine's evaluation path with the
+    run's fast-path arithmetic; agreement and KL with the run's teacher when it is in the cache."""
+    from .engine import evaluate, predict, resolve_device, resolve_fast_path
+    from .frozen_teacher import FrozenTeacher
+    from .identity import teacher_config
+    from .method import METHODS
+    from .runner import load_data
+    from .teacher import find_teacher, load_teacher
+
+    if split not in ("train", "val", "test"):
+        raise KDBenchError(f"split {split!r} is not one of: train, val, test")
+    device = resolve_device(str(cfg.engine.device))
+    fast = resolve_fast_path(cfg.engine, device, str(cfg.protocol.precision))
+    data = data if data is not None else load_data(cfg)
+    if split != "test" and not data.split_len(split):
+        raise KDBenchError(f"the dataset has no {split} split in this config")
+    memory = torch.channels_last if fast.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=memory).eval()
+    autocast, bs = fast.autocast(device), int(cfg.engine.eval_batch_size)
+    teacher_logits, teacher = None, None
+    name = str(cfg.method.name) if cfg.get("method") is not None else ""
+    if name in METHODS.names() and METHODS.get(name).obj.uses_teacher:
+        entry = find_teacher(cfg)
+        if entry is not None:
+            t = FrozenTeacher(load_teacher(entry, device)).to(device)
+            t.prepare(data.info.input_shape, fold_bn=fast.fold_teacher_bn, inference_mode=fast.teacher_inference_mode,
+                      memory_format=memory if fast.channels_last else None, compile=False)
+            teacher_logits = predict(t, data, split, bs, autocast, fast.channels_last)[0]
+            teacher = {"arch": str(teacher_config(cfg).pair.teacher), "hash": entry.hash,
+                       "weights_sha256": entry.meta["weights"]["sha256"]}
+    metrics = evaluate(model, data, split, bs, autocast, fast.channels_last, teacher_logits, True)
+    return {"split": split, "dataset": data.info.name, "metrics": metrics, "teacher": teacher}
+
+
+def eval_target(target: str, overrides: list[str], split: str = "test", arch: str | None = None) -> dict[str, Any]:
+    """Evaluate a run's kept student (``target`` = a run id, or a unique prefix of one) with its record's
+    config, or a model file (a kdbench artifact, or a state dict with ``arch``) with the config the
+    overrides compose (``dataset=... pair=...``). With a run, the record's numbers come back beside."""
+    from .config import compose
+    from .results import load_records
+
+    path = Path(target)
+    if path.suffix == ".pt" or path.exists():
+        from .runner import load_data
+
+        cfg = compose(overrides)
+        data = load_data(cfg)
+        model, facts = load_model(path, arch, data.info.num_classes, data.info.input_shape[0])
+        out = evaluate_model(cfg, model, split, data)
+        return {**out, "model": str(path), "arch": facts["arch"], "run_id": facts.get("run_id"), "record": None}
+    base = compose(overrides, check=False)
+    matches = {}
+    for st in load_records(base.paths.results):
+        r = st.record
+        if r and r.get("status") == "completed" and r["run_id"].startswith(target):
+            matches.setdefault(r["run_id"], []).append(r)
+    if len(matches) != 1:
+        what = "no completed run" if not matches else f"{len(matches)} runs ({', '.join(sorted(matches)[:5])} ...)"
+        raise KDBenchError(f"{what} in {base.paths.results} matches {target!r}: give a run id (kdbench status lists "
+                           "them) or a model file")
+    (run_id, recs), = matches.items()
+    record = max(recs, key=lambda r: r["created"])  # the newest record of the run is the kept model's
+    cfg = OmegaConf.merge(OmegaConf.create(record["config"]), OmegaConf.from_dotlist(
+        [o for o in overrides if "=" in o and not o.startswith(("+", "~"))]))
+    if cfg.paths.get("models") is None:
+        cfg.paths.models = f"{cfg.paths.results}/models"
+    file = model_path(cfg, run_id)
+    if not file.exists():
+        raise KDBenchError(f"run {run_id} kept no model at {file} (engine.keep_model was off, or the run predates "
+                           "kept models): run it again with force=true to keep one")
+    model, facts = load_model(file)
+    out = evaluate_model(cfg, model, split)
+    primary = record["metrics"]["primary_model"]
+    recorded = record["metrics"]["last"][primary].get(split) if split in ("val", "test") else None
+    return {**out, "model": str(file), "arch": facts["arch"], "run_id": run_id, "record": recorded}

@@ -319,7 +319,8 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
 
 
 def _estimate(r: dict[str, Any]) -> str:
-    fl = f"{r['train_flops'] / 1e12:9.2f} TFLOP" if r["train_flops"] else f"{'-' if r['state'] == 'cached' else '?':>15}"
+    blank = "-" if r["state"] == "cached" else "?"
+    fl = f"{r['train_flops'] / 1e12:9.2f} TFLOP" if r["train_flops"] else f"{blank:>15}"
     t = f"{r['est_time_s'] / 60:7.1f} min" if r["est_time_s"] else f"{'?' if r['train_flops'] else '':>11}"
     return f"  {fl}  {t}{'*' if r.get('est_source') == 'flops' else ' '}"
 
@@ -345,10 +346,11 @@ def format_plan(rows: list[dict[str, Any]], with_estimates: bool, teachers: list
         unknown = len(todo) - len(measured) - len(by_flops)
         train = [t["est_time_s"] for t in teachers or [] if t["state"] == "to train"]
         rate, where = throughput or (None, "")
-        lines.append(f"estimated time of the remaining work: {(sum(measured) + sum(by_flops) + sum(t or 0 for t in train)) / 3600:.2f} h "
+        from_flops = sum(by_flops) + sum(t or 0 for t in train)
+        lines.append(f"estimated time of the remaining work: {(sum(measured) + from_flops) / 3600:.2f} h "
                      f"= {len(measured)} runs from the images/s of earlier records of the same pair and method "
-                     f"({sum(measured) / 3600:.2f} h) + {len(by_flops)} runs (*) and {len(train)} teachers from their FLOPs "
-                     f"({(sum(by_flops) + sum(t or 0 for t in train)) / 3600:.2f} h)"
+                     f"({sum(measured) / 3600:.2f} h) + {len(by_flops)} runs (*) and {len(train)} teachers from "
+                     f"their FLOPs ({from_flops / 3600:.2f} h)"
                      + (f" at {rate / 1e9:.1f} GFLOP/s ({where})" if rate else ": no throughput known (pass --gflops)")
                      + (f"; {unknown} runs unknown" if unknown else ""))
     return "\n".join(lines)

@@ -147,8 +147,8 @@ def _measure_engine(cfg, method_name, device, fast, n_images, batch_size, steps,
             for _, batch in zip(range(n), stream):
                 train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
 
-        flops = _flops_per_image(method, next(data.train_batches(batch_size, 0, 1, paired=method.paired_batches)), opt, autocast,
-                                 fast.channels_last)
+        first = next(data.train_batches(batch_size, 0, 1, paired=method.paired_batches))
+        flops = _flops_per_image(method, first, opt, autocast, fast.channels_last)
         eng = _measure(engine_loop, device, warmup, steps, batch_size)
         return eng, flops, (_profile(engine_loop, device) if profile else None)
 

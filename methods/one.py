@@ -84,7 +84,8 @@ class ONE(Method):
         self.branches = nn.ModuleList(
             create_model(ctx.student_arch, num_classes=info.num_classes, in_channels=info.input_shape[0]).drop_trunk()
             for _ in range(branches - 1))
-        self.gate = nn.Linear(ctx.student_spec.stages[-2].channels, branches)  # the trunk's output: the last-but-one stage
+        # the gate reads the trunk's output: the last-but-one stage
+        self.gate = nn.Linear(ctx.student_spec.stages[-2].channels, branches)
         self.gate_bn = nn.BatchNorm1d(branches)
         self.temperature, self.rampup_epochs = temperature, rampup * ctx.epochs
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kdbench.method import register_method, require
 from kdbench.methods.kd import KD
+
+from kdbench.method import register_method, require
 
 
 @register_method("takd", category="response", scheme="offline",

@@ -150,7 +150,8 @@ def test_contract_same_seed_same_result(method):
         torch.manual_seed(123)
         m, labels = _build(method, pair)
         opt = torch.optim.SGD(m.trainable_parameters(), lr=0.05, momentum=0.9)
-        out = m.train_step(_batch(labels, paired=m.paired_batches), 0, opt, lambda: torch.autocast("cpu", enabled=False))
+        batch = _batch(labels, paired=m.paired_batches)
+        out = m.train_step(batch, 0, opt, lambda: torch.autocast("cpu", enabled=False))
         results.append(({k: v.item() for k, v in out.losses.items()},
                         m.checkpoint_state()))
     assert results[0][0] == results[1][0]

@@ -85,8 +85,9 @@ def latex_table(table: Table) -> str:
             text = tex_escape(c.cell(r))
             cells.append(rf"\textbf{{{text}}}" if text and table.best(r, c) else text)
         lines.append(" & ".join(cells) + r" \\")
+    note = ". " + tex_escape(table.note) if table.note else ""
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip",
-              rf"{{\footnotesize {tex_escape(table.caption)}{'. ' + tex_escape(table.note) if table.note else ''}\par}}",
+              rf"{{\footnotesize {tex_escape(table.caption)}{note}\par}}",
               r"\end{table}", ""]
     return "\n".join(lines)
 

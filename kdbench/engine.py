@@ -364,16 +364,19 @@ def _progress_enabled(setting: Any) -> bool:
 
 def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
         run_dir: Path, resume: bool, label: str = "",
-        on_step: Callable[[int, int], None] | None = None, precision: str = "auto") -> FitResult:
+        on_step: Callable[[int, int], None] | None = None, precision: str = "auto",
+        on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``method`` on ``data`` for ``sched.epochs`` epochs and evaluate every epoch.
 
     ``precision`` is the protocol's (auto | fp32 | bf16). ``on_step(epoch, step)`` is called
-    after each optimizer step (tests use it to simulate a kill mid-epoch).
+    after each optimizer step (tests use it to simulate a kill mid-epoch); ``on_epoch(n, stage, row)``
+    after each epoch's row is complete, on the main process (live trackers, :mod:`kdbench.tracking`).
     """
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
-        return _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step,
-                     fast).run(resume)
+        loop = _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step, fast)
+        loop.on_epoch = on_epoch
+        return loop.run(resume)
 
 
 @dataclass
@@ -525,6 +528,7 @@ class _Loop:
         self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
         self.watch, self.stop = _DivergenceWatch(self.device), _StopOnInterrupt()
         self.teacher_test_logits = None
+        self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
 
     def optimizer(self, stage: InitStage | None):
         """The stage's optimizer, made on first use: the main stage's over the method's trainable
@@ -673,6 +677,8 @@ class _Loop:
                      row[primary]["test"]["top1"], row["images_per_s"])
         if self.main:
             state.save(self.ckpt, self.method, self.optimizer(at.stage), n + 1, stage=at.name)
+            if self.on_epoch is not None:
+                self.on_epoch(n + 1, at.name, row)
 
 
 def _show_progress(bar, tally: _Tally, done: int, elapsed: float) -> None:

@@ -244,9 +244,13 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
     t0 = time.time()
     started = now_iso()
+    from .tracking import Trackers
+
+    trackers = Trackers(run_id, cfg) if ddp.is_main() else None  # named before training when one cannot start
     try:
         result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
-                     label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision))
+                     label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision),
+                     on_epoch=trackers if trackers is not None and trackers.active else None)
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record
@@ -262,6 +266,9 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
                 raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
             raise
         return rec
+    finally:
+        if trackers is not None:
+            trackers.close()
     record = _completed_record(cfg, run_id, spec, method, data, result, teacher_entry, costs, started,
                                time.time() - t0)
     if not ddp.is_main():

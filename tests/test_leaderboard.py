@@ -250,8 +250,29 @@ def test_speed_records_become_a_table(real_records, tmp_path):
     assert "## Training speed" in files["README.md"].decode() and 'id="speed"' in files["index.html"].decode()
     out = tmp_path / "lb"
     build_leaderboard(root, out)
-    (root / "speed" / "kd2.json").write_text(json.dumps(r))
+    newer = {**r, "created": "2099" + r["created"][4:]}  # the same measurement, a later year
+    newer["engine"] = {**r["engine"], "images_per_s": r["engine"]["images_per_s"] * 2}
+    (root / "speed" / "kd2.json").write_text(json.dumps(newer))
     assert any("stale" in p for p in check_leaderboard(root, out))
+    files = render(root)
+    assert len(_csv(files["speed.csv"])) == 2  # the history keeps both
+    page = files["index.html"].decode()
+    latest = page.split('id="speed"', 1)[1].split("</table>", 1)[0]
+    assert latest.count("<tr data-pair") == 1 and f"{newer['engine']['images_per_s']:.1f}" in latest
+    assert '<details><summary><h2>Training speed: every measurement' in page
+
+
+def test_cost_rows_say_where_and_how_steadily_they_were_measured(real_records, tmp_path):
+    recs = copy.deepcopy(real_records)
+    kd = [r for r in recs if r["method"]["name"] == "kd"]
+    kd[0]["history"][-1]["time_s"] = 10 * kd[0]["history"][0]["time_s"] + 1  # an epoch paused or shared
+    kd[0]["history"] = kd[0]["history"] + [dict(kd[0]["history"][0])]  # three epochs to judge by
+    kd[1]["environment"]["hardware"] = "Other CPU x8"
+    rows = {r["method_id"]: r for r in _csv(render(_store(tmp_path, recs))["cost.csv"])}
+    assert rows["kd"]["timing"] == "1 of 3 runs unsteady" and rows["vanilla"]["timing"] == "steady"
+    assert "Other CPU x8" in rows["kd"]["hardware"] and ";" in rows["kd"]["hardware"]
+    md = render(_store(tmp_path / "b", recs))["README.md"].decode()
+    assert "come from 2 machines" in md
 
 
 def test_out_never_deletes_files_it_did_not_write(real_records, tmp_path):

@@ -13,7 +13,7 @@ from ..schema import validate_speed_record
 from .frame import aggregate, runs_frame, settings
 from .plots import _slug, plots
 from .render import Section, csv_rows, csv_text, latex_table, markdown, page
-from .tables import load_reference, runs_table, setting_tables, speed_table
+from .tables import load_reference, runs_table, setting_tables, speed_tables
 
 LEADERBOARD_VERSION = 3
 
@@ -67,7 +67,7 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
             rows = ([{"setting": s.id, **{c.key: r[c.key] for c in t.columns}} for r in t.rows]
                     if kind == "benchmark" else csv_rows(t, setting=s.id))
             csvs[kind] += rows
-    speed = speed_table(load_speed(results_root))
+    speed, speed_history = speed_tables(load_speed(results_root))
     files: dict[str, bytes] = {name: data for sec in sections for name, data in sec.images.items()}
 
     def csv(rows) -> bytes:
@@ -82,8 +82,8 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     runs = df.drop(columns=["curve"])
     runs["note"] = [csv_text(n) for n in runs["note"]]
     files["runs.csv"] = runs.to_csv(index=False, lineterminator="\n").encode()
-    files["speed.csv"] = csv(speed.rows)
-    extra = [runs_table(df), speed]
+    files["speed.csv"] = csv(speed_history.rows)  # every measurement; the tables show the latest first
+    extra = [runs_table(df), speed, speed_history]
     files["README.md"] = markdown(sections, [speed], metric).encode()
     files["index.html"] = page(sections, extra, {k: sorted(set(df[k])) for k in ("dataset", "pair", "scheme")},
                                metric).encode()

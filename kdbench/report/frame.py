@@ -56,6 +56,7 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
             "hardware": r["environment"]["hardware"], "created": r["created"], "date": r["created"][:10],
             "note": r["note"], "run_id": r["run_id"],
             "curve": [h[primary]["test"]["top1"] for h in r["history"]],
+            "unsteady": _unsteady([h.get("time_s") for h in r["history"]]),
             # every other evaluated model (DML's peers, ONE's branches and ensemble, BYOT's heads and ensemble)
             "members": {name: (m["test"]["top1"] if metric == "last" else
                                (sel[name]["test"]["top1"] if sel and name in sel else None))
@@ -75,6 +76,15 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
     df["counted"] = ~df.duplicated(["experiment", "seed", "teacher_sha"], keep="last")  # sorted by time: newest wins
     df["label"] = row_labels(df)
     return df.drop(columns=["_spec", "_defaults"])
+
+
+UNSTEADY = 2.0  # an epoch that took this many times the run's median epoch time
+
+
+def _unsteady(times: list[Any]) -> bool:
+    """Whether a run's epoch times say the machine was shared or paused: one epoch > 2x the median."""
+    t = sorted(float(x) for x in times if isinstance(x, (int, float)) and x > 0)
+    return len(t) >= 3 and t[-1] > UNSTEADY * t[len(t) // 2]
 
 
 def _baseline_key(spec: dict[str, Any]) -> str:
@@ -193,6 +203,7 @@ def aggregate(df):
             "peak_memory_mib": round(float(g["peak_memory_mib"].max()), 1), "memory_kind": first["memory_kind"],
             "extra_params": int(g["extra_params"].max()), "student_params": int(first["student_params"]),
             "student_flops": int(first["student_flops"]),
+            "hardware": "; ".join(sorted(set(g["hardware"]))), "unsteady": int(g["unsteady"].sum()),
             "members": {name: cell([m.get(name) for m in g["members"]]).text()
                         for name in sorted({k for m in g["members"] for k in m})
                         if any(m.get(name) is not None for m in g["members"])},

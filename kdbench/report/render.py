@@ -157,7 +157,10 @@ def page(sections: list[Section], extra: list[Table], filters: dict[str, list[st
                   for name, data in sec.images.items()]
         body.append("".join(parts) + "</section>")
     for t in extra:
-        if t.rows:
+        if t.rows and t.collapsed:
+            body.append(f'<section data-dataset=""><details><summary><h2>{html.escape(t.title)}</h2></summary>'
+                        f"{html_table(t)}</details></section>")
+        elif t.rows:
             body.append(f'<section data-dataset=""><h2>{html.escape(t.title)}</h2>{html_table(t)}</section>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>kdbench leaderboard</title>'
             f"<style>{_asset('page.css')}</style></head><body>{''.join(body)}<script>{_asset('page.js')}</script>"

@@ -81,6 +81,7 @@ class Table:
     filters: tuple[str, ...] = ("pair", "scheme")  # row keys the page's filters read (data-* attributes)
     note: str = ""
     best: Callable[[dict[str, Any], Column], bool] = field(default=lambda row, col: False)
+    collapsed: bool = False  # on the page: folded under its title, one click away
 
 
 def _num(key: str, header: str, nd: int) -> Column:
@@ -328,7 +329,9 @@ def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
              "network": _pair_label(r), "scheme": r["scheme"],
              "epoch_time_s": r["epoch_time_s"], "images_per_s": r["images_per_s"],
              "peak_memory_mib": r["peak_memory_mib"], "memory_kind": r["memory_kind"],
-             "extra_params": r["extra_params"], "ece": r["ece"], "agreement": r["agreement"], "kl": r["kl"]}
+             "extra_params": r["extra_params"], "ece": r["ece"], "agreement": r["agreement"], "kl": r["kl"],
+             "hardware": r["hardware"],
+             "timing": f"{r['unsteady']} of {r['n']} runs unsteady" if r["unsteady"] else "steady"}
             for _, r in _in_order(a).iterrows()]
 
 
@@ -379,6 +382,7 @@ COST_COLUMNS = [
            text=lambda r: f"{fmt(r['peak_memory_mib'], 0)} ({r['memory_kind']})"),
     Column("extra_params", "extra params", text=lambda r: f"{r['extra_params']:,}"), Column("ece", "ECE (%)"),
     Column("agreement", "agreement w/ teacher (%)"), _num("kl", "KL(t‖s)", 4),
+    Column("hardware", "measured on"), Column("timing", "timing"),
 ]
 
 RUN_COLUMNS = [
@@ -412,7 +416,14 @@ def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool
     paper = paper_comparison(agg, ref, setting, compare_short)
     if paper:
         out.append(Table(f"paper-{sid}", "Against the papers' numbers", cap, PAPER_COLUMNS, paper))
-    out.append(Table(f"cost-{sid}", "Cost and calibration", cap, COST_COLUMNS, cost_table(agg, setting)))
+    cost = cost_table(agg, setting)
+    machines = sorted({h for r in cost for h in r["hardware"].split("; ")})
+    note = ("Timing: a run is unsteady when one of its epochs took more than twice its median epoch time (a "
+            "shared or paused machine); its s/epoch and images/s overstate the method's cost.")
+    if len(machines) > 1:
+        note = (f"s/epoch, images/s and memory come from {len(machines)} machines ({'; '.join(machines)}): compare "
+                "them within one machine. " + note)
+    out.append(Table(f"cost-{sid}", "Cost and calibration", cap, COST_COLUMNS, cost, note=note))
     return out
 
 
@@ -444,8 +455,20 @@ def speed_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [rows[i] for i in order]
 
 
-def speed_table(records: list[dict[str, Any]]) -> Table:
-    return Table("speed", "Training speed", "kdbench speed: images/s of full training steps, reference loop beside",
-                 SPEED_COLUMNS, speed_rows(records), filters=("pair",),
-                 note="Full training steps (data, teacher forward, student forward and backward, losses, optimizer) "
-                      "from `kdbench speed`; reference = plain loop measured side by side.")
+def latest_speed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest measurement per machine, pair, batch, engine and method (rows sorted oldest first)."""
+    latest: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        latest[(r["hardware"], r["pair"], r["batch"], r["engine"], r["method"])] = r
+    return [r for r in rows if latest[(r["hardware"], r["pair"], r["batch"], r["engine"], r["method"])] is r]
+
+
+def speed_tables(records: list[dict[str, Any]]) -> list[Table]:
+    """The latest measurement per engine and method, and every measurement (folded on the page)."""
+    rows = speed_rows(records)
+    note = ("Full training steps (data, teacher forward, student forward and backward, losses, optimizer) from "
+            "`kdbench speed`; reference = plain loop measured side by side.")
+    return [Table("speed", "Training speed", "kdbench speed: the latest measurement per machine, engine and method",
+                  SPEED_COLUMNS, latest_speed_rows(rows), filters=("pair",), note=note),
+            Table("speed-history", "Training speed: every measurement", "kdbench speed: all measurements, oldest "
+                  "first", SPEED_COLUMNS, rows, filters=("pair",), collapsed=True)]

@@ -148,8 +148,12 @@ def _extra_parameters(cfg) -> int:
 def _teacher_line(t) -> str:
     acc = f"{t.test_top1:6.2f}" if t.test_top1 is not None else "   n/a"
     spec = t.meta["spec"]
-    origin = (f"seed {spec['seed']}  {spec['schedule']['epochs']:>4} ep" if t.meta["source"] == "trained"
-              else f"imported from {t.meta['spec']['imported_from']}")
+    if t.meta["source"] == "imported":
+        origin = f"imported from {spec['imported_from']}"
+    else:
+        origin = f"seed {spec['seed']}  {spec['schedule']['epochs']:>4} ep"
+        if t.meta["source"] == "distilled":  # a TAKD assistant: by which method, from which teacher
+            origin += f"  distilled ({t.meta['distilled_from']['method']}) from {t.meta['distilled_from']['teacher']}"
     return f"{t.hash}  {t.arch:<14} {t.meta['dataset']:<12} {origin}  test top-1 {acc}  {t.meta['created']}"
 
 

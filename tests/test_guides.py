@@ -59,3 +59,63 @@ def test_adding_a_method_guide_runs_as_written(guide_method, tmp_path, capsys):
     loss.backward()
     assert torch.isfinite(loss) and set(out.losses) == {"ce", "mse"}
     assert all(p.grad is not None for p in m.trainable_parameters())
+
+
+def _commands(text: str, marker: str, **subs: str) -> list[list[str]]:
+    lines = [ln for ln in _block(text, marker).splitlines() if ln.strip()]
+    out = []
+    for ln in lines:
+        for k, v in subs.items():
+            ln = ln.replace(k, v)
+        argv = shlex.split(ln)
+        assert argv[0] == "kdbench", ln
+        out.append(argv[1:])
+    return out
+
+
+def test_importing_teachers_guide_runs_as_written(tmp_path, monkeypatch, capsys):
+    import torchvision
+
+    from kdbench.models import create_model
+    from tests.helpers import write_cifar_pickles
+
+    for cls in (torchvision.datasets.CIFAR10, torchvision.datasets.CIFAR100):  # generated batches carry no md5
+        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    write_cifar_pickles(tmp_path / "data", 100, per_class=2, test_per_class=1)
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet32x4", num_classes=100).state_dict(), "epoch": 240},
+               tmp_path / "ckpt_epoch_240.pth")  # RepDistiller's format
+    monkeypatch.chdir(tmp_path)
+    paths = [f"paths.data={tmp_path / 'data'}", f"paths.work={tmp_path / 'work'}",
+             f"paths.results={tmp_path / 'results'}"]
+    text = (DOCS / "importing-teachers.md").read_text()
+    first, *rest = _commands(text, "import")
+    assert main([*first, *paths]) == 0
+    key = capsys.readouterr().out.split()[0]
+    assert re.fullmatch(r"[0-9a-f]{16}", key)
+    tiny = ["schedule.epochs=1", "schedule.batch_size=50", "data.val_fraction=0"]
+    for argv in _commands(text, "import", HASH=key)[1:]:
+        assert main([*argv, *paths, *(tiny if argv[0] == "run" else [])]) == 0, argv
+    out = capsys.readouterr().out
+    assert "imported from ckpt_epoch_240.pth" in out and f'"hash": "{key}"' in out
+    (record,) = (tmp_path / "results" / "runs").glob("kd__cifar100_resnet32x4-resnet8x4__*.json")
+    import json
+
+    assert json.loads(record.read_text())["teacher"]["hash"] == key
+
+
+def test_reading_a_table_guide_runs_as_written(real_records, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from tests.conftest import write_records
+
+    root = write_records(tmp_path / "results", real_records)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "reference", root / "reference")
+    monkeypatch.chdir(tmp_path)
+    for argv in _commands((DOCS / "reading-a-table.md").read_text(), "leaderboard"):
+        assert main([*argv, f"paths.results={root}"]) == 0, argv
+    assert "is up to date" in capsys.readouterr().out
+    assert (tmp_path / "leaderboard-vs-kd" / "README.md").exists()
+    assert any(p.suffix == ".tex" for p in (tmp_path / "leaderboard").iterdir())
+    assert "validation" in (tmp_path / "leaderboard-selected" / "README.md").read_text()

@@ -71,3 +71,6 @@ def test_a_suite_trains_the_assistant_once_for_every_student_seed(tmp_path, monk
     assert recs[("takd", 0)]["teacher"]["source"] == "distilled"
     assert res.pairs[0].teacher_top1 == recs[("kd", 0)]["teacher"]["test_top1"]  # the table reports the pair's teacher
     assert teacher_hash(compose([*tiny_overrides(tmp_path), "method=takd"])) == recs[("takd", 1)]["teacher"]["hash"]
+    from kdbench.cli import main
+
+    assert main(["teacher", "list", *tiny_overrides(tmp_path)]) == 0

@@ -34,7 +34,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any] | None:
         cfg = finalize(cfg, overrides)
         if multirun:
             cfg.resume = True if "resume=false" not in overrides else cfg.resume
-        rec = run(cfg, on_error="record" if multirun else "raise")
+        rec = run(cfg, on_error="record" if multirun else "raise", workers=_parallel_jobs() if multirun else 1)
     except KDBenchError as exc:
         log.error("%s", exc)
         if not multirun:
@@ -44,6 +44,21 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any] | None:
         else None
     log.info("%s: %s%s", rec["run_id"], rec["status"], f", test top-1 {top1:.2f}" if top1 is not None else "")
     return {"run_id": rec["run_id"], "status": rec["status"], "top1": top1}
+
+
+def _parallel_jobs() -> int:
+    """How many of this sweep's jobs run at once on this machine: joblib's ``n_jobs`` (-1: every core);
+    1 for the sequential launcher and for cluster launchers (one job per allocation)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .distributed import available_cores
+
+    launcher = HydraConfig.get().launcher
+    n = launcher.get("n_jobs") if launcher is not None and "joblib" in str(launcher.get("_target_", "")) else None
+    if n is None:
+        return 1
+    n = int(n)
+    return available_cores() if n < 0 else max(1, n)
 
 
 LAUNCHER_PACKAGES = {  # hydra/launcher option -> (module to import, package to install)

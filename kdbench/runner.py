@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataBundle, build_dataset
@@ -127,7 +128,7 @@ def load_data(cfg: DictConfig) -> DataBundle:
 
 def run(cfg: DictConfig, data: DataBundle | None = None,
         on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
-        wait: bool = False) -> dict[str, Any]:
+        wait: bool = False, workers: int = 1) -> dict[str, Any]:
     """Train one student as ``cfg`` says and write its result record.
 
     Idempotent: a run whose completed record exists is returned as is (unless
@@ -137,10 +138,15 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     returned so the grid continues, otherwise the error is raised after it is
     written. ``data`` may be passed to reuse an already built dataset. A run that another process
     is training is an error, or with ``wait=True`` (suites) waited for and then taken as it ended.
+    ``workers`` is how many jobs share this machine's cores (a parallel launcher's), for
+    ``engine.threads=auto``.
     """
     from . import distributed as ddp
 
     ddp.init_from_env()  # under torchrun: join the process group
+    threads = ddp.resolve_threads(cfg.engine.get("threads", "auto"), workers)  # ``workers``: jobs sharing the cores
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     spec = experiment_spec(cfg)
     run_id = run_id_from(spec, int(cfg.seed))
     uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher

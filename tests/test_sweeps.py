@@ -113,6 +113,29 @@ def test_multirun_in_parallel_trains_the_teacher_once(tmp_path):
     assert len(teachers) == 1
     assert len({r["teacher"]["hash"] for r in recs if r["teacher"]}) == 1
     assert not list((tmp_path / "work" / "teachers").glob("*.partial"))
+    import os
+
+    from kdbench.distributed import available_cores
+
+    if not os.environ.get("OMP_NUM_THREADS"):  # two jobs share the cores: each takes its half, not all of them
+        assert {r["environment"]["torch_threads"] for r in recs} == {max(1, available_cores() // 2)}
+
+
+def test_threads_split_the_available_cores_over_parallel_jobs(monkeypatch):
+    from kdbench.distributed import available_cores, resolve_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = available_cores()
+    assert resolve_threads("auto") == cores and resolve_threads("auto", workers=cores * 4) == 1
+    assert resolve_threads("auto", workers=2) == max(1, cores // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes on this node share the cores too
+    assert resolve_threads("auto") == max(1, cores // 2)
+    assert resolve_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_threads("auto") is None  # the user's setting stands
+    with pytest.raises(KDBenchError, match="engine.threads"):
+        resolve_threads("many")
 
 
 def test_multirun_with_submitit_local_executor(tmp_path):

@@ -81,10 +81,28 @@ def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
         teacher = ensure_teacher(pair_teacher_config(cfgs[0]), data)  # teachers first, once per pair
         ensure_run_teachers(cfgs, data)  # then the other networks the methods distil from (assistants, ...)
         # Failures are recorded and the grid goes on; interrupted runs resume from their checkpoints.
-        pair_records = [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
+        pair_records = _run_pair(cfgs, data)
         records += pair_records
         results.append(_summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
     return BenchResult(str(s.name), results, records, time.time() - t0)
+
+
+def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
+    """A pair's runs: with ``bench.cohort`` (the default) each seed's runs in one lockstep cohort
+    (:mod:`kdbench.cohort`: one batch and one teacher forward per step for all of them; the records are
+    the solo runs'), else one after another. Records in the suite's order."""
+    from . import distributed as ddp
+
+    if not cfgs[0].get("bench", {}).get("cohort", True) or ddp.world() > 1 or len(cfgs) == 1:
+        return [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
+    from .cohort import run_cohort
+
+    out: dict[int, dict[str, Any]] = {}
+    for seed in dict.fromkeys(int(c.seed) for c in cfgs):
+        idx = [i for i, c in enumerate(cfgs) if int(c.seed) == seed]
+        for i, rec in zip(idx, run_cohort([cfgs[i] for i in idx], data, run)):
+            out[i] = rec
+    return [out[i] for i in range(len(cfgs))]
 
 
 def pair_teacher_config(cfg: DictConfig) -> DictConfig:

@@ -365,17 +365,21 @@ def _progress_enabled(setting: Any) -> bool:
 def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
         run_dir: Path, resume: bool, label: str = "",
         on_step: Callable[[int, int], None] | None = None, precision: str = "auto",
-        on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None) -> FitResult:
+        on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None, cohort: Any = None) -> FitResult:
     """Train ``method`` on ``data`` for ``sched.epochs`` epochs and evaluate every epoch.
 
     ``precision`` is the protocol's (auto | fp32 | bf16). ``on_step(epoch, step)`` is called
     after each optimizer step (tests use it to simulate a kill mid-epoch); ``on_epoch(n, stage, row)``
     after each epoch's row is complete, on the main process (live trackers, :mod:`kdbench.tracking`).
+    ``cohort`` (a :class:`kdbench.cohort.Member`) trains this run in lockstep with others: it supplies the
+    batches and takes turns (:mod:`kdbench.cohort`); the arithmetic is the solo run's.
     """
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
         loop = _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step, fast)
         loop.on_epoch = on_epoch
+        if cohort is not None:
+            cohort.attach(loop)
         return loop.run(resume)
 
 
@@ -529,6 +533,11 @@ class _Loop:
         self.watch, self.stop = _DivergenceWatch(self.device), _StopOnInterrupt()
         self.teacher_test_logits = None
         self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
+        # where training batches come from (a cohort's shared stream), and the seconds this run spent
+        # waiting for its turn in a cohort (not its cost: left out of its epoch time)
+        self.batch_source: Callable[..., Iterator] = data.train_batches
+        self.waited: Callable[[], float] = lambda: 0.0
+        self.cohort_size: int | None = None
 
     def optimizer(self, stage: InitStage | None):
         """The stage's optimizer, made on first use: the main stage's over the method's trainable
@@ -580,10 +589,14 @@ class _Loop:
         finally:
             self.stop.restore()  # also when an exception ends training
             self.method.stage = MAIN_STAGE
-        if self.channels_last:
-            self.method.to(memory_format=torch.contiguous_format)
+        if self.channels_last:  # the trained models back to the default layout; a frozen teacher stays as it is
+            for m in self.method.trainable_modules():  # (a cohort's other members may still be using it)
+                m.to(memory_format=torch.contiguous_format)
         h = state.history
-        return FitResult(fast_path=self.fast.as_dict(), peak_memory=measure_peak_memory(self.device), history=h,
+        fast = self.fast.as_dict()
+        if self.cohort_size is not None:  # how it ran, for reading its timing: not part of the experiment
+            fast["cohort"] = {"members": self.cohort_size}
+        return FitResult(fast_path=fast, peak_memory=measure_peak_memory(self.device), history=h,
                          last=_summary(h, len(h) - 1, self.method), selected=_select(h, self.method),
                          train_time_s=state.train_time, images_per_s=state.images_seen / max(state.train_time, 1e-9),
                          epochs=self.epochs, resumed_from_epoch=start, init_history=state.init_history,
@@ -606,12 +619,12 @@ class _Loop:
         self.method.stage = self.watch.stage = at.name
         self.method.train()
         tally, state.partial = _Tally.start(self.device, state.partial), None
-        t0 = time.perf_counter()
+        t0, w0 = time.perf_counter(), self.waited()
         span = self.epochs if at.stage is None else at.stage.epochs
         what = "epoch" if at.stage is None else f"{at.name} epoch"
         bar = _bar(self.show, self.steps_per_epoch, f"{self.label}{what} {at.local + 1}/{span}")
-        for step, batch in enumerate(self.data.train_batches(self.bs, self.seed, at.data_epoch,
-                                                                       paired=self.method.paired_batches)):
+        for step, batch in enumerate(self.batch_source(self.bs, self.seed, at.data_epoch,
+                                                       paired=self.method.paired_batches)):
             if step < tally.first_step:
                 continue  # cut and augmented again so the random streams line up; not trained on
             out = train_one_step(self.method, batch, at.local, optimizer, self.autocast, self.channels_last)
@@ -623,7 +636,7 @@ class _Loop:
             if self.stop.now(self.device, checkpoint_point):
                 ranks = ddp.gather_objects(tally.share())  # each process's share of the epoch so far
                 if self.main:
-                    elapsed = tally.time_before + time.perf_counter() - t0
+                    elapsed = tally.time_before + time.perf_counter() - t0 - (self.waited() - w0)
                     state.save(self.ckpt, self.method, optimizer, n,
                                {"step": step + 1, "time_s": elapsed, "ranks": ranks}, at.name)
                 ddp.barrier()  # nobody exits before the checkpoint is on disk
@@ -637,7 +650,7 @@ class _Loop:
             torch.cuda.synchronize(self.device)
         if bar is not None:
             bar.close()
-        return tally, time.perf_counter() - t0 + tally.time_before
+        return tally, time.perf_counter() - t0 - (self.waited() - w0) + tally.time_before
 
     def end_epoch(self, n: int, at: _EpochPlan, lr: float, tally: _Tally, epoch_time: float,
                   state: RunState) -> None:

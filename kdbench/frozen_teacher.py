@@ -51,17 +51,33 @@ class FrozenTeacher(nn.Module):
         self.model = model.requires_grad_(False).eval()
         self.inference_mode = False  # set by prepare(); off, the forward runs under no_grad
         self.folded = 0  # BatchNorm layers folded into convolutions by prepare()
+        self._prepared: tuple | None = None  # prepare()'s arguments, once done
+        self._memo: list | None = None  # shared by a cohort: [input, output] of the last forward
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)  # BatchNorm statistics never move
 
+    def share(self) -> None:
+        """Serve several methods (a cohort trained in lockstep): a forward on the very tensor of the last one
+        returns its outputs again instead of recomputing them, each caller getting its own copies."""
+        self._memo = []
+
     def forward(self, x: Tensor) -> ModelOutput:
+        if self._memo is not None:
+            if self._memo and self._memo[0] is x:  # the same batch, already run for another member
+                return _CopiedOnRead(self._memo[1])  # type: ignore[return-value]
+            out = self._compute(x)
+            self._memo[:] = [x, out]  # holding x keeps its identity from being reused
+            return _CopiedOnRead(out)  # type: ignore[return-value]
+        out = self._compute(x)
+        return _CopiedOnRead(out) if self.inference_mode else out  # type: ignore[return-value]
+
+    def _compute(self, x: Tensor) -> ModelOutput:
         if not self.inference_mode:
             with torch.no_grad():
                 return self.model(x)
         with torch.inference_mode():
-            out = self.model(x)
-        return _CopiedOnRead(out)  # type: ignore[return-value]  # reads like a ModelOutput
+            return self.model(x)
 
     def feature_spec(self, input_shape: tuple[int, ...]) -> FeatureSpec:
         return self.model.feature_spec(input_shape)
@@ -69,7 +85,14 @@ class FrozenTeacher(nn.Module):
     def prepare(self, input_shape: tuple[int, ...], *, fold_bn: bool, inference_mode: bool,
                 memory_format: torch.memory_format | None = None, compile: bool = False) -> None:
         """The engine's fast path for the teacher, once before training: fold BatchNorms (checked, see
-        :mod:`kdbench.models.fold`), then memory format, inference mode and compilation (static shapes)."""
+        :mod:`kdbench.models.fold`), then memory format, inference mode and compilation (static shapes).
+        Done once: a teacher shared by a cohort is prepared by its first member."""
+        args = (tuple(input_shape), fold_bn, inference_mode, memory_format, compile)
+        if self._prepared is not None:
+            if self._prepared != args:
+                raise RuntimeError(f"a shared teacher was prepared with {self._prepared}, now asked for {args}")
+            return
+        self._prepared = args
         if fold_bn:
             self.folded = fold_batchnorm(self.model, input_shape)
             log.debug("folded %d BatchNorm layers into the teacher's convolutions", self.folded)

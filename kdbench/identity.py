@@ -31,7 +31,7 @@ from .config import digest
 from .errors import KDBenchError
 
 EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
-RUNTIME = ("engine", "paths", "speed", "suite", "resume", "force", "retry_failed", "note", "hydra")
+RUNTIME = ("engine", "paths", "speed", "bench", "suite", "resume", "force", "retry_failed", "note", "hydra")
 PRECISIONS = ("auto", "fp32", "bf16")
 PROTOCOLS = ("kdbench", "paper")
 

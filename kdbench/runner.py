@@ -128,7 +128,7 @@ def load_data(cfg: DictConfig) -> DataBundle:
 
 def run(cfg: DictConfig, data: DataBundle | None = None,
         on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
-        wait: bool = False, workers: int = 1) -> dict[str, Any]:
+        wait: bool = False, workers: int = 1, cohort: Any = None) -> dict[str, Any]:
     """Train one student as ``cfg`` says and write its result record.
 
     Idempotent: a run whose completed record exists is returned as is (unless
@@ -139,7 +139,8 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     written. ``data`` may be passed to reuse an already built dataset. A run that another process
     is training is an error, or with ``wait=True`` (suites) waited for and then taken as it ended.
     ``workers`` is how many jobs share this machine's cores (a parallel launcher's), for
-    ``engine.threads=auto``.
+    ``engine.threads=auto``. ``cohort`` (a :class:`kdbench.cohort.Member`) trains the run in lockstep
+    with others of its pair and seed (``kdbench.cohort.run_cohort``); its record is the solo run's.
     """
     from . import distributed as ddp
 
@@ -156,7 +157,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     paths = RunPaths.of(cfg, run_id)
     run_dir, lock = paths.work, paths.lock
     if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
-        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
+        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, cohort)
     if wait and is_locked(lock):
         log.info("run %s is running in another process; waiting for it", run_id)
     with file_lock(lock, blocking=wait) as mine:
@@ -166,17 +167,22 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
         if prior is not None:
             return prior
-        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error)
+        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, cohort)
 
 
-def _model_costs(method, teacher, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Parameters and forward FLOPs, counted before training: the engine folds the teacher's BatchNorms
-    in place, which would change its parameter count."""
-    return {"student": count_parameters(method.student),
-            "teacher": count_parameters(teacher) if teacher is not None else None,
+def _teacher_costs(teacher, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The teacher's parameters and forward FLOPs, counted before the engine folds its BatchNorms in place
+    (which would change its parameter count)."""
+    return {"teacher": count_parameters(teacher) if teacher is not None else None,
+            "teacher_flops": forward_flops(teacher, input_shape) if teacher is not None else None}
+
+
+def _model_costs(method, teacher_costs: dict[str, Any], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Parameters and forward FLOPs of the student, its helpers and its teacher, counted before training."""
+    return {"student": count_parameters(method.student), "teacher": teacher_costs["teacher"],
             "extra_trainable": method.extra_trainable_parameters(),
             "student_flops": forward_flops(method.student, input_shape),
-            "teacher_flops": forward_flops(teacher, input_shape) if teacher is not None else None}
+            "teacher_flops": teacher_costs["teacher_flops"]}
 
 
 def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, result,
@@ -222,7 +228,7 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
 
 
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
-                on_step: Callable[[int, int], None] | None, on_error: str) -> dict[str, Any]:
+                on_step: Callable[[int, int], None] | None, on_error: str, cohort: Any = None) -> dict[str, Any]:
     from . import distributed as ddp
 
     data = data if data is not None else load_data(cfg)
@@ -231,19 +237,30 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     method_cls = METHODS.get(cfg.method.name).obj
 
     teacher = teacher_entry = None
+    info = data.info
+    teacher_costs = _teacher_costs(None, info.input_shape)
     if method_cls.uses_teacher:
         teacher_entry = ensure_teacher(cfg, data)
-        teacher = load_teacher(teacher_entry, device)
+        if cohort is None:
+            teacher = load_teacher(teacher_entry, device)
+            teacher_costs = _teacher_costs(teacher, info.input_shape)
+        else:  # one frozen teacher for every member distilling from it: it runs once per batch
+            from .frozen_teacher import FrozenTeacher
+
+            def load(entry=teacher_entry):
+                raw = load_teacher(entry, device)
+                return FrozenTeacher(raw), _teacher_costs(raw, info.input_shape)
+
+            teacher, teacher_costs = cohort.shared_teacher(f"{teacher_entry.hash}@{device}", load)
 
     # Fairness: the student's initialisation and the data order depend on the
     # seed alone, so every method starts from the same point and sees the same batches.
-    info = data.info
     student = seeded_model(str(cfg.pair.student), info.num_classes, info.input_shape[0], seed, "student-init")
     method = build_method(cfg.method, student, info, seed, teacher=teacher, student_arch=str(cfg.pair.student),
                           teacher_arch=str(teacher_config(cfg).pair.teacher),
                           train_labels=data.train_labels(), epochs=int(cfg.schedule.epochs)).to(device)
 
-    costs = _model_costs(method, teacher, info.input_shape)
+    costs = _model_costs(method, teacher_costs, info.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -256,7 +273,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     try:
         result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
                      label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision),
-                     on_epoch=trackers if trackers is not None and trackers.active else None)
+                     on_epoch=trackers if trackers is not None and trackers.active else None, cohort=cohort)
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record

@@ -57,6 +57,7 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
             "note": r["note"], "run_id": r["run_id"],
             "curve": [h[primary]["test"]["top1"] for h in r["history"]],
             "unsteady": _unsteady([h.get("time_s") for h in r["history"]]),
+            "cohort": _cohort_size(r.get("engine")),
             # every other evaluated model (DML's peers, ONE's branches and ensemble, BYOT's heads and ensemble)
             "members": {name: (m["test"]["top1"] if metric == "last" else
                                (sel[name]["test"]["top1"] if sel and name in sel else None))
@@ -76,6 +77,13 @@ def runs_frame(records: list[dict[str, Any]], metric: str = "last"):
     df["counted"] = ~df.duplicated(["experiment", "seed", "teacher_sha"], keep="last")  # sorted by time: newest wins
     df["label"] = row_labels(df)
     return df.drop(columns=["_spec", "_defaults"])
+
+
+def _cohort_size(engine: Any) -> int:
+    """How many runs trained in lockstep with this one (records before cohorts, or solo runs: 0)."""
+    cohort = engine.get("cohort") if isinstance(engine, dict) else None
+    members = cohort.get("members") if isinstance(cohort, dict) else None
+    return members if isinstance(members, int) and not isinstance(members, bool) and members > 0 else 0
 
 
 UNSTEADY = 2.0  # an epoch that took this many times the run's median epoch time
@@ -204,6 +212,7 @@ def aggregate(df):
             "extra_params": int(g["extra_params"].max()), "student_params": int(first["student_params"]),
             "student_flops": int(first["student_flops"]),
             "hardware": "; ".join(sorted(set(g["hardware"]))), "unsteady": int(g["unsteady"].sum()),
+            "cohort": int(g["cohort"].max()),
             "members": {name: cell([m.get(name) for m in g["members"]]).text()
                         for name in sorted({k for m in g["members"] for k in m})
                         if any(m.get(name) is not None for m in g["members"])},

@@ -331,7 +331,8 @@ def cost_table(agg, setting: Setting) -> list[dict[str, Any]]:
              "peak_memory_mib": r["peak_memory_mib"], "memory_kind": r["memory_kind"],
              "extra_params": r["extra_params"], "ece": r["ece"], "agreement": r["agreement"], "kl": r["kl"],
              "hardware": r["hardware"],
-             "timing": f"{r['unsteady']} of {r['n']} runs unsteady" if r["unsteady"] else "steady"}
+             "timing": (f"{r['unsteady']} of {r['n']} runs unsteady" if r["unsteady"] else "steady")
+             + (f"; in a cohort of {r['cohort']} (one teacher forward for all)" if r["cohort"] else "")}
             for _, r in _in_order(a).iterrows()]
 
 

@@ -1,0 +1,91 @@
+"""Cohort training: every registered method's record in a lockstep cohort equals its solo record."""
+from __future__ import annotations
+
+import pytest
+
+from kdbench.cohort import run_cohort
+from kdbench.config import compose
+from kdbench.method import METHODS
+from kdbench.runner import load_data, run
+from tests.conftest import tiny_overrides
+
+# FSP needs equal channel counts, which the digits pair does not have (its declared refusal)
+METHODS_ON_DIGITS = [m for m in METHODS.names() if m != "fsp"]
+TIMING = ("time_s", "images_per_s")
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+def _same(a, b) -> None:
+    assert a["run_id"] == b["run_id"] and a["status"] == b["status"] == "completed", (a["run_id"], b["status"])
+    assert a["metrics"] == b["metrics"], a["run_id"]
+    assert _strip(a["history"]) == _strip(b["history"]) and _strip(a["init_history"]) == _strip(b["init_history"])
+    assert a["params"] == b["params"] and a["fairness"] == b["fairness"] and a["teacher"] == b["teacher"]
+
+
+def _cfgs(root, methods, *extra):
+    return [compose([*tiny_overrides(root, epochs=2), f"method={m}", "seed=1", *extra]) for m in methods]
+
+
+def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path):
+    """CRD (its negatives from the global random stream), DML (no teacher), CS-KD (paired batches), AB and FT
+    (initialisation stages), TF-KD self and TAKD (their own teachers) included."""
+    solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS)
+    data = load_data(solo_cfgs[0])
+    solo = [run(c, data=data) for c in solo_cfgs]
+    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS), data, run)
+    for a, b in zip(cohort, solo):
+        _same(a, b)
+        assert a["engine"]["cohort"] == {"members": len(METHODS_ON_DIGITS)} and "cohort" not in b["engine"]
+
+
+def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
+    cfgs = _cfgs(tmp_path, ["kd", "vanilla", "crd"])
+    cfgs[0] = compose([*tiny_overrides(tmp_path, epochs=2), "method=kd", "seed=1", "method.kd_weight=1e39"])
+    recs = run_cohort(cfgs, load_data(cfgs[0]), run)
+    assert [r["status"] for r in recs] == ["diverged", "completed", "completed"]
+
+
+def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch):
+    import _thread
+
+    import kdbench.engine as engine
+
+    methods = ["kd", "crd", "dml"]
+    data = load_data(_cfgs(tmp_path / "solo", methods)[0])
+    solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods)]
+    real, steps = engine.train_one_step, []
+
+    def counting(*a, **k):
+        steps.append(1)
+        if len(steps) == 40:  # Ctrl-C in the middle of the first epoch
+            _thread.interrupt_main()
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_step", counting)
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(_cfgs(tmp_path / "cohort", methods), data, run)
+    monkeypatch.setattr(engine, "train_one_step", real)
+    assert not list((tmp_path / "cohort" / "results").glob("runs/*.json"))  # nothing finished, all checkpointed
+    resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true"), data, run)
+    for a, b in zip(resumed, solo):
+        assert a["timing"]["resumed_from_epoch"] == 0
+        _same(a, b)
+
+
+def test_bench_uses_cohorts_by_default_and_can_be_told_not_to(tmp_path, monkeypatch):
+    import kdbench.cohort as cohort_mod
+    from kdbench.bench import run_bench
+
+    calls = []
+    real = cohort_mod.run_cohort
+    monkeypatch.setattr(cohort_mod, "run_cohort", lambda cfgs, data, r: calls.append(len(cfgs)) or real(cfgs, data, r))
+    over = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0,1]"]
+    res = run_bench(over)
+    assert calls == [2, 2] and all(r["status"] == "completed" for r in res.records)
+    calls.clear()
+    run_bench([*tiny_overrides(tmp_path / "b", epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0]",
+               "bench.cohort=false"])
+    assert calls == []

@@ -77,6 +77,14 @@ def _endless(data, batch_size: int, paired: bool = False):
         epoch += 1
 
 
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def _measure(loop, device: torch.device, warmup: int, steps: int, batch_size: int) -> Measurement:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -202,6 +210,86 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
     }
 
 
+COHORT_METHODS = ["kd", "fitnet", "at", "sp", "cc", "rkd", "pkt", "crd"]  # CRD-benchmark methods with a teacher
+
+
+def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: int, warmup: int,
+                   repeats: int = 1) -> dict[str, Any]:
+    """The same methods trained one after another (each running the teacher) and as a cohort (one teacher
+    forward per batch, shared), in alternating rounds on the same batches and models; a speed record
+    whose reference is the solo side. Images/s count every member's images (member-images per second)."""
+
+    if repeats < 1:
+        raise KDBenchError(f"speed.repeats must be at least 1, got {repeats}")
+    if len(methods) < 2:
+        raise KDBenchError(f"a cohort needs at least two methods (speed.methods), got {methods}")
+    device = resolve_device(str(cfg.engine.device))
+    fast = resolve_fast_path(cfg.engine, device, str(cfg.protocol.precision))
+    n_images = batch_size * (steps + warmup + 1)
+    members, shared = [], None
+    with compile_context(fast):
+        for m in methods:
+            data, method = _build(cfg, m, device, n_images, "device")
+            if method.teacher is not None and METHODS.get(m).obj.teacher_arch == "pair":
+                if shared is None:
+                    shared = method.teacher
+                method.teacher = shared  # one frozen teacher for the cohort, as `kdbench bench` shares it
+            apply_fast_path(method, fast)
+            method.train()
+            opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
+            members.append((method, opt))
+        autocast = fast.autocast(device)
+        batches = list(zip(range(steps + warmup), _endless(data, batch_size)))
+
+        def solo(n: int) -> None:  # one method after another, each running the teacher itself
+            if shared is not None:
+                shared._memo = None
+            for method, opt in members:
+                for _, batch in batches[:n]:
+                    train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
+
+        def cohort(n: int) -> None:  # lockstep: each batch once, the shared teacher once per batch
+            if shared is not None:
+                shared.share()
+            for _, batch in batches[:n]:
+                for method, opt in members:
+                    train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
+
+        def timed(loop) -> float:
+            loop(warmup)
+            _sync(device)
+            t0 = time.perf_counter()
+            loop(steps)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        rounds = [(timed(solo), timed(cohort)) for _ in range(repeats)]
+        if shared is not None:
+            shared._memo = None  # each member's own step, its teacher forward counted
+        flops = statistics.fmean(_flops_per_image(method, batches[0][1], opt, autocast, fast.channels_last)
+                                 for method, opt in members)
+    images = len(members) * steps * batch_size
+    solo_ips = statistics.median(images / s for s, _ in rounds)
+    cohort_ips = statistics.median(images / c for _, c in rounds)
+    achieved = flops * cohort_ips / 1e12
+    peak = peak_tflops(device, fast.amp)
+    return {
+        "kind": "speed", "schema_version": 1, "created": now_iso(),
+        "pair": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student),
+        "method": "cohort-" + "+".join(methods), "batch_size": batch_size, "steps": steps, "warmup": warmup,
+        "repeats": repeats, "mode": "cohort",
+        "engine": {**fast.as_dict(), "images_per_s": cohort_ips, "ms_per_step": 1000 * statistics.median(
+            c for _, c in rounds) / steps, "peak_memory_bytes": _peak_memory(device)},
+        "reference": {"images_per_s": solo_ips, "ms_per_step": 1000 * statistics.median(s for s, _ in rounds) / steps,
+                      "kind": "the same methods one after another (solo runs)"},
+        "speedup": statistics.median(s / c for s, c in rounds),
+        "rounds": [{"images_per_s": images / c, "reference_images_per_s": images / s} for s, c in rounds],
+        "flops_per_image": flops, "flops_basis": "solo: each member's own step, its teacher forward included",
+        "achieved_tflops": achieved, "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
+        "environment": environment(device), "profile": None,
+    }
+
+
 def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, warmup) -> Measurement:
     """The plain loop: DataLoader + PIL transforms, fp32, NCHW, .item() every step, per-tensor SGD."""
     data, method = _build(cfg, method_name, device, n_images, "dataloader")
@@ -225,6 +313,12 @@ def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
     cfg = compose(overrides)
     if cfg.data.name not in ("cifar100", "cifar10", "cifar10-jpg"):
         raise KDBenchError(f"kdbench speed measures CIFAR-shaped pairs; {cfg.pair.name} is on {cfg.data.name}")
+    if cfg.speed.get("cohort"):
+        methods = list(cfg.speed.methods) or COHORT_METHODS
+        log.info("speed: a cohort of %s on %s, batch %d, solo beside", ",".join(methods), cfg.pair.name,
+                 cfg.speed.batch_size)
+        return [measure_cohort(cfg, methods, int(cfg.speed.batch_size), int(cfg.speed.steps), int(cfg.speed.warmup),
+                               int(cfg.speed.get("repeats", 1)))]
     methods = list(cfg.speed.methods) or METHODS.names()
     out = []
     for m in methods:

@@ -64,3 +64,23 @@ def test_alternating_rounds_give_medians_and_the_ratio_range():
     assert "alternating rounds" in format_speed([r])
     with pytest.raises(KDBenchError, match="repeats"):
         measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=1, repeats=0)
+
+
+def test_cohort_speed_mode_runs_the_shared_teacher_once_per_batch(monkeypatch):
+    import kdbench.frozen_teacher as ft
+    from kdbench.config import compose
+    from kdbench.speed import measure_cohort
+
+    calls = []
+    real = ft.FrozenTeacher._compute
+    monkeypatch.setattr(ft.FrozenTeacher, "_compute", lambda self, x: calls.append(1) or real(self, x))
+    cfg = compose(["pair=cifar100/resnet56-resnet20", "pair.teacher=resnet8", "pair.student=resnet8"])
+    r = measure_cohort(cfg, ["kd", "at", "vanilla"], batch_size=4, steps=2, warmup=1)
+    assert r["mode"] == "cohort" and r["method"] == "cohort-kd+at+vanilla" and r["speedup"] > 0
+    assert r["reference"]["images_per_s"] > 0 and r["engine"]["images_per_s"] > 0
+    # solo: each of the two teacher methods runs the teacher on all 3 batches; cohort: once per batch
+    # (the FLOP count afterwards runs it once more per teacher method)
+    assert len(calls) == 2 * 3 + 3 + 2
+    from kdbench.schema import validate_speed_record
+
+    assert validate_speed_record(r) == []

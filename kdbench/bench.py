@@ -98,11 +98,41 @@ def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
     from .cohort import run_cohort
 
     out: dict[int, dict[str, Any]] = {}
+    size = cohort_size(cfgs[0], data.device)
     for seed in dict.fromkeys(int(c.seed) for c in cfgs):
         idx = [i for i, c in enumerate(cfgs) if int(c.seed) == seed]
-        for i, rec in zip(idx, run_cohort([cfgs[i] for i in idx], data, run)):
-            out[i] = rec
+        for part in range(0, len(idx), size):  # a group larger than fits is split
+            chunk = idx[part:part + size]
+            recs = run_cohort([cfgs[i] for i in chunk], data, run) if len(chunk) > 1 else \
+                [run(cfgs[chunk[0]], data=data, on_error="record", wait=True)]
+            out.update(zip(chunk, recs))
     return [out[i] for i in range(len(cfgs))]
+
+
+def cohort_size(cfg: DictConfig, device) -> int:
+    """How many runs one cohort may hold: ``bench.cohort_max`` if a number; ``auto``: every run on CPU, and on
+    CUDA as many as 80 % of the free memory holds at the largest peak any earlier record of this pair
+    measured (2 GiB each when none has)."""
+    import torch
+
+    setting = cfg.get("bench", {}).get("cohort_max", "auto")
+    if setting != "auto":
+        try:
+            n = int(setting)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise KDBenchError(f"bench.cohort_max={setting!r} is not one of: auto, a positive number")
+        return n
+    if getattr(device, "type", "cpu") != "cuda":
+        return 1 << 30
+    from .results import load_records
+
+    peaks = [r["memory"]["bytes"] for st in load_records(cfg.paths.results) if (r := st.record)
+             and r.get("status") == "completed" and r["pair"]["name"] == str(cfg.pair.name)
+             and str(r["memory"].get("kind", "")).startswith("cuda")]
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(0.8 * free // max(max(peaks, default=0), 2 << 30)))
 
 
 def pair_teacher_config(cfg: DictConfig) -> DictConfig:

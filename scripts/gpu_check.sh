@@ -9,7 +9,8 @@
 # Dry run on a CPU (small settings): DEVICE=cpu SMALL=1 bash scripts/gpu_check.sh
 # Only the KD fast-path A/B (~2 minutes): QUICK=1 bash scripts/gpu_check.sh
 #
-# Writes under $OUT: speed_512.log, speed_64.log, speed_switches.log, bench.log, records.tar.gz (records + speed records), env.txt.
+# Writes under $OUT: speed_512.log, speed_64.log, speed_switches.log, speed_cohort.log, bench.log,
+# records.tar.gz (records + speed records), env.txt.
 set -euo pipefail
 OUT=${OUT:-/tmp/kdbench-gpu-check}
 DEVICE=${DEVICE:-cuda}
@@ -71,6 +72,13 @@ $KD -q speed engine.device=$DEVICE speed.batch_size=$SMALLB speed.methods=[vanil
 for SW in engine.fold_teacher_bn=false engine.teacher_inference_mode=false engine.compile=teacher; do
   $KD -q speed engine.device=$DEVICE speed.batch_size=$BIG speed.methods=[kd] speed.reference=false "$SW" \
       "${STEPS[@]}" paths.results="$WORK/results" 2>&1 | tee -a "$OUT/speed_switches.log"
+done
+
+# 2b. Cohort training: 8 CRD-benchmark methods one after another vs one cohort (one teacher forward per batch),
+#     at the CRD protocol's batch 64 and at the big batch.
+for B in $SMALLB $BIG; do
+  $KD -q speed engine.device=$DEVICE speed.cohort=true speed.batch_size=$B "${STEPS[@]}" \
+      paths.results="$WORK/results" 2>&1 | tee -a "$OUT/speed_cohort.log"
 done
 
 # 3. A short real run on the CIFAR-10 JPEG data: teacher + vanilla + KD, resnet56 -> resnet20.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from kdbench.cohort import run_cohort
 from kdbench.config import compose
@@ -89,3 +90,13 @@ def test_bench_uses_cohorts_by_default_and_can_be_told_not_to(tmp_path, monkeypa
     run_bench([*tiny_overrides(tmp_path / "b", epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0]",
                "bench.cohort=false"])
     assert calls == []
+    res = run_bench([*tiny_overrides(tmp_path / "c", epochs=1), "suite.methods=[vanilla,kd,at]", "suite.seeds=[0]",
+                     "bench.cohort_max=2"])  # a group larger than fits is split: a cohort of 2, then one alone
+    assert calls == [2] and [r["method"]["name"] for r in res.records] == ["vanilla", "kd", "at"]
+    from kdbench import KDBenchError
+    from kdbench.bench import cohort_size
+    from kdbench.config import compose
+
+    with pytest.raises(KDBenchError, match="cohort_max"):
+        cohort_size(compose(["bench.cohort_max=0"]), torch.device("cpu"))
+    assert cohort_size(compose([]), torch.device("cpu")) >= 23  # on CPU: every run of a (pair, seed)

@@ -26,17 +26,17 @@ def _same(a, b) -> None:
     assert a["params"] == b["params"] and a["fairness"] == b["fairness"] and a["teacher"] == b["teacher"]
 
 
-def _cfgs(root, methods, *extra):
-    return [compose([*tiny_overrides(root, epochs=2), f"method={m}", "seed=1", *extra]) for m in methods]
+def _cfgs(root, methods, *extra, epochs: int = 2):
+    return [compose([*tiny_overrides(root, epochs=epochs), f"method={m}", "seed=1", *extra]) for m in methods]
 
 
 def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path):
     """CRD (its negatives from the global random stream), DML (no teacher), CS-KD (paired batches), AB and FT
     (initialisation stages), TF-KD self and TAKD (their own teachers) included."""
-    solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS)
+    solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS, epochs=1)
     data = load_data(solo_cfgs[0])
     solo = [run(c, data=data) for c in solo_cfgs]
-    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS), data, run)
+    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS, epochs=1), data, run)
     for a, b in zip(cohort, solo):
         _same(a, b)
         assert a["engine"]["cohort"] == {"members": len(METHODS_ON_DIGITS)} and "cohort" not in b["engine"]

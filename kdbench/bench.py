@@ -91,9 +91,7 @@ def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
     """A pair's runs: with ``bench.cohort`` (the default) each seed's runs in one lockstep cohort
     (:mod:`kdbench.cohort`: one batch and one teacher forward per step for all of them; the records are
     the solo runs'), else one after another. Records in the suite's order."""
-    from . import distributed as ddp
-
-    if not cfgs[0].get("bench", {}).get("cohort", True) or ddp.world() > 1 or len(cfgs) == 1:
+    if not cfgs[0].get("bench", {}).get("cohort", True) or len(cfgs) == 1:
         return [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
     from .cohort import run_cohort
 

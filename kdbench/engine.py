@@ -573,14 +573,14 @@ class _Loop:
         return state
 
     def run(self, resume: bool) -> FitResult:
-        state = self._restore(resume)
-        start = state.epoch
-        if self.method.teacher is not None and self.main:  # fixed: for agreement and KL on the test split
-            self.teacher_test_logits = predict(self.method.teacher, self.data, "test", self.eval_bs, self.autocast,
-                                               self.channels_last)[0]
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        try:
+        try:  # from here on the Ctrl-C handlers are restored whatever happens (a refused checkpoint too)
+            state = self._restore(resume)
+            start = state.epoch
+            if self.method.teacher is not None and self.main:  # fixed: for agreement and KL on the test split
+                self.teacher_test_logits = predict(self.method.teacher, self.data, "test", self.eval_bs,
+                                                   self.autocast, self.channels_last)[0]
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
             for n in range(start, len(self.plan)):
                 at = self.plan[n]
                 lr = lr_at(at.local, self.sched) if at.stage is None else self._stage_lr(at.stage)

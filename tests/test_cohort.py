@@ -51,9 +51,11 @@ def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
 
 def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch):
     import _thread
+    import signal
 
     import kdbench.engine as engine
 
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a fresh prompt
     methods = ["kd", "crd", "dml"]
     data = load_data(_cfgs(tmp_path / "solo", methods)[0])
     solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods)]
@@ -69,6 +71,7 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         run_cohort(_cfgs(tmp_path / "cohort", methods), data, run)
     monkeypatch.setattr(engine, "train_one_step", real)
+    signal.signal(signal.SIGINT, old)
     assert not list((tmp_path / "cohort" / "results").glob("runs/*.json"))  # nothing finished, all checkpointed
     resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true"), data, run)
     for a, b in zip(resumed, solo):

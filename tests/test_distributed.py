@@ -130,13 +130,13 @@ def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
 
 def test_a_cohort_under_two_processes_records_what_the_runs_record_one_after_another(tmp_path):
     """Members take turns in the same order on every process, so their collectives line up."""
-    ov = [*tiny_overrides(tmp_path, epochs=2), "suite.methods=[kd,crd,dml]", "suite.seeds=[0]"]
+    ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[kd,crd]", "suite.seeds=[0]"]
     _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'cohort'}")
     _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'solo'}", "bench.cohort=false")
     cohort, solo = _records(tmp_path / "cohort"), _records(tmp_path / "solo")
-    assert len(cohort) == len(solo) == 3
+    assert len(cohort) == len(solo) == 2
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("time_s", "images_per_s")} for r in h]  # noqa: E731
     for a, b in zip(cohort, solo):
         assert a["run_id"] == b["run_id"] and a["environment"]["processes"] == 2
-        assert a["engine"]["cohort"] == {"members": 3} and "cohort" not in b["engine"]
+        assert a["engine"]["cohort"] == {"members": 2} and "cohort" not in b["engine"]
         assert a["metrics"] == b["metrics"] and strip(a["history"]) == strip(b["history"])

@@ -206,3 +206,25 @@ def test_the_teachers_parameter_count_is_the_unfolded_models(make_cfg):
     rec = run(make_cfg("method=kd", epochs=1))
     assert rec["engine"]["fold_teacher_bn"] is True
     assert rec["params"]["teacher"] == count_parameters(create_model("cnn_wide", 10, 1))
+
+
+def test_a_refused_resume_leaves_the_ctrl_c_handler_as_it_was(make_cfg):
+    """A run refused before training (its checkpoint exists, resume not asked) once left kdbench's SIGINT
+    handler installed, and a later Ctrl-C in the same process only set a flag nobody read."""
+    import signal
+
+    from kdbench import KDBenchError
+
+    class Killed(BaseException):
+        pass
+
+    def kill(n, step):
+        if (n, step) == (1, 0):
+            raise Killed
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Killed):
+        run(make_cfg("method=vanilla"), on_step=kill)  # leaves the epoch-1 checkpoint
+    with pytest.raises(KDBenchError, match="resume=true"):
+        run(make_cfg("method=vanilla"))
+    assert signal.getsignal(signal.SIGINT) is before

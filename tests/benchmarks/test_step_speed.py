@@ -23,7 +23,7 @@ def test_train_step_speed(benchmark, method):
     fast = resolve_fast_path(cfg.engine, device)
     apply_fast_path(m, fast)
     opt = build_optimizer(m.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
-    batch = next(data.train_batches(32, 0, 0))
+    batch = next(data.train_batches(32, 0, 0, paired=m.paired_batches))
     m.train()
     out = benchmark.pedantic(lambda: train_one_step(m, batch, 0, opt, fast.autocast(device), fast.channels_last),
                              rounds=5, iterations=1, warmup_rounds=1)

@@ -115,13 +115,9 @@ def cohort_size(cfg: DictConfig, device) -> int:
 
     setting = cfg.get("bench", {}).get("cohort_max", "auto")
     if setting != "auto":
-        try:
-            n = int(setting)
-        except (TypeError, ValueError):
-            n = 0
-        if n < 1:
-            raise KDBenchError(f"bench.cohort_max={setting!r} is not one of: auto, a positive number")
-        return n
+        from .config import positive_count
+
+        return positive_count(setting, "bench.cohort_max")
     if getattr(device, "type", "cpu") != "cuda":
         return 1 << 30
     from .results import load_records

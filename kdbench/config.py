@@ -197,6 +197,17 @@ def check_engine(cfg: DictConfig) -> None:
     resolve_fast_path(cfg.engine, torch.device("cpu"), str(cfg.protocol.precision))
 
 
+def positive_count(value: Any, key: str) -> int:
+    """A runtime setting that is ``auto`` or a positive whole number, here the number (callers handle ``auto``)."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise KDBenchError(f"{key}={value!r} is not one of: auto, a positive number")
+    return n
+
+
 def digest(obj: Any) -> str:
     """sha256 of a JSON-able object in canonical form."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

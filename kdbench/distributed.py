@@ -210,12 +210,6 @@ def resolve_threads(setting: Any, workers: int = 1) -> int | None:
             return None
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
         return max(1, available_cores() // max(1, workers * local))
-    try:
-        n = int(setting)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        from .errors import KDBenchError
+    from .config import positive_count
 
-        raise KDBenchError(f"engine.threads={setting!r} is not one of: auto, a positive number")
-    return n
+    return positive_count(setting, "engine.threads")

@@ -8,7 +8,6 @@ record's last-epoch test metrics (same data, same evaluation path, same fast-pat
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .errors import KDBenchError
 from .models import KDModel, create_model
 from .records import atomic_write_bytes, now_iso
+from .seeding import state_dict_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,11 @@ def model_path(cfg: DictConfig, run_id: str) -> Path:
     return Path(cfg.paths.models) / f"{run_id}.pt"
 
 
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def save_model(cfg: DictConfig, run_id: str, model: KDModel, num_classes: int, in_channels: int) -> Path:
     """The run's final student, written whole or not at all (a newer record of the run replaces it)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT, "run_id": run_id, "arch": str(cfg.pair.student), "num_classes": int(num_classes),
-            "in_channels": int(in_channels), "created": now_iso(), "weights_sha256": weights_sha256(state),
+            "in_channels": int(in_channels), "created": now_iso(), "weights_sha256": state_dict_digest(state),
             "state_dict": state}
     buf = io.BytesIO()
     torch.save(blob, buf)
@@ -76,7 +68,7 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
     arch = arch or facts.get("arch")
     if not arch:
         raise KDBenchError(f"{path} is not a kdbench artifact: give its architecture (--arch NAME)")
-    if ours and facts.get("weights_sha256") != weights_sha256(state):
+    if ours and facts.get("weights_sha256") != state_dict_digest(state):
         raise KDBenchError(f"{path} fails its checksum: it was changed or truncated after it was written")
     model = create_model(arch, num_classes=int(num_classes or facts.get("num_classes") or 100),
                          in_channels=int(in_channels or facts.get("in_channels") or 3))

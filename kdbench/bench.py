@@ -146,13 +146,13 @@ def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
     """Every distinct network the runs distil from -- TF-KD's student copies, TAKD's assistants (each
     after its own teacher) -- found or trained once, before any student, in the order first needed."""
     from .method import METHODS
-    from .teacher import teacher_hash
+    from .teacher import teacher_key
 
     seen: set[str] = set()
     for cfg in cfgs:
         if not METHODS.get(str(cfg.method.name)).obj.uses_teacher:
             continue
-        key = str(cfg.teacher.hash) if cfg.teacher.get("hash") and teacher_config(cfg) is cfg else teacher_hash(cfg)
+        key = teacher_key(cfg)
         if key not in seen:
             seen.add(key)
             ensure_teacher(cfg, data)
@@ -323,7 +323,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
     the training FLOPs and time (from FLOPs) of those to train."""
     from .identity import assistant_training_config
     from .method import METHODS
-    from .teacher import find_teacher, teacher_hash
+    from .teacher import find_teacher, teacher_key
 
     s = load_suite(overrides)
     configs = [compose(ov) for _, ov in suite_runs(s, overrides)]
@@ -335,7 +335,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
         t = teacher_config(cfg)
         if t.teacher.get("assistant") is not None:
             visit(assistant_training_config(t))  # its own teacher first
-        key = str(t.teacher.hash) if t.teacher.get("hash") else teacher_hash(t)
+        key = teacher_key(t)
         if key in seen:
             return
         seen.add(key)

@@ -204,7 +204,7 @@ def resolve_threads(setting: Any, workers: int = 1) -> int | None:
     """The intra-op thread count for ``engine.threads``: a number as given; ``auto``: the available cores
     split over the processes sharing them (parallel launcher jobs, torchrun's local processes), at least
     one -- unless OMP_NUM_THREADS is set, which stands (None: leave torch's setting). Oversubscribed
-    threads spin: one KD run on a loaded 2-core machine ran 19x slower with torch's default."""
+    threads spin (docs/performance.md)."""
     if setting in (None, "auto"):
         if os.environ.get("OMP_NUM_THREADS"):
             return None

@@ -49,10 +49,11 @@ def data_order_digest(n: int, seed: int, epochs: int) -> str:
     return h.hexdigest()
 
 
-def state_dict_digest(module: torch.nn.Module) -> str:
-    """sha256 over a module's parameters and buffers, in name order."""
+def state_dict_digest(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over a module's parameters and buffers (or a state dict's tensors), in name order."""
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else module
     h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
+    for name, t in sorted(state.items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                  if t.numel() else b"")

@@ -71,6 +71,12 @@ def teacher_hash(cfg: DictConfig) -> str:
     return digest(teacher_spec(cfg))[:16]
 
 
+def teacher_key(cfg: DictConfig) -> str:
+    """The cache entry ``cfg``'s teacher is (or will be) stored under: its pinned hash, else its recipe's."""
+    t = teacher_config(cfg)
+    return str(t.teacher.hash) if t.teacher.get("hash") else teacher_hash(t)
+
+
 def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
     """The cached teacher ``cfg`` names: ``teacher.hash`` if set, else the one its spec hashes to."""
     cfg = teacher_config(cfg)

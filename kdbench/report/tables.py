@@ -32,6 +32,11 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), method) if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
+def untagged(label: str) -> str:
+    """A row label without its ``[teacher 1a2b3c4d]`` tag: the method and any hyper-parameter variant."""
+    return label.split(" [teacher ", 1)[0]
+
+
 def display(label: str, method: str) -> str:
     """A row label with the method's display name in place of its id: ``KD (temperature=1)``."""
     name = DISPLAY_NAMES.get(method, method)
@@ -130,10 +135,10 @@ def _teacher_rows(a, df, setting: Setting, pairs: list[str]) -> list[dict[str, A
 def _against_mark(a, row, against: str | None) -> str:
     """" ↑"/" ↓" for ``row`` against ``against``'s default cell on the same pair and teacher ("" for the
     reference itself, vanilla, or where it has no such cell)."""
-    if not against or row["method"] == VANILLA or row["label"].split(" [")[0] == against:
+    if not against or row["method"] == VANILLA or untagged(row["label"]) == against:
         return ""
     ref = a[(a["pair"] == row["pair"]) & (a["method"] == against) & (a["teacher_sha"] == row["teacher_sha"])
-            & (a["label"].str.split(" [", regex=False).str[0] == against)]
+            & (a["label"].map(untagged) == against)]
     if not len(ref):
         return ""
     arrow = _arrow(float(row["mean"]) - float(ref["mean"].iloc[0]))
@@ -185,7 +190,7 @@ def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
     """The survey's row for this method and architectures: same student, and the same teacher (offline),
     peer (online; ONE's teacher is the student's own branch ensemble) or none (self). Never a
     hyper-parameter variant; the survey's rows for an online cohort's teacher-side network are skipped."""
-    if dataset is None or ref.empty or "source" not in ref or r["label"].split(" [teacher ")[0] != r["method"]:
+    if dataset is None or ref.empty or "source" not in ref or untagged(r["label"]) != r["method"]:
         return None  # a hyper-parameter variant is never set beside a reported number
     name = SURVEY_NAMES.get(r["method"], r["method"])
     other = {"online": r["peer"] if r["method"] != "one" else f"{r['student']}+one", "self": None}.get(

@@ -91,7 +91,7 @@ def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
     """A pair's runs: with ``bench.cohort`` (the default) each seed's runs in one lockstep cohort
     (:mod:`kdbench.cohort`: one batch and one teacher forward per step for all of them; the records are
     the solo runs'), else one after another. Records in the suite's order."""
-    if not cfgs[0].get("bench", {}).get("cohort", True) or len(cfgs) == 1:
+    if not use_cohort(cfgs[0], data.device) or len(cfgs) == 1:
         return [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
     from .cohort import run_cohort
 
@@ -105,6 +105,24 @@ def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
                 [run(cfgs[chunk[0]], data=data, on_error="record", wait=True)]
             out.update(zip(chunk, recs))
     return [out[i] for i in range(len(cfgs))]
+
+
+COHORT_MIN_TEACHER_FLOPS = 100e6
+
+
+def use_cohort(cfg: DictConfig, device) -> bool:
+    """``bench.cohort``: true, false, or ``auto`` -- on CUDA, or where the pair's teacher forward is at least
+    100 MFLOP per image. Each member runs in a thread with its own OpenMP pool, and on CPU the hand-over
+    after every step costs about a millisecond: a loss for the digits pair's 5-MFLOP teacher, a gain from
+    resnet56 up (measured in docs/performance.md)."""
+    setting = cfg.get("bench", {}).get("cohort", "auto")
+    if setting in (True, False):
+        return setting
+    if setting != "auto":
+        raise KDBenchError(f"bench.cohort={setting!r} is not one of: auto, true, false")
+    if getattr(device, "type", "cpu") == "cuda":
+        return True
+    return _Flops()(str(cfg.pair.teacher), cfg.data) >= COHORT_MIN_TEACHER_FLOPS
 
 
 def cohort_size(cfg: DictConfig, device) -> int:

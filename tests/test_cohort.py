@@ -79,7 +79,7 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
         _same(a, b)
 
 
-def test_bench_uses_cohorts_by_default_and_can_be_told_not_to(tmp_path, monkeypatch):
+def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
     import kdbench.cohort as cohort_mod
     from kdbench.bench import run_bench
 
@@ -87,19 +87,22 @@ def test_bench_uses_cohorts_by_default_and_can_be_told_not_to(tmp_path, monkeypa
     real = cohort_mod.run_cohort
     monkeypatch.setattr(cohort_mod, "run_cohort", lambda cfgs, data, r: calls.append(len(cfgs)) or real(cfgs, data, r))
     over = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0,1]"]
-    res = run_bench(over)
-    assert calls == [2, 2] and all(r["status"] == "completed" for r in res.records)
+    res = run_bench(over)  # auto: the digits teacher's 5-MFLOP forward is too small to be worth sharing
+    assert calls == [] and all(r["status"] == "completed" for r in res.records)
+    run_bench([*over, "bench.cohort=true", f"paths.results={tmp_path / 'forced'}"])
+    assert calls == [2, 2]
+    from kdbench.bench import use_cohort
+
+    assert use_cohort(compose(["pair=cifar100/resnet56-resnet20"]), torch.device("cpu"))
     calls.clear()
     run_bench([*tiny_overrides(tmp_path / "b", epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0]",
                "bench.cohort=false"])
     assert calls == []
     res = run_bench([*tiny_overrides(tmp_path / "c", epochs=1), "suite.methods=[vanilla,kd,at]", "suite.seeds=[0]",
-                     "bench.cohort_max=2"])  # a group larger than fits is split: a cohort of 2, then one alone
+                     "bench.cohort=true", "bench.cohort_max=2"])  # too many for one: a cohort of 2, then one alone
     assert calls == [2] and [r["method"]["name"] for r in res.records] == ["vanilla", "kd", "at"]
     from kdbench import KDBenchError
     from kdbench.bench import cohort_size
-    from kdbench.config import compose
-
     with pytest.raises(KDBenchError, match="cohort_max"):
         cohort_size(compose(["bench.cohort_max=0"]), torch.device("cpu"))
     assert cohort_size(compose([]), torch.device("cpu")) >= 23  # on CPU: every run of a (pair, seed)

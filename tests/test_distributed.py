@@ -131,7 +131,7 @@ def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
 def test_a_cohort_under_two_processes_records_what_the_runs_record_one_after_another(tmp_path):
     """Members take turns in the same order on every process, so their collectives line up."""
     ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[kd,crd]", "suite.seeds=[0]"]
-    _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'cohort'}")
+    _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'cohort'}", "bench.cohort=true")
     _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'solo'}", "bench.cohort=false")
     cohort, solo = _records(tmp_path / "cohort"), _records(tmp_path / "solo")
     assert len(cohort) == len(solo) == 2

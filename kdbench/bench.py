@@ -87,12 +87,16 @@ def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
     return BenchResult(str(s.name), results, records, time.time() - t0)
 
 
-def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
+def _run_pair(cfgs: list[DictConfig], data, workers: int = 1) -> list[dict[str, Any]]:
     """A pair's runs: with ``bench.cohort`` (the default) each seed's runs in one lockstep cohort
     (:mod:`kdbench.cohort`: one batch and one teacher forward per step for all of them; the records are
-    the solo runs'), else one after another. Records in the suite's order."""
+    the solo runs'), else one after another. Records in the suite's order. ``workers``: processes sharing
+    this machine's cores (a parallel launcher's jobs)."""
+    import functools
+
+    run_ = functools.partial(run, workers=workers)
     if not use_cohort(cfgs[0], data.device) or len(cfgs) == 1:
-        return [run(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
+        return [run_(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
     from .cohort import run_cohort
 
     out: dict[int, dict[str, Any]] = {}
@@ -101,8 +105,8 @@ def _run_pair(cfgs: list[DictConfig], data) -> list[dict[str, Any]]:
         idx = [i for i, c in enumerate(cfgs) if int(c.seed) == seed]
         for part in range(0, len(idx), size):  # a group larger than fits is split
             chunk = idx[part:part + size]
-            recs = run_cohort([cfgs[i] for i in chunk], data, run) if len(chunk) > 1 else \
-                [run(cfgs[chunk[0]], data=data, on_error="record", wait=True)]
+            recs = run_cohort([cfgs[i] for i in chunk], data, run_) if len(chunk) > 1 else \
+                [run_(cfgs[chunk[0]], data=data, on_error="record", wait=True)]
             out.update(zip(chunk, recs))
     return [out[i] for i in range(len(cfgs))]
 

@@ -199,8 +199,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_bench, run_bench
+    from .launch import launch_suite, wants_launcher
 
-    print(format_bench(run_bench(args.overrides)))
+    print(format_bench(launch_suite(args.overrides) if wants_launcher(args.overrides) else run_bench(args.overrides)))
     return 0
 
 

@@ -168,18 +168,28 @@ def run_cohort(cfgs: list, data, run: Callable[..., dict[str, Any]]) -> list[dic
 
     threads = [threading.Thread(target=work, args=(i,), name=f"kdbench-cohort-{i}", daemon=True)
                for i in range(len(cfgs))]
+    from .engine import _StopOnInterrupt
+
+    stop = _StopOnInterrupt()  # the signals reach this (main) thread: Ctrl-C, SIGTERM, a scheduler's requeue signal
     for t in threads:
         t.start()
     try:
         for t in threads:
             while t.is_alive():
                 t.join(0.2)
-    except KeyboardInterrupt:
-        log.warning("stopping the cohort: every member checkpoints after its next step")
+                if stop.requested and not cohort.stop_requested:
+                    log.warning("stopping the cohort: every member checkpoints after its next step")
+                    cohort.request_stop()
+    except KeyboardInterrupt:  # asked twice
         cohort.request_stop()
         for t in threads:
             t.join()
+        stop.restore()
         raise
+    if stop.requested and any(isinstance(r, KeyboardInterrupt) for r in results):
+        stop.hand_over()  # every member has checkpointed: a requeue signal goes on to its scheduler
+        raise KeyboardInterrupt("the cohort stopped; every member checkpointed its last step")
+    stop.restore()
     for r in results:
         if isinstance(r, BaseException):
             raise r

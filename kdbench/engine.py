@@ -249,6 +249,11 @@ class _StopOnInterrupt:
     signal to every process (a cluster's pre-emption SIGTERM too); the processes agree
     on the step to stop at -- at the steps where the progress bar reads the device
     anyway (every ``engine.log_every``) -- so every rank checkpoints the same step.
+
+    SIGUSR1/SIGUSR2 are caught only where a Python handler already waits for them: submitit's
+    "time limit near" signal, on which it requeues the job. The run checkpoints its step first, then
+    :meth:`hand_over` gives the signal to that handler (which requeues and exits), so the requeued job
+    resumes from this very step rather than from the last epoch.
     """
 
     def __init__(self) -> None:
@@ -256,24 +261,41 @@ class _StopOnInterrupt:
         import threading
 
         self.requested = False
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            for sig in (getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None)):
+                if sig is not None and callable(signal.getsignal(sig)):
+                    self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         import os
         import signal
 
-        if self.requested:  # asked twice: stop now
+        if self.requested and signum in (signal.SIGINT, signal.SIGTERM):  # asked twice: stop now
             self.restore()
             if signum == signal.SIGINT:
                 signal.default_int_handler(signum, frame)
             os.kill(os.getpid(), signum)
             return
-        self.requested = True
-        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)",
-                    signal.Signals(signum).name)
+        if self.requested:
+            return
+        self.requested, self.signum = True, signum
+        log.warning("%s: stopping after this step with a checkpoint%s", signal.Signals(signum).name,
+                    " (send it again to stop at once)" if signum in (signal.SIGINT, signal.SIGTERM) else
+                    ", then handing the signal on (a job scheduler's requeue)")
+
+    def hand_over(self) -> None:
+        """After the checkpoint: a caught SIGUSR1/2 goes to the handler it was meant for (submitit requeues
+        the job and exits); for Ctrl-C and SIGTERM this does nothing. Restores the handlers."""
+        import signal
+
+        old = self._old.get(self.signum) if self.signum is not None else None
+        self.restore()
+        if self.signum not in (None, signal.SIGINT, signal.SIGTERM) and callable(old):
+            old(self.signum, None)
 
     def now(self, device: torch.device, check_point: bool) -> bool:
         """Whether to stop after this step: alone, as soon as asked; under data parallelism, at
@@ -640,7 +662,7 @@ class _Loop:
                     state.save(self.ckpt, self.method, optimizer, n,
                                {"step": step + 1, "time_s": elapsed, "ranks": ranks}, at.name)
                 ddp.barrier()  # nobody exits before the checkpoint is on disk
-                self.stop.restore()
+                self.stop.hand_over()
                 raise KeyboardInterrupt(f"stopped after {what} {at.local + 1}, step {step + 1}; "
                                         f"checkpoint {self.ckpt}")
             if bar is not None and checkpoint_point:

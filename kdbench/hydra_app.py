@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("kdbench")
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def hydra_task(cfg: DictConfig) -> dict[str, Any] | None:
+def job(cfg: DictConfig) -> dict[str, Any] | None:
+    """One job: a run of a sweep, or one of the jobs a suite hands a launcher (``bench.job``: ``run``,
+    ``pair-teacher`` / ``teacher`` -- train a network the run distils from --, or ``cohort``)."""
     from hydra.core.hydra_config import HydraConfig
 
     from .config import finalize
@@ -34,16 +35,61 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any] | None:
         cfg = finalize(cfg, overrides)
         if multirun:
             cfg.resume = True if "resume=false" not in overrides else cfg.resume
+        kind = str(cfg.bench.job)
+        if kind in ("teacher", "pair-teacher"):
+            return _teacher_job(cfg, kind)
+        if kind == "cohort":
+            return _cohort_job(cfg, overrides)
+        if kind != "run":
+            raise KDBenchError(f"bench.job={kind!r} is not one of: run, teacher, pair-teacher, cohort")
         rec = run(cfg, on_error="record" if multirun else "raise", workers=_parallel_jobs() if multirun else 1)
     except KDBenchError as exc:
         log.error("%s", exc)
         if not multirun:
             raise SystemExit(2) from None
         return None
+    return _outcome(rec)
+
+
+hydra_task = hydra.main(config_path="conf", config_name="config", version_base="1.3")(job)
+
+
+def _outcome(rec: dict[str, Any]) -> dict[str, Any]:
     top1 = rec["metrics"]["last"][rec["metrics"]["primary_model"]]["test"]["top1"] if rec["status"] == "completed" \
         else None
     log.info("%s: %s%s", rec["run_id"], rec["status"], f", test top-1 {top1:.2f}" if top1 is not None else "")
     return {"run_id": rec["run_id"], "status": rec["status"], "top1": top1}
+
+
+def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
+    """Train (or find) the pair's teacher, or the network at ``bench.depth`` of what the run distils from."""
+    from .bench import pair_teacher_config
+    from .distributed import resolve_threads
+    from .launch import distils_from
+    from .runner import load_data
+    from .teacher import ensure_teacher
+
+    chain = [pair_teacher_config(cfg)] if kind == "pair-teacher" else distils_from(cfg)
+    target = chain[int(cfg.bench.depth)]
+    threads = resolve_threads(cfg.engine.threads, workers=_parallel_jobs())
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)  # as a run sets them
+    entry = ensure_teacher(target, load_data(target))
+    log.info("%s %s: %s", entry.arch, entry.hash, f"test top-1 {entry.test_top1:.2f}" if entry.test_top1 else "n/a")
+    return {"teacher": entry.hash, "top1": entry.test_top1}
+
+
+def _cohort_job(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
+    """The runs of ``bench.members`` (methods; the rest of the config as given) as one lockstep cohort."""
+    from .bench import _run_pair
+    from .config import compose
+    from .runner import load_data
+
+    base = [o for o in overrides if o.split("=", 1)[0] not in ("method", "bench.job", "bench.members")]
+    cfgs = [compose([*base, f"method={m}"]) for m in cfg.bench.members]
+    return [_outcome(r) for r in _run_pair(cfgs, load_data(cfgs[0]), workers=_parallel_jobs())]
 
 
 def _parallel_jobs() -> int:

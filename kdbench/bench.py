@@ -52,27 +52,59 @@ def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
 
 
 def suite_runs(s: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
-    """(pair, overrides) for every run of the suite, in order: pair, then seed, then method.
+    """(pair, overrides) for every run of the suite, in order: pair, then seed, then method; without the
+    cells ``exclude: {METHOD: [PAIR, ...]}`` leaves out.
 
     The suite's own overrides come first, so the command line wins over them.
     """
     out = []
+    exclude = s.get("exclude") or {}
     for pair in s.pairs:
         for seed in s.seeds:
             for method in s.methods:
+                if str(pair) in (exclude.get(str(method)) or []):
+                    continue  # a cell the suite leaves out (a method that cannot serve the pair)
                 # Suites resume interrupted runs from their checkpoints (the command line may say otherwise).
                 out.append((str(pair), [*s.overrides, f"pair={pair}", "resume=true", *overrides,
                                         f"method={method}", f"seed={seed}"]))
     return out
 
 
+@dataclass
+class SuiteConfigs:
+    suite: DictConfig
+    runs: list[tuple[str, list[str]]]  # (pair, overrides), as :func:`suite_runs`
+    cfgs: list[DictConfig]  # each run's config, in the same order
+
+
+def suite_configs(overrides: list[str] | tuple[str, ...]) -> SuiteConfigs:
+    """The suite's runs, every one composed (a bad name anywhere fails before anything runs). Runs that
+    differ only in their seed are composed once and copied with the seed set -- no other key derives from
+    it -- since one Hydra composition costs about 0.1 s and the CRD suite has 564 runs."""
+    import copy
+
+    s = load_suite(overrides)
+    runs = suite_runs(s, overrides)
+    memo: dict[tuple[str, ...], DictConfig] = {}
+    cfgs = []
+    for _, ov in runs:
+        key = tuple(ov[:-1])  # suite_runs puts the seed last
+        if key not in memo:
+            memo[key] = compose(ov)
+            cfgs.append(memo[key])
+            continue
+        cfg = copy.deepcopy(memo[key])
+        cfg.seed = int(ov[-1].split("=", 1)[1])
+        cfgs.append(cfg)
+    return SuiteConfigs(s, runs, cfgs)
+
+
 def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
     """Run the configured suite (``suite=NAME``; default ``digits``)."""
     t0 = time.time()
-    s = load_suite(overrides)
-    plan = suite_runs(s, overrides)
-    # Compose every run first: a bad name anywhere fails before anything runs.
-    configs = [(pair, compose(ov)) for pair, ov in plan]
+    sc = suite_configs(overrides)
+    s = sc.suite
+    configs = [(pair, cfg) for (pair, _), cfg in zip(sc.runs, sc.cfgs)]
     records: list[dict[str, Any]] = []
     results = []
     for pair in s.pairs:
@@ -302,7 +334,8 @@ def measured_throughput(results_root) -> tuple[float | None, int]:
     return (statistics.median(rates) if rates else None), len(rates)
 
 
-def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None = None) -> list[dict[str, Any]]:
+def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None = None,
+              suite: SuiteConfigs | None = None) -> list[dict[str, Any]]:
     """Every run of the suite with its state, estimated FLOPs and time: from earlier records of the same
     pair and method on this store where there are some ("measured"), else from its FLOPs at
     ``flops_per_s`` (given, or the store's :func:`measured_throughput`)."""
@@ -310,9 +343,8 @@ def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None 
     from .method import METHODS
     from .results import load_records
 
-    s = load_suite(overrides)
     rows, flops = [], _Flops()
-    configs = [compose(ov) for _, ov in suite_runs(s, overrides)]
+    configs = (suite or suite_configs(overrides)).cfgs
     speeds: dict[tuple[str, str], float] = {}
     if configs:
         for st in load_records(configs[0].paths.results):
@@ -339,7 +371,8 @@ def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None 
     return rows
 
 
-def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | None = None) -> list[dict[str, Any]]:
+def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | None = None,
+                  suite: SuiteConfigs | None = None) -> list[dict[str, Any]]:
     """Every network the suite distils from -- each pair's teacher, TAKD's assistants (after their own
     teachers), TF-KD's student copies -- once, in the order a bench trains them: cached or to train, with
     the training FLOPs and time (from FLOPs) of those to train."""
@@ -347,8 +380,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
     from .method import METHODS
     from .teacher import find_teacher, teacher_key
 
-    s = load_suite(overrides)
-    configs = [compose(ov) for _, ov in suite_runs(s, overrides)]
+    configs = (suite or suite_configs(overrides)).cfgs
     if configs and flops_per_s is None:
         flops_per_s = measured_throughput(configs[0].paths.results)[0]
     flops, seen, rows = _Flops(), set(), []

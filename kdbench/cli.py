@@ -219,22 +219,21 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .bench import format_plan, load_suite, measured_throughput, plan_rows, plan_teachers, suite_runs
+    from .bench import format_plan, measured_throughput, plan_rows, plan_teachers, suite_configs
 
+    if args.command == "plan" and args.gflops is not None and args.gflops <= 0:
+        raise KDBenchError(f"--gflops must be positive, got {args.gflops}")
+    suite = suite_configs(args.overrides)
     if args.command != "plan":  # status: states only
-        print(format_plan(plan_rows(args.overrides), with_estimates=False))
+        print(format_plan(plan_rows(args.overrides, suite=suite), with_estimates=False))
         return 0
     if args.gflops is not None:
-        if args.gflops <= 0:
-            raise KDBenchError(f"--gflops must be positive, got {args.gflops}")
         rate, where = args.gflops * 1e9, "given"
     else:
-        from .config import compose
-
-        first = suite_runs(load_suite(args.overrides), args.overrides)[0][1]
-        rate, n = measured_throughput(compose(first).paths.results)
+        rate, n = measured_throughput(suite.cfgs[0].paths.results)
         where = f"median of {n} records in this store"
-    print(format_plan(plan_rows(args.overrides, rate), True, plan_teachers(args.overrides, rate), (rate, where)))
+    print(format_plan(plan_rows(args.overrides, rate, suite), True, plan_teachers(args.overrides, rate, suite),
+                      (rate, where)))
     return 0
 
 

@@ -102,13 +102,23 @@ def check_moved(overrides) -> None:
 
 
 def _apply_teacher_choice(cfg: DictConfig, overrides) -> None:
-    """A teacher pinned for this pair (``pair.teacher_hash``, or the suite's ``teachers: {pair: hash}``),
+    """A teacher pinned for this pair (``pair.teacher_hash``, or the suite's ``teachers: {pair: hash}``; with
+    ``teachers: imported`` the one imported checkpoint of the pair's teacher architecture and dataset),
     unless ``teacher.hash`` is given on the command line. Only runs on that pair see it."""
     given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
     if "teacher.hash" in given:
         return
     suite = cfg.get("suite") or {}
-    pinned = (suite.get("teachers") or {}).get(str(cfg.pair.name)) or cfg.pair.get("teacher_hash")
+    teachers = suite.get("teachers") or {}
+    if isinstance(teachers, str) and str(cfg.pair.name) in (suite.get("pairs") or []):
+        if teachers != "imported":
+            raise KDBenchError(f"suite.teachers={teachers!r} is not one of: imported, a mapping {{PAIR: HASH}}")
+        from .teacher import imported_teacher
+
+        cfg.teacher.hash = imported_teacher(cfg)
+        return
+    pinned = (teachers.get(str(cfg.pair.name)) if not isinstance(teachers, str) else None) or \
+        cfg.pair.get("teacher_hash")
     if pinned:
         cfg.teacher.hash = str(pinned)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .bench import BenchResult, _summarise, load_suite, pair_teacher_config, run_state, suite_runs
-from .config import CONFIG_MODULE, compose
+from .bench import BenchResult, _summarise, pair_teacher_config, run_state, suite_configs
+from .config import CONFIG_MODULE
 from .errors import KDBenchError
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,8 @@ def plan_suite(overrides: list[str] | tuple[str, ...]) -> SuitePlan:
     from .identity import teacher_config
     from .teacher import find_teacher, teacher_key
 
-    s = load_suite(overrides)
-    runs = suite_runs(s, overrides)
-    cfgs = [compose(ov) for _, ov in runs]  # every name checked before anything is launched
+    sc = suite_configs(overrides)  # every name checked before anything is launched
+    s, runs, cfgs = sc.suite, sc.runs, sc.cfgs
     stages: dict[int, list[Job]] = {}
     seen: set[str] = set()
     needs: list[list[DictConfig]] = []

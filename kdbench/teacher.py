@@ -116,6 +116,31 @@ def list_teachers(root: Path) -> list[TeacherEntry]:
     return out
 
 
+def imported_teacher(cfg: DictConfig) -> str:
+    """The cache key of the one imported checkpoint of ``cfg``'s teacher architecture for its dataset (a suite's
+    ``teachers: imported``): none or several is an error that says what to do."""
+    from .config import PAIRS
+
+    dataset = str(cfg.data.name)
+    imported = [t for t in list_teachers(Path(cfg.paths.teachers))
+                if t.meta.get("source") == "imported" and t.meta.get("dataset") == dataset]
+    arch = str(cfg.pair.teacher)
+    found = [t for t in imported if t.arch == arch]
+    if len(found) == 1:
+        return found[0].hash
+    if not found:  # name every import the suite still needs, not just this pair's
+        have = {t.arch for t in imported}
+        need = dict.fromkeys(a for p in cfg.suite.pairs
+                             if p in PAIRS and (a := PAIRS.get(p).meta["teacher"]) not in have)
+        raise KDBenchError(f"the suite's pairs distil from imported teachers (suite.teachers=imported), but the "
+                           f"cache {cfg.paths.teachers} holds no imported {', '.join(need)} for {dataset}: "
+                           + "; ".join(f"kdbench teacher import CHECKPOINT --arch {a} --dataset {dataset}"
+                                       for a in need))
+    raise KDBenchError(f"the cache holds {len(found)} imported {arch} teachers for {dataset} "
+                       f"({', '.join(t.hash for t in found)}): pin one for pair {cfg.pair.name} in the suite "
+                       f"(teachers: {{{cfg.pair.name}: HASH}})")
+
+
 def get_teacher(root: Path, prefix: str) -> TeacherEntry:
     """The cached teacher whose hash starts with ``prefix``."""
     matches = [t for t in list_teachers(root) if t.hash.startswith(prefix)]

@@ -119,3 +119,52 @@ def test_reading_a_table_guide_runs_as_written(real_records, tmp_path, monkeypat
     assert (tmp_path / "leaderboard-vs-kd" / "README.md").exists()
     assert any(p.suffix == ".tex" for p in (tmp_path / "leaderboard").iterdir())
     assert "validation" in (tmp_path / "leaderboard-selected" / "README.md").read_text()
+
+
+def test_cluster_guide_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The CRD-on-a-cluster guide: its imports on checkpoints in the authors' format, its plan over the whole
+    suite, its bench with Hydra's in-process launcher instead of SLURM on a one-pair cut of the suite, its table."""
+    import shutil
+
+    import torchvision
+
+    from kdbench.models import create_model
+    from tests.helpers import write_cifar_pickles
+
+    for cls in (torchvision.datasets.CIFAR10, torchvision.datasets.CIFAR100):
+        monkeypatch.setattr(cls, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    write_cifar_pickles(tmp_path / "data", 100, per_class=2, test_per_class=1)
+    shutil.copytree(DOCS.parent / "results" / "reference", tmp_path / "results" / "reference")
+    monkeypatch.chdir(tmp_path)
+    text = (DOCS / "cluster.md").read_text()
+    paths = [f"paths.data={tmp_path / 'data'}", f"paths.work={tmp_path / 'work'}",
+             f"paths.results={tmp_path / 'results'}", "engine.progress=false"]
+    for argv in _commands(text, "cluster-import"):
+        ckpt, arch = Path(argv[2]), argv[argv.index("--arch") + 1]
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save({"model": create_model(arch, num_classes=100).state_dict(), "epoch": 240}, ckpt)
+        assert main([*argv, *paths]) == 0, argv
+        ckpt.unlink()  # a resnet50 is 95 MB
+    capsys.readouterr()
+    (plan,) = _commands(text, "cluster-plan")
+    two = ["suite.pairs=[cifar100/resnet56-resnet20,cifar100/resnet32x4-shufflenetv1]"]  # of 13: 87 of 564 runs
+    assert main([*plan, *paths, *two]) == 0
+    out = capsys.readouterr().out
+    assert out.count("cached ") == 2 and "to train" not in out
+    assert "87 runs: missing 87" in out  # 2 pairs x 15 methods x 3 seeds, less FSP's 3 N/A cells
+    rows = [line.split() for line in out.splitlines() if line.startswith("missing ")]
+    assert {r[1] for r in rows if r[2] == "fsp"} == {"cifar100/resnet56-resnet20"}
+    (bench,) = _commands(text, "cluster-bench")
+    assert "hydra/launcher=slurm" in bench
+    local = [a for a in bench if not a.startswith("hydra")] + ["hydra/launcher=basic"]  # no SLURM here
+    cut = ["suite.pairs=[cifar100/resnet56-resnet20]", "suite.methods=[vanilla,kd,at]", "suite.seeds=[0]",
+           "schedule.epochs=1", "schedule.batch_size=50"]
+    assert main(["-q", *local, *paths, *cut]) == 0
+    out = capsys.readouterr().out
+    assert "cifar100/resnet56-resnet20" in out and "3 runs" in out
+    (table,) = _commands(text, "cluster-table")
+    assert main([*table, *paths]) == 0
+    page = (tmp_path / "leaderboard" / "README.md").read_text()
+    assert "AT" in page and "70.55" in page and "not comparable" in page  # the CRD table's AT cell, labelled

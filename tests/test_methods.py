@@ -451,3 +451,15 @@ def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
     assert m.teacher.folded > 0 and m.teacher.inference_mode
     after = m.teacher_forward(_batch(labels).images).logits
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+
+
+def test_the_crd_suite_is_the_crd_table_and_leaves_out_exactly_the_cells_fsp_refuses():
+    from kdbench.bench import load_suite, suite_runs
+    from kdbench.report.tables import METHOD_ORDER
+
+    s = load_suite(["suite=crd-cifar100"])
+    assert sorted(s.pairs) == sorted(CIFAR_PAIRS)
+    assert list(s.methods) == ["vanilla", *METHOD_ORDER[:METHOD_ORDER.index("crd+kd") + 1]]
+    assert set(s.exclude) == {"fsp"} and set(s.exclude.fsp) == {p for p in CIFAR_PAIRS if not _same_channels(p)}
+    runs = suite_runs(s, [])
+    assert len(runs) == 3 * (13 * 15 - 7)

@@ -163,3 +163,17 @@ def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp
     assert rows["vanilla"]["est_source"] == "measured"
     assert rows["takd"]["est_source"] == "flops"  # from the store's measured throughput
     assert main(["plan", "--gflops", "0", *ov]) == 2  # a usage error, one line
+
+
+def test_a_suite_composes_once_per_run_but_the_seed_and_gets_what_each_run_would(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import kdbench.bench as bench
+
+    calls = []
+    real = bench.compose
+    monkeypatch.setattr(bench, "compose", lambda ov, *a, **k: calls.append(ov) or real(ov, *a, **k))
+    sc = bench.suite_configs([*tiny_overrides(tmp_path), "suite.methods=[vanilla,kd]", "suite.seeds=[0,3,1]"])
+    assert len(sc.cfgs) == 6 and len(calls) == 2
+    for (_, ov), cfg in zip(sc.runs, sc.cfgs):
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(real(ov)), ov

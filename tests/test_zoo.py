@@ -161,3 +161,30 @@ def test_crd_pairs_are_registered_with_their_schedules():
     assert cfg.data.name == "cifar100" and cfg.schedule.name == "crd"
     assert cfg.schedule.lr == 0.01 and cfg.teacher.schedule.lr == 0.05  # lr 0.01 for the student only
     assert compose(["pair=cifar100/resnet56-resnet20"]).schedule.lr == 0.05
+
+
+def test_a_suite_of_imported_teachers_pins_the_one_import_per_architecture(tmp_path):
+    """``teachers: imported`` (the CRD suite's): every missing import named at once, the one import pinned,
+    two imports of one architecture refused until a pair names its key."""
+    from kdbench.bench import load_suite
+
+    over = [f"paths.work={tmp_path}/work", "dataset=cifar100", "suite=crd-cifar100", "pair=cifar100/resnet56-resnet20"]
+    with pytest.raises(KDBenchError) as missing:
+        compose(over)
+    assert "no imported wrn_40_2, resnet56, resnet110, resnet32x4, vgg13, resnet50 for cifar100" in str(missing.value)
+    assert "kdbench teacher import CHECKPOINT --arch resnet50 --dataset cifar100" in str(missing.value)
+    cfg = compose(over[:2], check=False)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = tmp_path / f"t{seed}.pth"
+        torch.save({"model": create_model("resnet56", num_classes=100).state_dict()}, path)
+        paths.append(path)
+    first = import_teacher(paths[0], "resnet56", cfg, data=None)
+    assert compose(over).teacher.hash == first.hash
+    assert compose([*over, "teacher.hash=" + first.hash]).teacher.hash == first.hash  # the command line wins
+    second = import_teacher(paths[1], "resnet56", cfg, data=None)
+    with pytest.raises(KDBenchError, match=f"2 imported resnet56 teachers for cifar100 .*{second.hash[:8]}"):
+        compose(over)
+    s = load_suite(["suite=crd-cifar100"])
+    assert s.teachers == "imported" and len(s.pairs) == 13

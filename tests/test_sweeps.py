@@ -174,6 +174,6 @@ def test_a_suite_composes_once_per_run_but_the_seed_and_gets_what_each_run_would
     real = bench.compose
     monkeypatch.setattr(bench, "compose", lambda ov, *a, **k: calls.append(ov) or real(ov, *a, **k))
     sc = bench.suite_configs([*tiny_overrides(tmp_path), "suite.methods=[vanilla,kd]", "suite.seeds=[0,3,1]"])
-    assert len(sc.cfgs) == 6 and len(calls) == 2
+    assert len(sc.cfgs) == 6 and len(calls) == 1 + 2  # the suite itself, then one per method
     for (_, ov), cfg in zip(sc.runs, sc.cfgs):
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(real(ov)), ov

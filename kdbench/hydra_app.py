@@ -1,4 +1,5 @@
-"""Hydra's own entry point, for sweeps: ``kdbench run -m method=kd,fitnet seed=0,1,2``.
+"""Hydra's own entry point, for sweeps (``kdbench run -m method=kd,fitnet seed=0,1,2``), and the one job
+function of suites handed to a launcher (``kdbench bench hydra/launcher=...``, :mod:`kdbench.launch`).
 
 Multirun goes through Hydra so its sweepers and launchers work unchanged:
 the basic launcher (sequential), hydra-joblib-launcher (local processes),
@@ -77,7 +78,8 @@ def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
 
         torch.set_num_threads(threads)  # as a run sets them
     entry = ensure_teacher(target, load_data(target))
-    log.info("%s %s: %s", entry.arch, entry.hash, f"test top-1 {entry.test_top1:.2f}" if entry.test_top1 else "n/a")
+    log.info("%s %s: test top-1 %s", entry.arch, entry.hash,
+             f"{entry.test_top1:.2f}" if entry.test_top1 is not None else "n/a")
     return {"teacher": entry.hash, "top1": entry.test_top1}
 
 

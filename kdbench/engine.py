@@ -594,13 +594,23 @@ class _Loop:
                  f", step {state.partial['step']}" if state.partial else "", len(self.plan), self.ckpt)
         return state
 
+    def _teacher_predictions(self, split: str) -> Tensor:
+        """The frozen teacher's logits on ``split``, once per teacher object (a cohort's members share one)."""
+        teacher = self.method.teacher
+        key = (split, self.eval_bs, self.fast.amp, self.channels_last)
+        memo = getattr(teacher, "predictions", None)
+        if memo is None:
+            return predict(teacher, self.data, split, self.eval_bs, self.autocast, self.channels_last)[0]
+        if key not in memo:
+            memo[key] = predict(teacher, self.data, split, self.eval_bs, self.autocast, self.channels_last)[0]
+        return memo[key]
+
     def run(self, resume: bool) -> FitResult:
         try:  # from here on the Ctrl-C handlers are restored whatever happens (a refused checkpoint too)
             state = self._restore(resume)
             start = state.epoch
             if self.method.teacher is not None and self.main:  # fixed: for agreement and KL on the test split
-                self.teacher_test_logits = predict(self.method.teacher, self.data, "test", self.eval_bs,
-                                                   self.autocast, self.channels_last)[0]
+                self.teacher_test_logits = self._teacher_predictions("test")
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             for n in range(start, len(self.plan)):

@@ -53,6 +53,9 @@ class FrozenTeacher(nn.Module):
         self.folded = 0  # BatchNorm layers folded into convolutions by prepare()
         self._prepared: tuple | None = None  # prepare()'s arguments, once done
         self._memo: list | None = None  # shared by a cohort: [input, output] of the last forward
+        # its logits on a whole split, by (split, batch size, precision, channels_last): computed by the first
+        # run that asks, reused by the other members of a cohort
+        self.predictions: dict[tuple, Tensor] = {}
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)  # BatchNorm statistics never move

@@ -49,7 +49,9 @@ def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
     assert [r["status"] for r in recs] == ["diverged", "completed", "completed"]
 
 
-def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame):
+    """Ctrl-C, or a scheduler's SIGTERM: every member checkpoints after its next step."""
     import _thread
     import signal
 
@@ -64,7 +66,7 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
     def counting(*a, **k):
         steps.append(1)
         if len(steps) == 40:  # Ctrl-C in the middle of the first epoch
-            _thread.interrupt_main()
+            _thread.interrupt_main(getattr(signal, signame))
         return real(*a, **k)
 
     monkeypatch.setattr(engine, "train_one_step", counting)

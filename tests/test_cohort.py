@@ -49,8 +49,8 @@ def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
     assert [r["status"] for r in recs] == ["diverged", "completed", "completed"]
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame):
+@pytest.mark.parametrize("signame,methods", [("SIGINT", ["kd", "crd", "dml"]), ("SIGTERM", ["kd", "vanilla"])])
+def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame, methods):
     """Ctrl-C, or a scheduler's SIGTERM: every member checkpoints after its next step."""
     import _thread
     import signal
@@ -58,7 +58,6 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
     import kdbench.engine as engine
 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a fresh prompt
-    methods = ["kd", "crd", "dml"]
     data = load_data(_cfgs(tmp_path / "solo", methods)[0])
     solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods)]
     real, steps = engine.train_one_step, []

@@ -138,7 +138,7 @@ def test_a_suite_through_submitit_local_resumes_a_job_after_a_simulated_timeout(
     """The acceptance test: the teacher is trained once in its own job, then the students run in parallel jobs;
     one is sent submitit's time-limit signal mid-run, is requeued by submitit and finishes from its checkpoint."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    epochs = 30
+    epochs = 15  # the signal goes out when the first epoch's checkpoint appears: 14 epochs are left
     over = [*tiny_overrides(tmp_path, epochs=epochs), "teacher.schedule.epochs=1", "teacher.schedule.milestones=[0.5]",
             "suite.methods=[vanilla,kd]", "suite.seeds=[0]", "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=10"]

@@ -200,6 +200,15 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def apply_threads(setting: Any, workers: int = 1) -> None:
+    """Set torch's intra-op threads as ``engine.threads`` resolves (:func:`resolve_threads`)."""
+    import torch
+
+    threads = resolve_threads(setting, workers)
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+
+
 def resolve_threads(setting: Any, workers: int = 1) -> int | None:
     """The intra-op thread count for ``engine.threads``: a number as given; ``auto``: the available cores
     split over the processes sharing them (parallel launcher jobs, torchrun's local processes), at least

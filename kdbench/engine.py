@@ -596,14 +596,11 @@ class _Loop:
 
     def _teacher_predictions(self, split: str) -> Tensor:
         """The frozen teacher's logits on ``split``, once per teacher object (a cohort's members share one)."""
-        teacher = self.method.teacher
-        key = (split, self.eval_bs, self.fast.amp, self.channels_last)
-        memo = getattr(teacher, "predictions", None)
-        if memo is None:
-            return predict(teacher, self.data, split, self.eval_bs, self.autocast, self.channels_last)[0]
-        if key not in memo:
-            memo[key] = predict(teacher, self.data, split, self.eval_bs, self.autocast, self.channels_last)[0]
-        return memo[key]
+        teacher, key = self.method.teacher, (split, self.eval_bs, self.fast.amp, self.channels_last)
+        if key not in teacher.predictions:
+            teacher.predictions[key] = predict(teacher, self.data, split, self.eval_bs, self.autocast,
+                                               self.channels_last)[0]
+        return teacher.predictions[key]
 
     def run(self, resume: bool) -> FitResult:
         try:  # from here on the Ctrl-C handlers are restored whatever happens (a refused checkpoint too)

@@ -65,18 +65,14 @@ def _outcome(rec: dict[str, Any]) -> dict[str, Any]:
 def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
     """Train (or find) the pair's teacher, or the network at ``bench.depth`` of what the run distils from."""
     from .bench import pair_teacher_config
-    from .distributed import resolve_threads
+    from .distributed import apply_threads
     from .launch import distils_from
     from .runner import load_data
     from .teacher import ensure_teacher
 
     chain = [pair_teacher_config(cfg)] if kind == "pair-teacher" else distils_from(cfg)
     target = chain[int(cfg.bench.depth)]
-    threads = resolve_threads(cfg.engine.threads, workers=_parallel_jobs())
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)  # as a run sets them
+    apply_threads(cfg.engine.threads, workers=_parallel_jobs())  # as a run sets them
     entry = ensure_teacher(target, load_data(target))
     log.info("%s %s: test top-1 %s", entry.arch, entry.hash,
              f"{entry.test_top1:.2f}" if entry.test_top1 is not None else "n/a")

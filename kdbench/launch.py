@@ -117,8 +117,7 @@ def _student_jobs(todo: list[tuple[int, DictConfig, list[str]]]) -> list[Job]:
     groups: dict[tuple[str, int], list[tuple[int, DictConfig, list[str]]]] = {}
     for i, c, ov in todo:
         groups.setdefault((str(c.pair.name), int(c.seed)), []).append((i, c, ov))
-    first = todo[0][1]
-    size = cohort_size(first, torch.device("cpu")) if first.bench.cohort_max != "auto" else 1 << 30
+    size = cohort_size(todo[0][1], torch.device("cpu"))  # auto: no limit (the job's device is unknown here)
     jobs = []
     for (pair, seed), members in groups.items():
         for k in range(0, len(members), size):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataBundle, build_dataset
@@ -145,9 +144,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     from . import distributed as ddp
 
     ddp.init_from_env()  # under torchrun: join the process group
-    threads = ddp.resolve_threads(cfg.engine.get("threads", "auto"), workers)  # ``workers``: jobs sharing the cores
-    if threads is not None and threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
+    ddp.apply_threads(cfg.engine.get("threads", "auto"), workers)  # ``workers``: jobs sharing the cores
     spec = experiment_spec(cfg)
     run_id = run_id_from(spec, int(cfg.seed))
     uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import KDBenchError
+from kdbench.core.errors import KDBenchError
 
 LISTABLE = ("methods", "models", "datasets", "pairs")
 
@@ -101,9 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(what: str) -> str:
-    from .config import PAIRS
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.pairs import PAIRS
+
     from .data import DATASETS
-    from .method import METHODS
     from .models import MODELS
 
     reg = {"methods": METHODS, "models": MODELS, "datasets": DATASETS, "pairs": PAIRS}[what]
@@ -123,8 +124,10 @@ def _list(what: str) -> str:
 
 def _extra_parameters(cfg) -> int:
     """Build the method on the configured pair (random weights, no data) and count its helpers."""
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.training.method import build_method
+
     from .data import DatasetInfo, static_shape
-    from .method import METHODS, build_method
     from .models import seeded_model
 
     known = static_shape(cfg.data)
@@ -132,7 +135,7 @@ def _extra_parameters(cfg) -> int:
         raise KDBenchError(f"dataset {cfg.data.name!r} has no static shape; pick a pair on a registered data set")
     import torch
 
-    from .identity import teacher_config
+    from kdbench.experiment.identity import teacher_config
 
     classes, shape = known
     info = DatasetInfo(cfg.data.name, classes, shape, 1000)
@@ -163,8 +166,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .config import compose
-    from .method import METHODS
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.orchestration.config import compose
 
     print(METHODS.get(args.name).obj.card())
     cfg = compose([f"method={args.name}", *args.overrides])
@@ -173,16 +176,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import compose
+    from kdbench.orchestration.config import compose
 
     print(OmegaConf.to_yaml(compose(args.overrides)), end="")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import compose
-    from .distributed import is_main, shutdown
-    from .runner import run
+    from kdbench.compute.distributed import is_main, shutdown
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.runner import run
 
     rec = run(compose(args.overrides))
     main_rank = is_main()
@@ -198,17 +201,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_bench, run_bench
-    from .launch import launch_suite, wants_launcher
+    from kdbench.orchestration.bench import format_bench, run_bench
+    from kdbench.orchestration.launch import launch_suite, wants_launcher
 
     print(format_bench(launch_suite(args.overrides) if wants_launcher(args.overrides) else run_bench(args.overrides)))
     return 0
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
-    from .config import compose
-    from .records import write_json_atomic
-    from .speed import format_speed, run_speed, speed_record_name
+    from kdbench.experiment.records import write_json_atomic
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.speed import format_speed, run_speed, speed_record_name
 
     rows = run_speed(args.overrides)
     cfg = compose(args.overrides, check=False)
@@ -219,7 +222,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .bench import format_plan, measured_throughput, plan_rows, plan_teachers, suite_configs
+    from kdbench.orchestration.bench import format_plan, measured_throughput, plan_rows, plan_teachers, suite_configs
 
     if args.command == "plan" and args.gflops is not None and args.gflops <= 0:
         raise KDBenchError(f"--gflops must be positive, got {args.gflops}")
@@ -238,8 +241,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from . import results as store
-    from .config import compose
+    from kdbench.experiment import results as store
+    from kdbench.orchestration.config import compose
 
     root = compose(args.overrides, check=False).paths.results
     if args.results_command == "validate":
@@ -251,7 +254,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
             return 1
         print(f"all {len(stored)} records in {store.runs_dir(root)} are valid")
     elif args.results_command == "migrate":
-        from .migrate import migrate_store
+        from kdbench.experiment.migrate import migrate_store
 
         m = migrate_store(root, dry_run=args.dry_run)
         for old, new in m.migrated:
@@ -268,8 +271,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .artifacts import eval_target
-    from .records import write_json_atomic
+    from kdbench.experiment.records import write_json_atomic
+    from kdbench.orchestration.artifacts import eval_target
 
     out = eval_target(args.target, args.overrides, args.split, args.arch)
     m = out["metrics"]
@@ -289,7 +292,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .config import compose
+    from kdbench.orchestration.config import compose
+
     from .report import build_leaderboard, check_leaderboard
 
     results = compose(args.overrides, check=False).paths.results
@@ -306,9 +310,9 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    from .config import compose
-    from .runner import load_data
-    from .teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
+    from kdbench.data import load_data
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.teacher import ensure_teacher, get_teacher, import_teacher, list_teachers
 
     if args.teacher_command == "import":
         from .models import check_model_name
@@ -348,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"] and any(a in ("-m", "--multirun") for a in argv[1:]):
         # Sweeps go through Hydra's entry point so its launchers (joblib, submitit, ray) work.
-        from .hydra_app import launch
+        from kdbench.orchestration.hydra_app import launch
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.connectors import ConvRegressor
 from kdbench.data import Batch
 from kdbench.method import InitStage, Method, StepOutput, full_precision, register_method, require
+from kdbench.training.connectors import ConvRegressor
 
 
 def boundary_loss(s: Tensor, t: Tensor, margin: float = 1.0) -> Tensor:

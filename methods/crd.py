@@ -45,11 +45,11 @@ import torch.nn.functional as F
 from kdbench.methods.kd import kd_loss
 from torch import Tensor, nn
 
-from kdbench.connectors import L2Embed
+from kdbench.compute.distributed import all_gather_cat, all_reduce_sum, stream, world
+from kdbench.compute.seeding import derive_seed
 from kdbench.data import Batch
-from kdbench.distributed import all_gather_cat, all_reduce_sum, stream, world
 from kdbench.method import Method, StepOutput, full_precision, register_method, require
-from kdbench.seeding import derive_seed
+from kdbench.training.connectors import L2Embed
 
 EPS = 1e-7
 # Score the whole bank with one matrix product when it holds at most this many times the

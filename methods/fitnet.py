@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from kdbench.methods.kd import kd_loss
 from torch import Tensor
 
-from kdbench.connectors import ConvRegressor
 from kdbench.data import Batch
 from kdbench.method import InitStage, Method, StepOutput, register_method, require
+from kdbench.training.connectors import ConvRegressor
 
 
 def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from kdbench.data import Batch
+from kdbench.experiment.schema import VANILLA
 from kdbench.method import Method, StepOutput, register_method
-from kdbench.schema import VANILLA
 
 
 @register_method(VANILLA, category="none", scheme="none",

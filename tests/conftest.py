@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.config import compose
+from kdbench.orchestration.config import compose
 
 
 def tiny_overrides(tmp: Path, epochs: int = 2) -> list[str]:
@@ -33,8 +33,9 @@ def make_cfg(tmp_path: Path):
 @pytest.fixture(scope="session")
 def real_records(tmp_path_factory):
     """Records of real tiny runs (vanilla, kd, dml x seeds 0, 1, 2 on digits, 2 epochs), made once."""
-    from kdbench.results import load_records
-    from kdbench.runner import load_data, run
+    from kdbench.data import load_data
+    from kdbench.experiment.results import load_records
+    from kdbench.orchestration.runner import run
 
     tmp = tmp_path_factory.mktemp("records")
     data = None

@@ -8,12 +8,12 @@ import sys
 
 import torch
 
-from kdbench import distributed as ddp
-from kdbench.config import compose
+from kdbench.compute import distributed as ddp
 from kdbench.data import build_dataset
-from kdbench.engine import build_optimizer
 from kdbench.method import build_method
 from kdbench.models import seeded_model
+from kdbench.orchestration.config import compose
+from kdbench.training.engine import build_optimizer
 
 
 def main(out: str) -> None:

@@ -74,7 +74,7 @@ def relabel(record: dict, *, dataset: str | None = None, pair: str | None = None
     changed together, the experiment id and run id recomputed (so the validator accepts it)."""
     import copy
 
-    from kdbench.identity import experiment_id, run_id_from
+    from kdbench.experiment.identity import experiment_id, run_id_from
 
     r = copy.deepcopy(record)
     spec = r["experiment"]["spec"]

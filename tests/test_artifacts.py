@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from kdbench import KDBenchError
-from kdbench.artifacts import eval_target, load_model
 from kdbench.cli import main
-from kdbench.runner import run
+from kdbench.orchestration.artifacts import eval_target, load_model
+from kdbench.orchestration.runner import run
 
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory):
-    from kdbench.config import compose
+    from kdbench.orchestration.config import compose
     from tests.conftest import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("kept")

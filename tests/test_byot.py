@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import KDBenchError
-from kdbench.config import compose
 from kdbench.data import Batch, DatasetInfo
 from kdbench.method import build_method
 from kdbench.models import create_model
+from kdbench.orchestration.config import compose
 
 
 def _byot(arch: str, classes: int = 100, shape=(3, 32, 32), **hp):
@@ -70,7 +70,7 @@ def test_the_deepest_classifier_is_not_taught_by_the_heads():
 
 
 def test_every_classifier_and_the_ensemble_are_recorded(make_cfg):
-    from kdbench.runner import run
+    from kdbench.orchestration.runner import run
 
     rec = run(make_cfg("method=byot", "pair.student=cnn_wide"))
     last = rec["metrics"]["last"]

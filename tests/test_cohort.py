@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdbench.cohort import run_cohort
-from kdbench.config import compose
+from kdbench.data import load_data
 from kdbench.method import METHODS
-from kdbench.runner import load_data, run
+from kdbench.orchestration.cohort import run_cohort
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run
 from tests.conftest import tiny_overrides
 
 # FSP needs equal channel counts, which the digits pair does not have (its declared refusal)
@@ -55,7 +56,7 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
     import _thread
     import signal
 
-    import kdbench.engine as engine
+    import kdbench.training.engine as engine
 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a fresh prompt
     data = load_data(_cfgs(tmp_path / "solo", methods)[0])
@@ -81,8 +82,8 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
 
 
 def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
-    import kdbench.cohort as cohort_mod
-    from kdbench.bench import run_bench
+    import kdbench.orchestration.cohort as cohort_mod
+    from kdbench.orchestration.bench import run_bench
 
     calls = []
     real = cohort_mod.run_cohort
@@ -92,7 +93,7 @@ def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
     assert calls == [] and all(r["status"] == "completed" for r in res.records)
     run_bench([*over, "bench.cohort=true", f"paths.results={tmp_path / 'forced'}"])
     assert calls == [2, 2]
-    from kdbench.bench import use_cohort
+    from kdbench.orchestration.bench import use_cohort
 
     assert use_cohort(compose(["pair=cifar100/resnet56-resnet20"]), torch.device("cpu"))
     calls.clear()
@@ -103,7 +104,7 @@ def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
                      "bench.cohort=true", "bench.cohort_max=2"])  # too many for one: a cohort of 2, then one alone
     assert calls == [2] and [r["method"]["name"] for r in res.records] == ["vanilla", "kd", "at"]
     from kdbench import KDBenchError
-    from kdbench.bench import cohort_size
+    from kdbench.orchestration.bench import cohort_size
     with pytest.raises(KDBenchError, match="cohort_max"):
         cohort_size(compose(["bench.cohort_max=0"]), torch.device("cpu"))
     assert cohort_size(compose([]), torch.device("cpu")) >= 23  # on CPU: every run of a (pair, seed)

@@ -6,11 +6,13 @@ from importlib import resources
 import pytest
 
 from kdbench import KDBenchError
-from kdbench.config import PAIRS, compose
 from kdbench.data import DATASETS
-from kdbench.identity import milestone_epochs, run_identity
+from kdbench.experiment.identity import milestone_epochs
+from kdbench.experiment.pairs import PAIRS
 from kdbench.method import METHODS
 from kdbench.models import MODELS
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run_identity
 
 
 def test_default_config_composes_the_default_benchmark():
@@ -128,7 +130,7 @@ def test_a_pair_naming_an_unknown_model_names_its_file():
 
 
 def test_bad_suite_seeds_are_a_clear_error():
-    from kdbench.bench import load_suite
+    from kdbench.orchestration.bench import load_suite
 
     with pytest.raises(KDBenchError, match="suite.seeds"):
         load_suite(["suite.seeds=[a]"])

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import compose
+from kdbench.compute.seeding import class_partners
 from kdbench.data import LoaderBundle, TensorBundle
 from kdbench.method import build_method
 from kdbench.models import seeded_model
-from kdbench.runner import run
-from kdbench.seeding import class_partners
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run
 
 
 class _Killed(BaseException):

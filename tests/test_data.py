@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from kdbench import KDBenchError
-from kdbench.config import compose
 from kdbench.data import build_dataset
 from kdbench.data.small import crop_flip
+from kdbench.orchestration.config import compose
 from tests.helpers import write_image_tree
 
 

@@ -100,7 +100,7 @@ def test_grad_sync_sets_the_learning_rate_of_a_resumed_optimizer():
     (a copy taken at construction left resumed DDP runs at the checkpoint's learning rate)."""
     import torch
 
-    from kdbench.distributed import GradSync
+    from kdbench.compute.distributed import GradSync
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.05, momentum=0.9)
     wrapped = GradSync(opt)

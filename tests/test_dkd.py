@@ -53,10 +53,10 @@ def test_kd_decomposes_into_tckd_and_weighted_nckd():
 
 
 def _method(warmup=20):
-    from kdbench.config import compose
     from kdbench.data import DatasetInfo
     from kdbench.method import build_method
     from kdbench.models import seeded_model
+    from kdbench.orchestration.config import compose
 
     cfg = compose(["method=dkd", f"method.warmup={warmup}", "pair=cifar100/resnet56-resnet20", "dataset=cifar100"])
     info = DatasetInfo("x", 100, (3, 32, 32), 16)
@@ -80,7 +80,7 @@ def test_the_warm_up_ramps_linearly_over_one_based_epochs():
                                        ("cifar100/vgg13-vgg8", 6.0), ("cifar100/wrn_40_2-wrn_16_2", 6.0),
                                        ("cifar100/resnet32x4-resnet8x4", 8.0), ("cifar10/resnet56-resnet20", 8.0)])
 def test_beta_follows_the_authors_configs_per_pair(pair, beta):
-    from kdbench.config import compose
+    from kdbench.orchestration.config import compose
 
     cfg = compose(["method=dkd", f"pair={pair}", f"dataset={pair.split('/')[0]}"])
     assert cfg.method.beta == beta and cfg.method.alpha == 1.0 and cfg.method.temperature == 4.0

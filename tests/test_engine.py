@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kdbench import KDBenchError
-from kdbench.config import compose
-from kdbench.engine import lr_at
 from kdbench.method import METHODS
-from kdbench.runner import record_path, run
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import record_path, run
+from kdbench.training.engine import lr_at
 
 
 @pytest.mark.parametrize("method", METHODS.names())
@@ -101,7 +101,7 @@ def test_bf16_precision_runs_and_is_part_of_the_experiment(make_cfg):
     assert rec["status"] == "completed" and rec["engine"]["amp"] == "bf16"
     assert rec["experiment"]["spec"]["protocol"]["precision"] == "bf16"
     fp32 = make_cfg("method=kd", epochs=1)
-    from kdbench.identity import run_identity
+    from kdbench.orchestration.runner import run_identity
 
     assert rec["run_id"] != run_identity(fp32)  # another precision is another experiment
 
@@ -114,8 +114,8 @@ def test_bad_precision_is_a_clear_error(make_cfg):
 
 
 def test_teacher_parameters_do_not_change(make_cfg):
-    from kdbench.runner import load_data
-    from kdbench.teacher import ensure_teacher, load_teacher
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher, load_teacher
 
     cfg = make_cfg("method=kd")
     data = load_data(cfg)
@@ -174,7 +174,7 @@ def test_mid_epoch_checkpoint_must_resume_with_as_many_processes(make_cfg, tmp_p
 def test_compile_context_freezes_weights_only_when_the_teacher_alone_is_compiled():
     import torch._inductor.config as inductor_config
 
-    from kdbench.engine import compile_context, resolve_fast_path
+    from kdbench.training.engine import compile_context, resolve_fast_path
 
     def fast(setting):
         return resolve_fast_path(compose([f"engine.compile={setting}"]).engine, torch.device("cpu"))

@@ -81,7 +81,7 @@ def test_folding_needs_eval_mode():
 
 
 def test_engine_folds_the_teacher_only_and_records_it(make_cfg):
-    from kdbench.runner import run
+    from kdbench.orchestration.runner import run
 
     rec = run(make_cfg("method=kd", epochs=1))
     assert rec["engine"]["fold_teacher_bn"] is True
@@ -93,8 +93,8 @@ def test_engine_folds_the_teacher_only_and_records_it(make_cfg):
 
 
 def test_bad_fold_setting_is_a_clear_error(make_cfg):
-    from kdbench.engine import resolve_fast_path
-    from kdbench.errors import KDBenchError
+    from kdbench.core.errors import KDBenchError
+    from kdbench.training.engine import resolve_fast_path
 
     with pytest.raises(KDBenchError, match="fold_teacher_bn"):
         resolve_fast_path(make_cfg("engine.fold_teacher_bn=maybe").engine, torch.device("cpu"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KDBenchError
-from kdbench.config import compose
-from kdbench.identity import EXPERIMENT, RUNTIME, experiment_spec, milestone_epochs, run_identity
+from kdbench.experiment.identity import EXPERIMENT, RUNTIME, milestone_epochs
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run_identity, spec_of
 
 METHODS = ("vanilla", "kd", "fitnet", "at", "rkd", "crd", "crd+kd", "dml")
 
@@ -44,7 +45,7 @@ def test_every_top_level_key_is_experiment_or_runtime():
         compose(["+sched=1"])
     from omegaconf import open_dict
 
-    from kdbench.identity import check_partition
+    from kdbench.experiment.identity import check_partition
 
     cfg = compose([])
     with open_dict(cfg):
@@ -67,7 +68,7 @@ def test_teacher_settings_do_not_touch_runs_without_a_teacher():
     a, b = compose(["method=vanilla"]), compose(["method=vanilla", "teacher.schedule.epochs=3"])
     assert run_identity(a) == run_identity(b)
     assert run_identity(compose(["method=kd"])) != run_identity(compose(["method=kd", "teacher.schedule.epochs=3"]))
-    assert experiment_spec(a)["teacher"] is None
+    assert spec_of(a)["teacher"] is None
 
 
 def test_a_teacher_pinned_for_one_pair_changes_only_that_pairs_runs():
@@ -98,7 +99,7 @@ def test_paper_protocol_is_its_own_experiment():
     paper = compose(["protocol=paper"])
     assert paper.data.val_fraction == 0.0 and paper.protocol.precision == "fp32"
     assert run_identity(paper) != run_identity(compose([]))
-    assert experiment_spec(paper)["protocol"] == {"name": "paper", "precision": "fp32"}
+    assert spec_of(paper)["protocol"] == {"name": "paper", "precision": "fp32"}
     with pytest.raises(KDBenchError, match="protocol=paper"):
         compose(["protocol=paper", "data.val_fraction=0.2"])
     with pytest.raises(KDBenchError, match="protocol=paper"):
@@ -107,7 +108,7 @@ def test_paper_protocol_is_its_own_experiment():
 
 def test_auto_precision_is_resolved_in_the_identity():
     # On this CPU, auto means fp32: the same experiment as asking for fp32.
-    assert experiment_spec(compose([]))["protocol"]["precision"] == "fp32"
+    assert spec_of(compose([]))["protocol"]["precision"] == "fp32"
     assert run_identity(compose([])) == run_identity(compose(["protocol.precision=fp32"]))
     assert run_identity(compose([])) != run_identity(compose(["protocol.precision=bf16"]))
 
@@ -118,7 +119,7 @@ def test_moved_keys_name_their_new_place():
 
 
 def test_plan_shows_unchanged_run_ids_when_one_method_gets_an_override(tmp_path):
-    from kdbench.bench import plan_rows
+    from kdbench.orchestration.bench import plan_rows
 
     store = f"paths.results={tmp_path}"
     suite = ["suite=digits-all", "suite.seeds=[0,1]", store]  # every method; two seeds are enough to show it

@@ -12,12 +12,11 @@ from kdbench.methods.ft import factor, ft_loss
 from kdbench.methods.vid import vid_nll
 
 from kdbench import KDBenchError
-from kdbench.config import compose
-from kdbench.data import DatasetInfo
-from kdbench.engine import fit
+from kdbench.data import DatasetInfo, load_data
 from kdbench.method import build_method
 from kdbench.models import seeded_model
-from kdbench.runner import load_data
+from kdbench.orchestration.config import compose
+from kdbench.training.engine import fit
 
 
 def _rand(*shape, seed=0):

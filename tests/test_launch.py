@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kdbench.cli import main
-from kdbench.config import compose
-from kdbench.results import load_records
-from kdbench.runner import run
+from kdbench.experiment.results import load_records
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run
 from tests.conftest import tiny_overrides
 from tests.test_cohort import _same
 
@@ -27,7 +27,7 @@ def _records(root: Path) -> dict[tuple[str, int], dict]:
 @pytest.fixture
 def stages(monkeypatch):
     """What each stage handed the launcher: [(stage name, [job labels])]."""
-    import kdbench.launch as launch
+    import kdbench.orchestration.launch as launch
 
     seen: list[tuple[str, list[str]]] = []
     real = launch._launch
@@ -70,7 +70,7 @@ def test_cohort_jobs_hold_one_seed_each_and_record_what_solo_runs_do(tmp_path, s
 
 
 def test_a_chain_of_assistants_is_trained_one_level_per_stage(tmp_path):
-    from kdbench.launch import plan_suite
+    from kdbench.orchestration.launch import plan_suite
 
     plan = plan_suite([*tiny_overrides(tmp_path, epochs=1), "suite.methods=[takd,tf-kd-self]", "suite.seeds=[0]",
                        "+suite.method_overrides.takd.assistants=[cnn_mid,cnn_small]"])
@@ -174,7 +174,7 @@ def test_a_suite_through_submitit_local_resumes_a_job_after_a_simulated_timeout(
 
 def test_the_slurm_preset_requeues_on_a_time_limit():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from kdbench.launch import _launcher
+    from kdbench.orchestration.launch import _launcher
 
     launcher, cfg = _launcher([], ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     assert type(launcher).__name__ == "SlurmLauncher"

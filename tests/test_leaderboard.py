@@ -236,8 +236,8 @@ def test_record_fields_are_escaped_in_the_page(real_records, tmp_path):
 
 
 def test_speed_records_become_a_table(real_records, tmp_path):
-    from kdbench.config import compose
-    from kdbench.speed import measure_method
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.speed import measure_method
 
     root = _store(tmp_path, real_records)
     r = measure_method(compose(["pair=cifar100/resnet56-resnet20", "pair.teacher=resnet8", "pair.student=resnet8"]),
@@ -323,7 +323,7 @@ def test_files_are_replaced_whole_or_not_at_all(real_records, tmp_path, monkeypa
     """A crash once left a truncated index.html."""
     import os
 
-    import kdbench.records as records
+    import kdbench.experiment.records as records
 
     root = _store(tmp_path, real_records)
     out = tmp_path / "lb"
@@ -378,7 +378,7 @@ def test_any_record_the_validator_accepts_renders_and_any_it_rejects_is_named(re
     import random
 
     import kdbench.report.build as lb
-    from kdbench.schema import validate_record
+    from kdbench.experiment.schema import validate_record
 
     monkeypatch.setattr(lb, "plots", lambda *a, **k: {})  # the data path is under test, not matplotlib
     rng = random.Random(0)

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from kdbench import KDBenchError
-from kdbench.config import PAIRS, compose
 from kdbench.data import Batch, DatasetInfo
+from kdbench.experiment.pairs import PAIRS
 from kdbench.method import METHODS, MethodContext, build_method, create_method, method_defaults
 from kdbench.models import create_model
+from kdbench.orchestration.config import compose
 
 CIFAR_PAIRS = [n for n in PAIRS.names() if n.startswith("cifar100/")]
 
@@ -437,7 +438,7 @@ def test_relational_losses_run_in_fp32_under_bf16_autocast(method, monkeypatch):
 
 
 def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
-    from kdbench.frozen_teacher import FrozenTeacher
+    from kdbench.training.frozen_teacher import FrozenTeacher
 
     m, labels = _build("kd", "cifar100/resnet56-resnet20")
     assert isinstance(m.teacher, FrozenTeacher)
@@ -454,7 +455,7 @@ def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
 
 
 def test_the_crd_suite_is_the_crd_table_and_leaves_out_exactly_the_cells_fsp_refuses():
-    from kdbench.bench import load_suite, suite_runs
+    from kdbench.orchestration.bench import load_suite, suite_runs
     from kdbench.report.tables import METHOD_ORDER
 
     s = load_suite(["suite=crd-cifar100"])

@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 from kdbench.cli import main
-from kdbench.config import compose
-from kdbench.identity import run_identity
-from kdbench.migrate import migrate_store
+from kdbench.experiment.migrate import migrate_store
+from kdbench.experiment.results import load_records
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run_identity
 from kdbench.report import build_leaderboard, check_leaderboard
-from kdbench.results import load_records
 
 V1 = Path(__file__).parent / "data" / "records-v1"  # copies of results/runs/ as committed before the change
 COMMITTED = Path(__file__).resolve().parent.parent / "results" / "runs"

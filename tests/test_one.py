@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from kdbench import KDBenchError
-from kdbench.config import compose
 from kdbench.data import Batch, DatasetInfo
 from kdbench.method import build_method
 from kdbench.models import create_model
 from kdbench.models.registry import MODELS
+from kdbench.orchestration.config import compose
 
 SPLITTABLE = [e.name for e in MODELS if not e.name.startswith("imagenet/")]
 
@@ -88,7 +88,7 @@ def test_the_ensemble_teaches_without_being_taught():
 
 
 def test_branches_start_apart_and_every_member_is_recorded(make_cfg):
-    from kdbench.runner import run
+    from kdbench.orchestration.runner import run
 
     m = _one("resnet8")
     assert not torch.equal(m.branches[0].fc.weight, m.student.fc.weight)

@@ -6,8 +6,8 @@ import torch
 import torchvision
 
 from kdbench import KDBenchError
-from kdbench.config import compose
 from kdbench.data import LoaderBundle, TensorBundle, build_dataset
+from kdbench.orchestration.config import compose
 from tests.helpers import SHARED_ARCHIVE, write_cifar10_jpg_archive, write_cifar_pickles
 
 
@@ -82,7 +82,7 @@ def test_a_partial_extraction_is_never_taken_as_complete(tmp_path):
 
 _KILL_DURING_EXTRACTION = """
 import os, signal, sys, tarfile
-from kdbench.config import compose
+from kdbench.orchestration.config import compose
 from kdbench.data import build_dataset
 real, n = tarfile.TarFile._extract_member, [0]
 def extract(self, *a, **k):
@@ -180,7 +180,7 @@ def test_device_and_dataloader_paths_agree_in_order_and_augmentation(tmp_path, n
 
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"real CIFAR-10 JPEG archive not found at {SHARED_ARCHIVE}")
 def test_one_epoch_on_real_cifar10_jpeg_subset(tmp_path):
-    from kdbench.runner import run
+    from kdbench.orchestration.runner import run
 
     rec = run(compose([
         "pair=cifar10/resnet56-resnet20", "dataset=cifar10-jpg", f"data.source.archive={SHARED_ARCHIVE}",

@@ -108,10 +108,10 @@ def test_cc_equals_hand_computation():
 
 @pytest.mark.parametrize("name,extra", [("sp", 0), ("pkt", 0), ("nst", 0), ("cc", 2 * (64 + 1) * 128)])
 def test_new_methods_build_on_a_cifar_pair_with_their_benchmark_defaults(name, extra):
-    from kdbench.config import compose
     from kdbench.data import DatasetInfo
     from kdbench.method import build_method
     from kdbench.models import seeded_model
+    from kdbench.orchestration.config import compose
 
     cfg = compose([f"method={name}", "pair=cifar100/resnet56-resnet20", "dataset=cifar100"])
     info = DatasetInfo("x", 100, (3, 32, 32), 64)

@@ -15,8 +15,8 @@ import torch
 
 from kdbench import KDBenchError
 from kdbench.cli import main
-from kdbench.results import load_records, records_of_run
-from kdbench.runner import run
+from kdbench.experiment.results import load_records, records_of_run
+from kdbench.orchestration.runner import run
 from tests.conftest import tiny_overrides
 
 
@@ -36,7 +36,7 @@ def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad)
 
 def test_a_corrupt_checkpoint_is_named_and_stores_no_failure(make_cfg, tmp_path):
     cfg = make_cfg("method=kd", "resume=true", epochs=1)
-    from kdbench.identity import run_identity
+    from kdbench.orchestration.runner import run_identity
 
     ckpt = Path(cfg.paths.runs) / run_identity(cfg) / "checkpoint.pt"
     ckpt.parent.mkdir(parents=True)
@@ -56,7 +56,7 @@ def _failing(errno: int, text: str):
 
 
 def test_a_full_disk_while_checkpointing_stores_no_failure(make_cfg, monkeypatch):
-    import kdbench.engine as engine
+    import kdbench.training.engine as engine
 
     monkeypatch.setattr(engine, "atomic_write_bytes", _failing(28, "No space left on device"))
     cfg = make_cfg("method=vanilla", epochs=1)
@@ -66,7 +66,7 @@ def test_a_full_disk_while_checkpointing_stores_no_failure(make_cfg, monkeypatch
 
 
 def test_a_store_that_cannot_be_written_is_named(make_cfg, monkeypatch):
-    import kdbench.results as results
+    import kdbench.experiment.results as results
 
     monkeypatch.setattr(results, "write_json_atomic", _failing(30, "Read-only file system"))
     with pytest.raises(KDBenchError, match="could not write the record .*Read-only file system"):
@@ -75,9 +75,9 @@ def test_a_store_that_cannot_be_written_is_named(make_cfg, monkeypatch):
 
 @pytest.mark.parametrize("content", [os.urandom(256), b"code pickle"])
 def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
-    from kdbench.records import file_sha256
-    from kdbench.runner import load_data
-    from kdbench.teacher import ensure_teacher, load_teacher
+    from kdbench.core.hashing import file_sha256
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher, load_teacher
 
     cfg = make_cfg("method=kd", epochs=1)
     entry = ensure_teacher(cfg, load_data(cfg))
@@ -92,7 +92,7 @@ def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
     meta = json.loads((entry.path / "teacher.json").read_text())
     meta["weights"]["sha256"] = file_sha256(weights)  # the checksum matches: the content is the problem
     (entry.path / "teacher.json").write_text(json.dumps(meta))
-    from kdbench.teacher import _entry
+    from kdbench.orchestration.teacher import _entry
 
     with pytest.raises(KDBenchError) as info:
         load_teacher(_entry(entry.path), torch.device("cpu"))
@@ -101,8 +101,8 @@ def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
 
 
 def test_a_truncated_teacher_json_does_not_break_the_listing(make_cfg, capsys):
-    from kdbench.runner import load_data
-    from kdbench.teacher import ensure_teacher
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher
 
     cfg = make_cfg("method=kd", epochs=1)
     entry = ensure_teacher(cfg, load_data(cfg))
@@ -114,7 +114,7 @@ def test_a_truncated_teacher_json_does_not_break_the_listing(make_cfg, capsys):
 
 def test_a_run_finished_by_another_process_meanwhile_is_not_trained_again(make_cfg, monkeypatch, tmp_path):
     """The window between "is there a record?" and taking the run's lock: checked again under the lock."""
-    import kdbench.runner as runner
+    import kdbench.orchestration.runner as runner
 
     cfg = make_cfg("method=vanilla", epochs=1)
     other = make_cfg("method=vanilla", f"paths.results={tmp_path / 'elsewhere'}", epochs=1)
@@ -137,8 +137,8 @@ def test_a_run_finished_by_another_process_meanwhile_is_not_trained_again(make_c
 
 
 def test_a_suite_waits_for_a_run_that_another_process_holds(make_cfg):
-    from kdbench.identity import run_identity
-    from kdbench.locks import file_lock
+    from kdbench.core.locks import file_lock
+    from kdbench.orchestration.runner import run_identity
 
     cfg = make_cfg("method=vanilla", epochs=1)
     lock = Path(cfg.paths.runs) / f"{run_identity(cfg)}.lock"

@@ -10,8 +10,8 @@ import pytest
 
 from kdbench import KDBenchError
 from kdbench.cli import main
-from kdbench.results import add_record, export_bundle, import_bundle, load_records, valid_records
-from kdbench.schema import validate_record
+from kdbench.experiment.results import add_record, export_bundle, import_bundle, load_records, valid_records
+from kdbench.experiment.schema import validate_record
 from tests.conftest import write_records
 from tests.helpers import relabel
 
@@ -192,7 +192,7 @@ def test_two_imports_of_one_bundle_at_once_add_each_record_once(real_records, tm
 def test_import_reads_only_listed_members_and_caps_their_size(real_records, tmp_path, monkeypatch):
     import tarfile
 
-    import kdbench.results as results
+    import kdbench.experiment.results as results
 
     rec = real_records[0]
     name = f"records/{rec['run_id']}.json"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from kdbench.methods.reviewkd import hcl_loss
 
-from kdbench.config import compose
 from kdbench.data import DatasetInfo
 from kdbench.method import build_method
 from kdbench.models import seeded_model
+from kdbench.orchestration.config import compose
 
 
 def _rand(*shape, seed=0):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from kdbench.config import compose
-from kdbench.engine import resolve_fast_path
 from kdbench.models import create_model, forward_flops
-from kdbench.speed import format_speed, measure_method, peak_tflops
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.speed import format_speed, measure_method, peak_tflops
+from kdbench.training.engine import resolve_fast_path
 
 
 def _cfg(*extra):
@@ -51,8 +51,8 @@ def test_fast_path_defaults():
 def test_alternating_rounds_give_medians_and_the_ratio_range():
     import statistics
 
-    from kdbench.errors import KDBenchError
-    from kdbench.records import speedup_range
+    from kdbench.core.errors import KDBenchError
+    from kdbench.experiment.records import speedup_range
 
     r = measure_method(_cfg(), "kd", batch_size=8, steps=1, warmup=1, repeats=3)
     assert r["repeats"] == 3 and len(r["rounds"]) == 3
@@ -67,9 +67,9 @@ def test_alternating_rounds_give_medians_and_the_ratio_range():
 
 
 def test_cohort_speed_mode_runs_the_shared_teacher_once_per_batch(monkeypatch):
-    import kdbench.frozen_teacher as ft
-    from kdbench.config import compose
-    from kdbench.speed import measure_cohort
+    import kdbench.training.frozen_teacher as ft
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.speed import measure_cohort
 
     calls = []
     real = ft.FrozenTeacher._compute
@@ -81,6 +81,6 @@ def test_cohort_speed_mode_runs_the_shared_teacher_once_per_batch(monkeypatch):
     # solo: each of the two teacher methods runs the teacher on all 3 batches; cohort: once per batch
     # (the FLOP count afterwards runs it once more per teacher method)
     assert len(calls) == 2 * 3 + 3 + 2
-    from kdbench.schema import validate_speed_record
+    from kdbench.experiment.schema import validate_speed_record
 
     assert validate_speed_record(r) == []

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from kdbench import KDBenchError
-from kdbench.engine import fit, plan_epochs
+from kdbench.data import load_data
 from kdbench.method import MAIN_STAGE, InitStage, build_method
 from kdbench.models import seeded_model
-from kdbench.runner import load_data, run
+from kdbench.orchestration.runner import run
+from kdbench.training.engine import fit, plan_epochs
 
 
 class _Killed(BaseException):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KDBenchError
-from kdbench.bench import plan_rows, run_state
 from kdbench.cli import main
-from kdbench.config import compose
-from kdbench.results import load_records
-from kdbench.runner import run
+from kdbench.experiment.results import load_records
+from kdbench.orchestration.bench import plan_rows, run_state
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run
 from tests.conftest import tiny_overrides
 
 
@@ -82,7 +82,7 @@ def test_grid_with_an_unknown_name_fails_before_any_run(tmp_path, capsys):
 def test_missing_launcher_package_is_named(monkeypatch):
     import importlib.util
 
-    from kdbench.hydra_app import check_launcher
+    from kdbench.orchestration.hydra_app import check_launcher
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -115,14 +115,14 @@ def test_multirun_in_parallel_trains_the_teacher_once(tmp_path):
     assert not list((tmp_path / "work" / "teachers").glob("*.partial"))
     import os
 
-    from kdbench.distributed import available_cores
+    from kdbench.compute.distributed import available_cores
 
     if not os.environ.get("OMP_NUM_THREADS"):  # two jobs share the cores: each takes its half, not all of them
         assert {r["environment"]["torch_threads"] for r in recs} == {max(1, available_cores() // 2)}
 
 
 def test_threads_split_the_available_cores_over_parallel_jobs(monkeypatch):
-    from kdbench.distributed import available_cores, resolve_threads
+    from kdbench.compute.distributed import available_cores, resolve_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -145,7 +145,7 @@ def test_multirun_with_submitit_local_executor(tmp_path):
 
 
 def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp_path, capsys):
-    from kdbench.bench import plan_teachers
+    from kdbench.orchestration.bench import plan_teachers
 
     ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,takd]", "suite.seeds=[0]"]
     teachers = plan_teachers(ov, flops_per_s=1e9)
@@ -168,7 +168,7 @@ def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp
 def test_a_suite_composes_once_per_run_but_the_seed_and_gets_what_each_run_would(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import kdbench.bench as bench
+    import kdbench.orchestration.bench as bench
 
     calls = []
     real = bench.compose

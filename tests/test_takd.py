@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KDBenchError
-from kdbench.config import compose
-from kdbench.identity import assistant_training_config, experiment_spec, run_identity, teacher_config
-from kdbench.teacher import teacher_hash, teacher_spec
+from kdbench.experiment.identity import assistant_training_config, teacher_config
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run_identity, spec_of
+from kdbench.orchestration.teacher import teacher_hash, teacher_spec
 
 
 def test_the_assistant_is_the_teacher_and_is_trained_by_kd_from_the_pairs_teacher():
@@ -41,21 +42,21 @@ def test_what_makes_the_assistant_is_part_of_the_students_identity():
         ids.add(run_identity(compose(["method=takd", *change])))
     assert len(ids) == 5
     # the pair's teacher schedule reaches the student's identity only through the assistant's
-    spec = experiment_spec(compose(["method=takd", "teacher.schedule.lr=0.01"]))
+    spec = spec_of(compose(["method=takd", "teacher.schedule.lr=0.01"]))
     assert spec["teacher"]["distilled"]["teacher"]["schedule"]["lr"] == 0.01
     assert teacher_config(compose(["method=kd"])).pair.teacher == "cnn_wide"  # other methods unchanged
 
 
 def test_a_pair_without_an_assistant_is_refused(make_cfg):
-    from kdbench.runner import run
+    from kdbench.orchestration.runner import run
 
     with pytest.raises(KDBenchError, match="teacher assistant"):
         run(make_cfg("method=takd", "method.assistants=[]"))
 
 
 def test_a_suite_trains_the_assistant_once_for_every_student_seed(tmp_path, monkeypatch):
-    import kdbench.teacher as teacher_mod
-    from kdbench.bench import run_bench
+    import kdbench.orchestration.teacher as teacher_mod
+    from kdbench.orchestration.bench import run_bench
     from tests.conftest import tiny_overrides
 
     trained = []

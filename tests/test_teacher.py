@@ -4,9 +4,17 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KDBenchError
-from kdbench import teacher as teacher_mod
-from kdbench.runner import load_data, run
-from kdbench.teacher import ensure_teacher, find_teacher, get_teacher, list_teachers, load_teacher, teacher_hash
+from kdbench.data import load_data
+from kdbench.orchestration import teacher as teacher_mod
+from kdbench.orchestration.runner import run
+from kdbench.orchestration.teacher import (
+    ensure_teacher,
+    find_teacher,
+    get_teacher,
+    list_teachers,
+    load_teacher,
+    teacher_hash,
+)
 
 
 def test_teacher_is_trained_once_and_reused(make_cfg, monkeypatch):
@@ -58,8 +66,8 @@ def test_a_record_from_other_teacher_weights_is_not_done_for_this_teacher(make_c
     import shutil
     from pathlib import Path
 
-    from kdbench.bench import run_state
-    from kdbench.results import records_of_run
+    from kdbench.experiment.results import records_of_run
+    from kdbench.orchestration.bench import run_state
 
     cfg = make_cfg("method=kd", epochs=1)
     first = run(cfg)
@@ -78,7 +86,7 @@ def test_a_record_from_other_teacher_weights_is_not_done_for_this_teacher(make_c
 
 
 def test_vanilla_runs_never_wait_on_a_teacher(make_cfg):
-    from kdbench.bench import run_state
+    from kdbench.orchestration.bench import run_state
 
     cfg = make_cfg("method=vanilla", epochs=1)
     rec = run(cfg)

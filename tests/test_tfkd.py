@@ -8,12 +8,12 @@ import pytest
 import torch
 from kdbench.methods.tfkd import virtual_teacher
 
-from kdbench.config import compose
 from kdbench.data import Batch, DatasetInfo
-from kdbench.identity import experiment_spec, teacher_config
+from kdbench.experiment.identity import teacher_config
 from kdbench.method import build_method
 from kdbench.models import seeded_model
-from kdbench.runner import run
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run, spec_of
 
 
 def _softmax(xs):
@@ -66,7 +66,7 @@ def test_self_teacher_is_the_students_architecture_on_the_students_schedule(make
     t = teacher_config(cfg)
     assert (t.pair.teacher, float(t.teacher.schedule.lr)) == ("shufflenetv2", 0.01)  # the student's recipe
     assert (cfg.pair.teacher, float(cfg.teacher.schedule.lr)) == ("resnet32x4", 0.05)  # the run's cfg untouched
-    assert experiment_spec(cfg)["teacher"]["schedule"]["lr"] == 0.01
+    assert spec_of(cfg)["teacher"]["schedule"]["lr"] == 0.01
     kd = make_cfg("method=kd", "pair=cifar100/resnet32x4-shufflenetv2", "dataset=cifar100")
     assert teacher_config(kd) is kd  # every other method: the pair's teacher, ids unchanged
 

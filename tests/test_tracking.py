@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from kdbench import KDBenchError
-from kdbench.runner import run
-from kdbench.tracking import TRACKERS, register_tracker, scalars
+from kdbench.orchestration.runner import run
+from kdbench.training.tracking import TRACKERS, register_tracker, scalars
 
 
 def test_scalars_flatten_a_row_and_drop_what_is_not_a_finite_number():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from kdbench import KDBenchError
-from kdbench.config import compose
 from kdbench.models import MODELS, ModelOutput, count_parameters, create_model
-from kdbench.teacher import import_teacher, load_teacher
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.teacher import import_teacher, load_teacher
 
 CIFAR = [e.name for e in MODELS if e.meta.get("family") == "cifar"]
 
@@ -122,7 +122,8 @@ def test_teacher_import_names_what_does_not_match(tmp_path, kw, message):
 
 
 def test_imported_teacher_is_used_by_a_run(tmp_path, make_cfg):
-    from kdbench.runner import load_data, run
+    from kdbench.data import load_data
+    from kdbench.orchestration.runner import run
 
     cfg = make_cfg()
     data = load_data(cfg)
@@ -152,7 +153,7 @@ def test_unknown_timm_model_is_a_clear_error():
 
 
 def test_crd_pairs_are_registered_with_their_schedules():
-    from kdbench.config import PAIRS
+    from kdbench.experiment.pairs import PAIRS
 
     cifar100 = [n for n in PAIRS.names() if n.startswith("cifar100/")]
     assert len(cifar100) == 13
@@ -166,7 +167,7 @@ def test_crd_pairs_are_registered_with_their_schedules():
 def test_a_suite_of_imported_teachers_pins_the_one_import_per_architecture(tmp_path):
     """``teachers: imported`` (the CRD suite's): every missing import named at once, the one import pinned,
     two imports of one architecture refused until a pair names its key."""
-    from kdbench.bench import load_suite
+    from kdbench.orchestration.bench import load_suite
 
     over = [f"paths.work={tmp_path}/work", "dataset=cifar100", "suite=crd-cifar100", "pair=cifar100/resnet56-resnet20"]
     with pytest.raises(KDBenchError) as missing:

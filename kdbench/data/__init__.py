@@ -10,8 +10,8 @@ from .base import (
                    carve_validation,
                    stratified_split,
 )
-from .registry import DATASETS, build_dataset, register_dataset, static_shape, static_train_size
+from .registry import DATASETS, build_dataset, load_data, register_dataset, static_shape, static_train_size
 
 __all__ = ["Batch", "DataBundle", "DatasetInfo", "IndexedDataset", "LoaderBundle", "Split", "TensorBundle",
-           "carve_validation", "stratified_split", "DATASETS", "build_dataset", "register_dataset", "static_shape",
-           "static_train_size"]
+           "carve_validation", "stratified_split", "DATASETS", "build_dataset", "load_data", "register_dataset",
+           "static_shape", "static_train_size"]

@@ -5,7 +5,7 @@ as a tensor on the training device and augments whole batches there: no
 per-image Python work, no DataLoader workers. :class:`LoaderBundle` wraps
 torch ``Dataset`` s with per-image transforms and a ``DataLoader`` (ImageNet,
 and the reference path for small images). Both draw the training order from
-:func:`kdbench.seeding.epoch_permutation`, so for a seed every method and both
+:func:`kdbench.compute.seeding.epoch_permutation`, so for a seed every method and both
 paths see the same samples in the same order. Every batch carries the sample
 index (CRD's memory bank needs it).
 """
@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..errors import KDBenchError
-from ..seeding import class_partners, derive_seed, epoch_permutation, generator
+from kdbench.compute.seeding import class_partners, derive_seed, epoch_permutation, generator
+from kdbench.core.errors import KDBenchError
 
 # (images, generator) -> images; runs on the batch's device.
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
@@ -83,7 +83,7 @@ class DataBundle:
     def train_batches(self, batch_size: int, seed: int, epoch: int,
                       paired: bool = False) -> Iterator[Batch]:  # pragma: no cover
         """The epoch's batches in the shared order of (seed, epoch); with ``paired``, each sample also
-        brings a same-class partner (:func:`kdbench.seeding.class_partners`), augmented on its own."""
+        brings a same-class partner (:func:`kdbench.compute.seeding.class_partners`), augmented on its own."""
         raise NotImplementedError
 
     def partners(self, seed: int, epoch: int) -> Tensor:
@@ -126,7 +126,7 @@ class TensorBundle(DataBundle):
                             self.augment, self.prepare)
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, paired: bool = False) -> Iterator[Batch]:
-        from ..distributed import shard, stream
+        from kdbench.compute.distributed import shard, stream
 
         split = self.train
         perm = shard(epoch_permutation(len(split), seed, epoch)).to(self.device)  # this process's share
@@ -163,12 +163,12 @@ class _OrderSampler(torch.utils.data.Sampler):
         self.n, self.seed, self.epoch = n, seed, epoch
 
     def __iter__(self):
-        from ..distributed import shard
+        from kdbench.compute.distributed import shard
 
         return iter(shard(epoch_permutation(self.n, self.seed, self.epoch)).tolist())
 
     def __len__(self) -> int:
-        from ..distributed import world
+        from kdbench.compute.distributed import world
 
         return -(-self.n // world())
 
@@ -245,7 +245,7 @@ class LoaderBundle(DataBundle):
 
     def _loader(self, split: str, batch_size: int, sampler=None, seed: int = 0,
                 batch_sampler=None) -> torch.utils.data.DataLoader:
-        from ..distributed import world
+        from kdbench.compute.distributed import world
 
         g = torch.Generator().manual_seed(seed)
         # Under torchrun the process runs the process group's threads (gloo, NCCL): a worker forked
@@ -272,7 +272,7 @@ class LoaderBundle(DataBundle):
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, paired: bool = False) -> Iterator[Batch]:
         n = len(self.splits["train"])
-        from ..distributed import stream
+        from kdbench.compute.distributed import stream
 
         aug_seed = derive_seed(seed, *stream("augment", epoch))
         if paired:  # each batch loads its samples, then their partners, in one pass of the loader

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..errors import KDBenchError
+from kdbench.core.errors import KDBenchError
+
 from .base import DataBundle
 from .registry import register_dataset
 from .small import small_image_bundle

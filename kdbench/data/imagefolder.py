@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import digest
-from ..errors import KDBenchError
-from ..locks import file_lock
-from ..records import file_sha256
+from kdbench.core.errors import KDBenchError
+from kdbench.core.hashing import digest, file_sha256
+from kdbench.core.locks import file_lock
+
 from .base import DataBundle
 from .registry import register_dataset
 from .small import IMAGE_SUFFIXES, cached_decode, decode_files, list_tree, small_image_bundle, tree_fingerprint

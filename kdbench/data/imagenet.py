@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..errors import KDBenchError
+from kdbench.core.errors import KDBenchError
+
 from .base import DataBundle, DatasetInfo, IndexedDataset, LoaderBundle, stratified_split
 from .registry import register_dataset
 

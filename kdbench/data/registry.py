@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from ..registry import Registry, load_plugins
+from kdbench.core.registry import Registry, load_plugins
+
 from .base import DataBundle, held_out_count
 
 
@@ -59,3 +60,10 @@ def static_train_size(cfg: DictConfig) -> int | None:
 def build_dataset(cfg: DictConfig) -> DataBundle:
     """Build the dataset named by ``cfg.name`` (the resolved ``data`` config node)."""
     return DATASETS.get(cfg.name).obj(cfg)
+
+
+def load_data(cfg: Any) -> DataBundle:
+    """The dataset a run's config names (``cfg.data``), on the device it trains on (``cfg.engine.device``)."""
+    from kdbench.compute.device import resolve_device
+
+    return build_dataset(cfg.data).to(resolve_device(str(cfg.engine.device)))

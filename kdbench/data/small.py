@@ -20,8 +20,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ..errors import KDBenchError
-from ..records import atomic_write_bytes
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.records import atomic_write_bytes
+
 from .base import DataBundle, DatasetInfo, IndexedDataset, LoaderBundle, Split, TensorBundle, stratified_split
 
 log = logging.getLogger(__name__)

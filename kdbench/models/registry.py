@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from ..registry import Registry, load_plugins
+from kdbench.core.registry import Registry, load_plugins
+
 from .base import KDModel
 
 
@@ -23,12 +24,27 @@ def register_model(name: str, description: str = "", **meta: Any):
     return MODELS.register(name, description, **meta)
 
 
-TIMM_PREFIX = "timm/"
+# Families built by architecture name after a prefix (``timm/<arch>``): prefix -> fn(arch, num_classes,
+# in_channels). A module registers its prefix on import, like any model.
+PREFIXED: dict[str, Callable[[str, int, int], KDModel]] = {}
+
+
+def register_prefix(prefix: str, factory: Callable[[str, int, int], KDModel]) -> None:
+    """Every ``prefix + arch`` builds ``factory(arch, num_classes, in_channels)`` (timm's models)."""
+    PREFIXED[prefix] = factory
+
+
+def _prefixed(name: str) -> tuple[Callable[[str, int, int], KDModel], str] | None:
+    MODELS.names()  # the loader imports the modules that register prefixes
+    for prefix, factory in PREFIXED.items():
+        if name.startswith(prefix):
+            return factory, name[len(prefix):]
+    return None
 
 
 def check_model_name(name: str) -> None:
     """Raise the registry's error (listing valid names) unless ``name`` can be built."""
-    if not name.startswith(TIMM_PREFIX):
+    if _prefixed(name) is None:
         MODELS.get(name)
 
 
@@ -40,7 +56,7 @@ def seeded_model(name: str, num_classes: int, in_channels: int, seed: int, purpo
     """
     import torch
 
-    from ..seeding import derive_seed
+    from kdbench.compute.seeding import derive_seed
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, purpose))
@@ -49,8 +65,8 @@ def seeded_model(name: str, num_classes: int, in_channels: int, seed: int, purpo
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> KDModel:
     """Build a registered model by name (one obvious way, as in timm); ``timm/<arch>`` builds any timm model."""
-    if name.startswith(TIMM_PREFIX):
-        from .timm_models import TimmModel
-
-        return TimmModel(name[len(TIMM_PREFIX):], num_classes, in_channels)
+    found = _prefixed(name)
+    if found is not None:
+        factory, arch = found
+        return factory(arch, num_classes, in_channels)
     return MODELS.get(name).obj(num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..errors import KDBenchError
+from kdbench.core.errors import KDBenchError
+
 from .base import KDModel, ModelOutput
-from .registry import register_model
+from .registry import register_model, register_prefix
 
 
 class TimmModel(KDModel):
@@ -39,3 +40,6 @@ _IMAGENET = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet
 for _ours, _timm in _IMAGENET.items():
     register_model(f"imagenet/{_ours}", family="imagenet", description=f"ImageNet {_ours} (timm {_timm})")(
         (lambda a: lambda num_classes=1000, in_channels=3: TimmModel(a, num_classes, in_channels))(_timm))
+
+
+register_prefix("timm/", TimmModel)

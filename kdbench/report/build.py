@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import KDBenchError
-from ..records import atomic_write_bytes, write_json_atomic
-from ..results import runs_dir, valid_records
-from ..schema import validate_speed_record
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.records import atomic_write_bytes, write_json_atomic
+from kdbench.experiment.results import runs_dir, valid_records
+from kdbench.experiment.schema import validate_speed_record
+
 from .frame import aggregate, runs_frame, settings
 from .plots import _slug, plots
 from .render import Section, csv_rows, csv_text, latex_table, markdown, page

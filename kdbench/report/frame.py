@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import KDBenchError
+from kdbench.core.errors import KDBenchError
 
 MARK_FEW = "†"
 MARK_REPEAT = "‡"
@@ -98,7 +98,7 @@ def _unsteady(times: list[Any]) -> bool:
 def _baseline_key(spec: dict[str, Any]) -> str:
     """What a vanilla run must share with a distilled one to be its baseline: the experiment minus
     the method and the teacher (same data, protocol, pair, schedule)."""
-    from ..config import digest
+    from kdbench.core.hashing import digest
 
     return digest({k: v for k, v in spec.items() if k not in ("method", "teacher")})[:16]
 

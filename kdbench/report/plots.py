@@ -4,7 +4,8 @@ from __future__ import annotations
 import io
 import re
 
-from ..schema import VANILLA
+from kdbench.experiment.schema import VANILLA
+
 from .frame import Setting
 from .tables import _baseline, _in_order, display
 

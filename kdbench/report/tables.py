@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..records import describe_fast_path, speedup_range
-from ..schema import VANILLA
+from kdbench.experiment.records import describe_fast_path, speedup_range
+from kdbench.experiment.schema import VANILLA
+
 from .frame import Setting
 
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}

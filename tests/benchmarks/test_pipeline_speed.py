@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdbench.config import compose
 from kdbench.data.small import small_image_bundle
+from kdbench.orchestration.config import compose
 
 N_IMAGES = 4096
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from kdbench.config import compose
-from kdbench.engine import apply_fast_path, build_optimizer, resolve_fast_path, train_one_step
 from kdbench.method import METHODS
-from kdbench.speed import _build
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.speed import _build
+from kdbench.training.engine import apply_fast_path, build_optimizer, resolve_fast_path, train_one_step
 
 
 @pytest.mark.parametrize("method", METHODS.names())

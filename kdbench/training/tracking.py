@@ -14,8 +14,8 @@ from typing import Any, Callable, Protocol
 
 from omegaconf import DictConfig
 
-from .errors import KDBenchError
-from .registry import Registry, load_plugins
+from kdbench.core.errors import KDBenchError
+from kdbench.core.registry import Registry, load_plugins
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .errors import KDBenchError
-from .locks import file_lock
-from .records import write_json_atomic
-from .schema import SCHEMA_VERSION, validate_record
+from kdbench.core.errors import KDBenchError
+from kdbench.core.locks import file_lock
+from kdbench.experiment.records import write_json_atomic
+from kdbench.experiment.schema import SCHEMA_VERSION, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,14 @@ def _precision_used(rec: dict[str, Any]) -> str:
 
 def migrate_record(rec: dict[str, Any]) -> dict[str, Any] | None:
     """The version-2 form of a version-1 record (None if it is already current)."""
-    from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from, type_config
-    from .method import METHODS
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.identity import (
+        experiment_id,
+        experiment_spec,
+        method_defaults_on_pair,
+        run_id_from,
+        type_config,
+    )
 
     if rec.get("schema_version") == SCHEMA_VERSION:
         return None
@@ -73,7 +79,7 @@ def migrate_record(rec: dict[str, Any]) -> dict[str, Any] | None:
     cfg = OmegaConf.create(_config_v1_to_v2(rec["config"], precision))
     type_config(cfg)
     uses_teacher = METHODS.get(str(cfg.method.name)).obj.uses_teacher
-    spec = experiment_spec(cfg, uses_teacher=uses_teacher, precision=precision)
+    spec = experiment_spec(cfg, precision, uses_teacher=uses_teacher)
     new = dict(rec)
     new["schema_version"] = SCHEMA_VERSION
     new["run_id"] = run_id_from(spec, int(rec["seed"]))

@@ -4,7 +4,6 @@ Torch-free at import (the reporting layer reads records without the training sta
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -13,9 +12,7 @@ import tempfile
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from .schema import SCHEMA_VERSION  # noqa: E402,F401  (re-exported for teacher metadata)
+from typing import Any
 
 
 def now_iso() -> str:
@@ -56,15 +53,6 @@ def write_json_atomic(path: Path, obj: Any, overwrite: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), overwrite)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)
@@ -84,15 +72,10 @@ def git_state() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-if TYPE_CHECKING:
-    import torch
-
-
-def environment(device: "torch.device | None" = None) -> dict[str, Any]:
-    """Package versions and hardware, so every number says where it came from."""
+def environment(device: str | None = None, gpu: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Package versions and hardware, so every number says where it came from. What only torch knows (the
+    device, its GPU name, torch's thread count) is passed in: :func:`kdbench.compute.device.run_environment`."""
     from importlib.metadata import PackageNotFoundError, version
-
-    import torch
 
     def v(pkg: str) -> str | None:
         try:
@@ -105,13 +88,11 @@ def environment(device: "torch.device | None" = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "packages": {p: v(p) for p in ("kdbench", "torch", "torchvision", "timm", "hydra-core", "numpy")},
-        "device": str(device) if device is not None else None,
-        "gpu": None,
+        "device": device,
+        "gpu": gpu,
     }
-    if device is not None and device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
     env["hardware"] = env["gpu"] or f"CPU x{os.cpu_count()} ({env['cpu']})"
     return env
 

@@ -6,17 +6,10 @@ messages for malformed overrides and unknown group options are re-raised as
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from importlib import resources
-from typing import Any
-
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import KDBenchError
-from .registry import Registry
-
-CONFIG_MODULE = "kdbench.conf"
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.pairs import CONFIG_MODULE, PAIRS
 
 # Keys that moved: the old spelling gets a message naming the new one (Hydra would only say "not in struct").
 MOVED_KEYS = {
@@ -38,7 +31,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .method import register_method_configs
+    from kdbench.training.method import register_method_configs
 
     check_names(overrides)
     check_moved(overrides)
@@ -59,7 +52,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
 def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
     """What every composed config goes through (compose API and Hydra's own entry point alike):
     per-pair and per-suite settings applied, then every experiment value typed and range-checked."""
-    from .identity import type_config
+    from kdbench.experiment.identity import type_config
 
     check_additions(cfg, overrides)
     _apply_pair_method_overrides(cfg, overrides)
@@ -113,7 +106,7 @@ def _apply_teacher_choice(cfg: DictConfig, overrides) -> None:
     if isinstance(teachers, str) and str(cfg.pair.name) in (suite.get("pairs") or []):
         if teachers != "imported":
             raise KDBenchError(f"suite.teachers={teachers!r} is not one of: imported, a mapping {{PAIR: HASH}}")
-        from .teacher import imported_teacher
+        from kdbench.orchestration.teacher import imported_teacher
 
         cfg.teacher.hash = imported_teacher(cfg)
         return
@@ -132,8 +125,8 @@ def check_names(overrides) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from .data import DATASETS
-    from .method import METHODS
+    from kdbench.data import DATASETS
+    from kdbench.experiment.catalog import METHODS
 
     registries = {"method": METHODS, "pair": PAIRS, "dataset": DATASETS}
     try:
@@ -173,9 +166,9 @@ def _apply_pair_method_overrides(cfg: DictConfig, overrides) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Cross-group consistency Hydra cannot express."""
-    from .data import DATASETS
-    from .method import METHODS
-    from .models import check_model_name
+    from kdbench.data import DATASETS
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.models import check_model_name
 
     METHODS.get(cfg.method.name)
     DATASETS.get(cfg.data.name)
@@ -196,7 +189,7 @@ def check_engine(cfg: DictConfig) -> None:
     value is refused at composition, before data loads or a teacher trains."""
     import torch
 
-    from .engine import resolve_fast_path
+    from kdbench.training.engine import resolve_fast_path
 
     device = str(cfg.engine.device)
     if device != "auto":
@@ -205,44 +198,3 @@ def check_engine(cfg: DictConfig) -> None:
         except RuntimeError:
             raise KDBenchError(f"engine.device={device!r} is not a device: auto, cpu, cuda or cuda:N") from None
     resolve_fast_path(cfg.engine, torch.device("cpu"), str(cfg.protocol.precision))
-
-
-def positive_count(value: Any, key: str) -> int:
-    """A runtime setting that is ``auto`` or a positive whole number, here the number (callers handle ``auto``)."""
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1 or (isinstance(value, float) and value != n):
-        raise KDBenchError(f"{key}={value!r} is not one of: auto, a positive number")
-    return n
-
-
-def digest(obj: Any) -> str:
-    """sha256 of a JSON-able object in canonical form."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-# -- pairs: one config file each under conf/pair/ ------------------------------------
-
-def _load_pairs() -> None:
-    root = resources.files(CONFIG_MODULE) / "pair"
-
-    def walk(node, prefix: str) -> None:
-        for child in sorted(node.iterdir(), key=lambda c: c.name):
-            if child.is_dir():
-                walk(child, f"{prefix}{child.name}/")
-            elif child.name.endswith(".yaml"):
-                spec = OmegaConf.create(child.read_text())["pair"]
-                name = f"{prefix}{child.name[:-5]}"
-                if spec.name != name:
-                    raise KDBenchError(f"pair config {name}.yaml declares name {spec.name!r}")
-                PAIRS.register(name, str(spec.get("description", "")),
-                               teacher=spec.teacher, student=spec.student,
-                               datasets=list(spec.datasets))(name)
-
-    walk(root, "")
-
-
-PAIRS: Registry[str] = Registry("pair", loader=_load_pairs)
-

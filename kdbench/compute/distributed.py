@@ -219,6 +219,6 @@ def resolve_threads(setting: Any, workers: int = 1) -> int | None:
             return None
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
         return max(1, available_cores() // max(1, workers * local))
-    from .config import positive_count
+    from kdbench.core.counts import positive_count
 
     return positive_count(setting, "engine.threads")

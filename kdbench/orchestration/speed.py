@@ -22,15 +22,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from .config import compose
-from .data import DatasetInfo, static_train_size
-from .data.small import small_image_bundle
-from .engine import apply_fast_path, build_optimizer, compile_context, resolve_device, resolve_fast_path, train_one_step
-from .errors import KDBenchError
-from .identity import teacher_config
-from .method import METHODS, build_method
-from .models import seeded_model
-from .records import describe_fast_path, environment, now_iso, speedup_range
+from kdbench.compute.device import resolve_device, run_environment
+from kdbench.core.errors import KDBenchError
+from kdbench.data import DatasetInfo, static_train_size
+from kdbench.data.small import small_image_bundle
+from kdbench.experiment.catalog import METHODS
+from kdbench.experiment.identity import teacher_config
+from kdbench.experiment.records import describe_fast_path, now_iso, speedup_range
+from kdbench.models import seeded_model
+from kdbench.orchestration.config import compose
+from kdbench.training.engine import apply_fast_path, build_optimizer, compile_context, resolve_fast_path, train_one_step
+from kdbench.training.method import build_method
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +207,7 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
                    for e, r in rounds],
         "flops_per_image": flops, "achieved_tflops": achieved,
         "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
-        "environment": environment(device),
+        "environment": run_environment(device),
         "profile": table,
     }
 
@@ -286,7 +288,7 @@ def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: 
         "rounds": [{"images_per_s": images / c, "reference_images_per_s": images / s} for s, c in rounds],
         "flops_per_image": flops, "flops_basis": "solo: each member's own step, its teacher forward included",
         "achieved_tflops": achieved, "mfu": None if peak is None else achieved / peak, "peak_tflops": peak,
-        "environment": environment(device), "profile": None,
+        "environment": run_environment(device), "profile": None,
     }
 
 

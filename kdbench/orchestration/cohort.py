@@ -168,9 +168,9 @@ def run_cohort(cfgs: list, data, run: Callable[..., dict[str, Any]]) -> list[dic
 
     threads = [threading.Thread(target=work, args=(i,), name=f"kdbench-cohort-{i}", daemon=True)
                for i in range(len(cfgs))]
-    from .engine import _StopOnInterrupt
+    from kdbench.training.engine import StopOnInterrupt
 
-    stop = _StopOnInterrupt()  # the signals reach this (main) thread: Ctrl-C, SIGTERM, a scheduler's requeue signal
+    stop = StopOnInterrupt()  # the signals reach this (main) thread: Ctrl-C, SIGTERM, a scheduler's requeue signal
     for t in threads:
         t.start()
     try:

@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import digest
-from .data import DataBundle
-from .engine import fit
-from .errors import KDBenchError
-from .identity import assistant_origin, assistant_training_config, schedule_spec, teacher_config
-from .models import KDModel, count_parameters, create_model, seeded_model
-from .records import SCHEMA_VERSION, environment, file_sha256, git_state, now_iso, read_json, write_json_atomic
-from .schema import VANILLA
+from kdbench.compute.device import run_environment
+from kdbench.core.errors import KDBenchError
+from kdbench.core.hashing import digest, file_sha256
+from kdbench.data import DataBundle
+from kdbench.experiment.identity import assistant_origin, assistant_training_config, schedule_spec, teacher_config
+from kdbench.experiment.records import git_state, now_iso, read_json, write_json_atomic
+from kdbench.experiment.schema import SCHEMA_VERSION, VANILLA
+from kdbench.models import KDModel, count_parameters, create_model, seeded_model
+from kdbench.training.engine import fit
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def list_teachers(root: Path) -> list[TeacherEntry]:
 def imported_teacher(cfg: DictConfig) -> str:
     """The cache key of the one imported checkpoint of ``cfg``'s teacher architecture for its dataset (a suite's
     ``teachers: imported``): none or several is an error that says what to do."""
-    from .config import PAIRS
+    from kdbench.experiment.pairs import PAIRS
 
     dataset = str(cfg.data.name)
     imported = [t for t in list_teachers(Path(cfg.paths.teachers))
@@ -157,8 +158,8 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     A file lock per teacher makes parallel workers wait for the one that
     trains it instead of training duplicates.
     """
-    from . import distributed as ddp
-    from .locks import file_lock
+    from kdbench.compute import distributed as ddp
+    from kdbench.core.locks import file_lock
 
     found = find_teacher(cfg)
     if found is None and ddp.world() > 1:  # one torchrun job: its processes train the teacher together
@@ -177,7 +178,7 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
 def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     """A teacher is a vanilla run of its architecture (built by the one factory), stored in the cache; a
     teacher assistant (TAKD) is a distilled run from its own teacher, which is found or trained first."""
-    from .method import build_method
+    from kdbench.training.method import build_method
 
     cfg = teacher_config(cfg)
     key = teacher_hash(cfg)
@@ -204,7 +205,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
     result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",
                  precision=str(cfg.protocol.precision))
-    from . import distributed as ddp
+    from kdbench.compute import distributed as ddp
 
     if not ddp.is_main():  # rank 0 stores the teacher; the others wait, then read it
         ddp.barrier()
@@ -232,7 +233,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
         "images_per_s": result.images_per_s,
         "created": now_iso(),
         "git": git_state(),
-        "environment": environment(device),
+        "environment": run_environment(device),
         "engine": {"amp": result.fast_path["amp"]},
         "history": result.history,
     }
@@ -271,7 +272,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     Provenance records the source file's name and sha256; accuracy is measured
     on our test split when the data is available.
     """
-    from .engine import evaluate
+    from kdbench.training.engine import evaluate
 
     path = Path(path)
     if not path.is_file():
@@ -310,7 +311,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
                  "dataset": data_spec(cfg.data), "schedule": {"epochs": None}},
         "metrics": metrics, "selected": None, "params": count_parameters(model),
         "weights": {"file": "model.pt", "sha256": file_sha256(weights)},
-        "created": now_iso(), "git": git_state(), "environment": environment(None),
+        "created": now_iso(), "git": git_state(), "environment": run_environment(None),
     }
     write_json_atomic(partial / "teacher.json", meta)
     try:
@@ -321,7 +322,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
 
 
 def _num_classes(cfg: DictConfig) -> int:
-    from .data import static_shape
+    from kdbench.data import static_shape
 
     known = static_shape(cfg.data)
     if known is None:

@@ -20,9 +20,16 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .bench import BenchResult, _summarise, pair_teacher_config, run_state, suite_configs
-from .config import CONFIG_MODULE
-from .errors import KDBenchError
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.pairs import CONFIG_MODULE
+from kdbench.orchestration.bench import (
+    BenchResult,
+    distils_from,
+    pair_teacher_config,
+    run_state,
+    suite_configs,
+    summarise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +43,6 @@ def split_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[str], 
     """(the experiment's overrides, Hydra's own: ``hydra/...`` and ``hydra.*``)."""
     own = [o for o in overrides if o.lstrip("+~").startswith(("hydra/", "hydra."))]
     return [o for o in overrides if o not in own], own
-
-
-def distils_from(cfg: DictConfig) -> list[DictConfig]:
-    """The networks a run distils from, root first: configs whose :func:`~kdbench.teacher.ensure_teacher`
-    yields each one. One entry for a pair teacher or a student copy; a TAKD chain lists every assistant after
-    the network it learns from. Empty for a method without a teacher."""
-    from .identity import assistant_training_config, teacher_config
-    from .method import METHODS
-
-    if not METHODS.get(str(cfg.method.name)).obj.uses_teacher:
-        return []
-
-    def chain(c: DictConfig) -> list[DictConfig]:
-        t = teacher_config(c)
-        return [c] if t.teacher.get("assistant") is None else [*chain(assistant_training_config(t)), c]
-
-    return chain(cfg)
 
 
 @dataclass
@@ -74,8 +64,8 @@ class SuitePlan:
 
 def plan_suite(overrides: list[str] | tuple[str, ...]) -> SuitePlan:
     """The stages a launcher runs for the suite ``overrides`` name (Hydra's own overrides left out)."""
-    from .identity import teacher_config
-    from .teacher import find_teacher, teacher_key
+    from kdbench.experiment.identity import teacher_config
+    from kdbench.orchestration.teacher import find_teacher, teacher_key
 
     sc = suite_configs(overrides)  # every name checked before anything is launched
     s, runs, cfgs = sc.suite, sc.runs, sc.cfgs
@@ -110,7 +100,7 @@ def _student_jobs(todo: list[tuple[int, DictConfig, list[str]]]) -> list[Job]:
     runs (``auto``: all of them), since a launcher job cannot know its device before it starts."""
     import torch
 
-    from .bench import cohort_size
+    from kdbench.orchestration.bench import cohort_size
 
     if not todo or todo[0][1].bench.cohort is not True:
         return [Job(ov, f"{c.method.name} s{c.seed} on {c.pair.name}", (i,)) for i, c, ov in todo]
@@ -140,8 +130,8 @@ def _launcher(task_overrides: list[str], hydra_overrides: list[str]):
     from hydra.types import HydraContext, RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from .hydra_app import job
-    from .method import register_method_configs
+    from kdbench.orchestration.hydra_app import job
+    from kdbench.training.method import register_method_configs
 
     register_method_configs()
     GlobalHydra.instance().clear()
@@ -180,8 +170,8 @@ def _launch(launcher, jobs: list[Job], first: int, what: str) -> int:
 
 def launch_suite(overrides: list[str] | tuple[str, ...]) -> BenchResult:
     """Run the suite through the launcher the command line names; the bench's tables from the store."""
-    from .hydra_app import check_launcher
-    from .teacher import find_teacher
+    from kdbench.orchestration.hydra_app import check_launcher
+    from kdbench.orchestration.teacher import find_teacher
 
     t0 = time.time()
     task, hydra_ov = split_overrides(overrides)
@@ -206,6 +196,6 @@ def launch_suite(overrides: list[str] | tuple[str, ...]) -> BenchResult:
         recs = [rec for c in cfgs if (st := run_state(c))[0] in ("done", "failed", "diverged") and (rec := st[1])]
         records += recs
         entry = find_teacher(pair_teacher_config(cfgs[0]))
-        results.append(_summarise(cfgs[0], entry.test_top1 if entry else None, list(plan.suite.methods),
+        results.append(summarise(cfgs[0], entry.test_top1 if entry else None, list(plan.suite.methods),
                                   list(plan.suite.seeds), recs))
     return BenchResult(str(plan.suite.name), results, records, time.time() - t0)

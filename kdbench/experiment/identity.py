@@ -11,7 +11,7 @@ engine switch or path can never split or merge cells. Within the experiment:
   part of it);
 - the teacher enters only for methods that use one, as the choice that makes it (seed and
   schedule, or a pinned cache entry); the teacher's *weights* identify it in records and
-  tables (see :mod:`kdbench.teacher`);
+  tables (see :mod:`kdbench.orchestration.teacher`);
 - precision is resolved (``auto`` -> bf16 on CUDA, fp32 on CPU) and milestones are resolved to
   epochs, so two spellings of one experiment hash alike;
 - values are typed first (``seed='1'`` is seed 1, ``temperature=4`` is 4.0; ``seed=abc`` is refused).
@@ -27,8 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import digest
-from .errors import KDBenchError
+from kdbench.core.errors import KDBenchError
+from kdbench.core.hashing import digest
 
 EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
 RUNTIME = ("engine", "paths", "speed", "bench", "suite", "resume", "force", "retry_failed", "note", "hydra")
@@ -146,7 +146,7 @@ def _type_schedule(node: DictConfig, prefix: str) -> None:
 
 def _method_types(name: str) -> dict[str, _Type]:
     """Types of a method's hyper-parameters, read from its ``__init__`` annotations."""
-    from .method import METHODS
+    from kdbench.experiment.catalog import METHODS
 
     cls = METHODS.get(name).obj
     try:
@@ -209,12 +209,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return precision
 
 
-def run_precision(cfg: DictConfig) -> str:
-    from .engine import resolve_device
-
-    return resolve_precision(str(cfg.protocol.precision), resolve_device(str(cfg.engine.device)).type)
-
-
 def teacher_config(cfg: DictConfig) -> DictConfig:
     """The config a run's teacher is found, trained and identified by. Usually ``cfg`` itself; otherwise
     a copy whose ``pair.teacher`` and ``teacher.schedule`` describe the network the method distils from:
@@ -227,7 +221,7 @@ def teacher_config(cfg: DictConfig) -> DictConfig:
       (:func:`assistant_training_config`), and its identity includes its teacher's.
 
     Idempotent."""
-    from .method import METHODS
+    from kdbench.experiment.catalog import METHODS
 
     name = str(cfg.method.name) if cfg.get("method") is not None else ""
     kind = getattr(METHODS.get(name).obj, "teacher_arch", "pair") if name in METHODS.names() else "pair"
@@ -300,16 +294,17 @@ def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision: str | None = None) -> dict[str, Any]:
-    """The experiment a run belongs to: everything that defines it except the seed."""
+def experiment_spec(cfg: DictConfig, precision: str, uses_teacher: bool | None = None) -> dict[str, Any]:
+    """The experiment a run belongs to: everything that defines it except the seed. ``precision`` is the
+    resolved one (``compute.device.run_precision``), so ``auto`` on two devices is two experiments."""
     if uses_teacher is None:
-        from .method import METHODS
+        from kdbench.experiment.catalog import METHODS
 
         uses_teacher = METHODS.get(str(cfg.method.name)).obj.uses_teacher
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("source", None)
     return {
-        "protocol": {"name": str(cfg.protocol.name), "precision": precision or run_precision(cfg)},
+        "protocol": {"name": str(cfg.protocol.name), "precision": precision},
         "data": data,
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "method": OmegaConf.to_container(cfg.method, resolve=True),
@@ -321,7 +316,7 @@ def experiment_spec(cfg: DictConfig, uses_teacher: bool | None = None, precision
 def method_defaults_on_pair(cfg: DictConfig) -> dict[str, Any]:
     """The method's defaults with the pair's settings for it: what a table row's label is measured
     against (``kd (temperature=1)``). Stored beside the spec in records; not part of the identity."""
-    from .method import method_defaults
+    from kdbench.experiment.catalog import method_defaults
 
     d = method_defaults(str(cfg.method.name))
     own = (cfg.pair.get("method_overrides") or {}).get(str(cfg.method.name)) or {}
@@ -339,6 +334,6 @@ def run_id_from(spec: dict[str, Any], seed: int) -> str:
     return f"{spec['method']['name']}__{slug}__s{seed}__{digest({'experiment': spec, 'seed': int(seed)})[:10]}"
 
 
-def run_identity(cfg: DictConfig) -> str:
+def run_identity(cfg: DictConfig, precision: str) -> str:
     """Stable, readable run id: method, pair, seed and a hash of the experiment (seed included)."""
-    return run_id_from(experiment_spec(cfg), int(cfg.seed))
+    return run_id_from(experiment_spec(cfg, precision), int(cfg.seed))

@@ -9,7 +9,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import KDBenchError
+from kdbench.core.errors import KDBenchError
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import KDBenchError
-from .models import StageSpec
+from kdbench.core.errors import KDBenchError
+from kdbench.models import StageSpec
 
 
 class ConvRegressor(nn.Module):

@@ -187,7 +187,7 @@ def _finite(v: Any, path: str, errs: list) -> None:
 
 def _identity_errors(record: dict[str, Any], filename: str | None) -> list[str]:
     """The run id, experiment id and name fields must all follow from the stored experiment and seed."""
-    from .identity import experiment_id, run_id_from
+    from kdbench.experiment.identity import experiment_id, run_id_from
 
     errs = []
     spec = record["experiment"]["spec"]

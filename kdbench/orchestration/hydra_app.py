@@ -1,5 +1,5 @@
 """Hydra's own entry point, for sweeps (``kdbench run -m method=kd,fitnet seed=0,1,2``), and the one job
-function of suites handed to a launcher (``kdbench bench hydra/launcher=...``, :mod:`kdbench.launch`).
+function of suites handed to a launcher (``kdbench bench hydra/launcher=...``, :mod:`kdbench.orchestration.launch`).
 
 Multirun goes through Hydra so its sweepers and launchers work unchanged:
 the basic launcher (sequential), hydra-joblib-launcher (local processes),
@@ -25,9 +25,9 @@ def job(cfg: DictConfig) -> dict[str, Any] | None:
     ``pair-teacher`` / ``teacher`` -- train a network the run distils from --, or ``cohort``)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .config import finalize
-    from .errors import KDBenchError
-    from .runner import run
+    from kdbench.core.errors import KDBenchError
+    from kdbench.orchestration.config import finalize
+    from kdbench.orchestration.runner import run
 
     overrides = list(HydraConfig.get().overrides.task)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
@@ -64,11 +64,10 @@ def _outcome(rec: dict[str, Any]) -> dict[str, Any]:
 
 def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
     """Train (or find) the pair's teacher, or the network at ``bench.depth`` of what the run distils from."""
-    from .bench import pair_teacher_config
-    from .distributed import apply_threads
-    from .launch import distils_from
-    from .runner import load_data
-    from .teacher import ensure_teacher
+    from kdbench.compute.distributed import apply_threads
+    from kdbench.data import load_data
+    from kdbench.orchestration.bench import distils_from, pair_teacher_config
+    from kdbench.orchestration.teacher import ensure_teacher
 
     chain = [pair_teacher_config(cfg)] if kind == "pair-teacher" else distils_from(cfg)
     target = chain[int(cfg.bench.depth)]
@@ -81,13 +80,13 @@ def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
 
 def _cohort_job(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     """The runs of ``bench.members`` (methods; the rest of the config as given) as one lockstep cohort."""
-    from .bench import _run_pair
-    from .config import compose
-    from .runner import load_data
+    from kdbench.data import load_data
+    from kdbench.orchestration.bench import run_pair
+    from kdbench.orchestration.config import compose
 
     base = [o for o in overrides if o.split("=", 1)[0] not in ("method", "bench.job", "bench.members")]
     cfgs = [compose([*base, f"method={m}"]) for m in cfg.bench.members]
-    return [_outcome(r) for r in _run_pair(cfgs, load_data(cfgs[0]), workers=_parallel_jobs())]
+    return [_outcome(r) for r in run_pair(cfgs, load_data(cfgs[0]), workers=_parallel_jobs())]
 
 
 def _parallel_jobs() -> int:
@@ -95,7 +94,7 @@ def _parallel_jobs() -> int:
     1 for the sequential launcher and for cluster launchers (one job per allocation)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .distributed import available_cores
+    from kdbench.compute.distributed import available_cores
 
     launcher = HydraConfig.get().launcher
     n = launcher.get("n_jobs") if launcher is not None and "joblib" in str(launcher.get("_target_", "")) else None
@@ -119,7 +118,7 @@ def check_launcher(args: list[str]) -> None:
     """A launcher that is not installed: say which package to install, before anything runs."""
     import importlib.util
 
-    from .errors import KDBenchError
+    from kdbench.core.errors import KDBenchError
 
     for a in args:
         key, _, value = a.partition("=")
@@ -132,15 +131,15 @@ def check_launcher(args: list[str]) -> None:
 
 def launch(args: list[str]) -> int:
     """Run Hydra's entry point with ``args`` (``-m`` included) as its command line."""
-    from .config import check_names
-    from .errors import KDBenchError
+    from kdbench.core.errors import KDBenchError
+    from kdbench.orchestration.config import check_names
 
     modes = {"--cfg", "-c", "--info", "-i", "--run", "-r", "--shell-completion", "-sc", "--hydra-help", "--help", "-h"}
     clash = sorted(modes & set(args))
     if clash:
         raise KDBenchError(f"{' '.join(clash)} does not combine with -m (a sweep runs jobs): print one run's config "
                            "with `kdbench config OVERRIDES`")
-    from .method import register_method_configs
+    from kdbench.training.method import register_method_configs
 
     check_launcher(args)
     register_method_configs()

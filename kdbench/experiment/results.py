@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import KDBenchError
-from .records import environment, now_iso, write_json_atomic
-from .schema import validate_record
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.records import environment, now_iso, write_json_atomic
+from kdbench.experiment.schema import validate_record
 
 
 @dataclass
@@ -110,7 +110,7 @@ _MEMBER = re.compile(r"^records/[A-Za-z0-9_.+-]+\.json$")
 
 def store_lock(results_root: str | Path):
     """The store's lock: one import (or migration) at a time."""
-    from .locks import file_lock
+    from kdbench.core.locks import file_lock
 
     return file_lock(Path(results_root) / ".store.lock")
 

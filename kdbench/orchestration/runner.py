@@ -11,19 +11,38 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .data import DataBundle, build_dataset
-from .engine import CHECKPOINT, RunDiverged, fit, resolve_device
-from .errors import KDBenchError
-from .identity import experiment_id, experiment_spec, method_defaults_on_pair, run_id_from, teacher_config
-from .locks import file_lock, is_locked
-from .method import METHODS, build_method
-from .models import count_parameters, forward_flops, seeded_model
-from .records import SCHEMA_VERSION, environment, git_state, now_iso
-from .results import add_record, completed_records, records_of_run
-from .seeding import data_order_digest
-from .teacher import ensure_teacher, load_teacher
+from kdbench.compute.device import run_environment, run_precision
+from kdbench.compute.seeding import data_order_digest
+from kdbench.core.errors import KDBenchError
+from kdbench.core.locks import file_lock, is_locked
+from kdbench.data import DataBundle, load_data
+from kdbench.experiment.catalog import METHODS
+from kdbench.experiment.identity import (
+    experiment_id,
+    experiment_spec,
+    method_defaults_on_pair,
+    run_id_from,
+    teacher_config,
+)
+from kdbench.experiment.records import git_state, now_iso
+from kdbench.experiment.results import add_record, completed_records, records_of_run
+from kdbench.experiment.schema import SCHEMA_VERSION
+from kdbench.models import count_parameters, forward_flops, seeded_model
+from kdbench.orchestration.teacher import ensure_teacher, load_teacher
+from kdbench.training.engine import CHECKPOINT, RunDiverged, fit
+from kdbench.training.method import build_method
 
 log = logging.getLogger(__name__)
+
+
+def spec_of(cfg: DictConfig) -> dict[str, Any]:
+    """The experiment ``cfg`` describes, in the precision it trains in on this machine's device."""
+    return experiment_spec(cfg, run_precision(cfg))
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """The run id of ``cfg`` on this machine (see :func:`kdbench.experiment.identity.run_id_from`)."""
+    return run_id_from(spec_of(cfg), int(cfg.seed))
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,7 @@ class RunPaths:
 
     @classmethod
     def of(cls, cfg: DictConfig, run_id: str | None = None) -> "RunPaths":
-        run_id = run_id or run_id_from(experiment_spec(cfg), int(cfg.seed))
+        run_id = run_id or run_identity(cfg)
         work = Path(cfg.paths.runs) / run_id
         return cls(run_id, work, work.with_name(run_id + ".lock"), Path(cfg.paths.results) / "runs" / f"{run_id}.json")
 
@@ -71,7 +90,7 @@ def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
                   "epoch": exc.epoch + 1 if diverged else None, "step": exc.step + 1 if diverged else None,
                   "stage": exc.stage if diverged else None,
                   "traceback": "" if diverged else "".join(traceback.format_exception(exc))[-4000:]},
-        "history": history, "environment": environment(data.device), "git": git_state(),
+        "history": history, "environment": run_environment(data.device), "git": git_state(),
         "note": str(cfg.note), "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -121,10 +140,6 @@ def _prior_outcome(cfg: DictConfig, run_id: str, uses_teacher: bool, data: DataB
     return None
 
 
-def load_data(cfg: DictConfig) -> DataBundle:
-    return build_dataset(cfg.data).to(resolve_device(str(cfg.engine.device)))
-
-
 def run(cfg: DictConfig, data: DataBundle | None = None,
         on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
         wait: bool = False, workers: int = 1, cohort: Any = None) -> dict[str, Any]:
@@ -138,14 +153,14 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     written. ``data`` may be passed to reuse an already built dataset. A run that another process
     is training is an error, or with ``wait=True`` (suites) waited for and then taken as it ended.
     ``workers`` is how many jobs share this machine's cores (a parallel launcher's), for
-    ``engine.threads=auto``. ``cohort`` (a :class:`kdbench.cohort.Member`) trains the run in lockstep
-    with others of its pair and seed (``kdbench.cohort.run_cohort``); its record is the solo run's.
+    ``engine.threads=auto``. ``cohort`` (a :class:`kdbench.orchestration.cohort.Member`) trains the run in lockstep
+    with others of its pair and seed (``kdbench.orchestration.cohort.run_cohort``); its record is the solo run's.
     """
-    from . import distributed as ddp
+    from kdbench.compute import distributed as ddp
 
     ddp.init_from_env()  # under torchrun: join the process group
     ddp.apply_threads(cfg.engine.get("threads", "auto"), workers)  # ``workers``: jobs sharing the cores
-    spec = experiment_spec(cfg)
+    spec = spec_of(cfg)
     run_id = run_id_from(spec, int(cfg.seed))
     uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
     prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
@@ -185,7 +200,7 @@ def _model_costs(method, teacher_costs: dict[str, Any], input_shape: tuple[int, 
 def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, result,
                       teacher_entry, costs: dict[str, Any], started: str, wall_time_s: float) -> dict[str, Any]:
     """The record of a finished run: identity, metrics, provenance, cost (docs/record-schema.md)."""
-    from . import distributed as ddp
+    from kdbench.compute import distributed as ddp
 
     primary = next(iter(method.eval_models()))
     return {
@@ -217,7 +232,7 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
         "engine": result.fast_path,
         "history": result.history,
         "init_history": result.init_history,
-        "environment": {**environment(data.device), "processes": ddp.world()},
+        "environment": {**run_environment(data.device), "processes": ddp.world()},
         "git": git_state(),
         "note": str(cfg.note),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -226,7 +241,7 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
 
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str, cohort: Any = None) -> dict[str, Any]:
-    from . import distributed as ddp
+    from kdbench.compute import distributed as ddp
 
     data = data if data is not None else load_data(cfg)
     device = data.device
@@ -242,7 +257,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
             teacher = load_teacher(teacher_entry, device)
             teacher_costs = _teacher_costs(teacher, info.input_shape)
         else:  # one frozen teacher for every member distilling from it: it runs once per batch
-            from .frozen_teacher import FrozenTeacher
+            from kdbench.training.frozen_teacher import FrozenTeacher
 
             def load(entry=teacher_entry):
                 raw = load_teacher(entry, device)
@@ -264,7 +279,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
     t0 = time.time()
     started = now_iso()
-    from .tracking import Trackers
+    from kdbench.training.tracking import Trackers
 
     trackers = Trackers(run_id, cfg) if ddp.is_main() else None  # named before training when one cannot start
     try:
@@ -296,7 +311,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
     log.info("record written: %s", out)
     if cfg.engine.get("keep_model", True):
-        from .artifacts import save_model
+        from kdbench.orchestration.artifacts import save_model
 
         log.info("student kept: %s", save_model(cfg, run_id, method.student, info.num_classes, info.input_shape[0]))
     if not cfg.engine.keep_checkpoint:

@@ -9,13 +9,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import compose
-from .data import static_train_size
-from .errors import KDBenchError
-from .identity import teacher_config
-from .runner import load_data, run
-from .schema import VANILLA
-from .teacher import ensure_teacher
+from kdbench.core.errors import KDBenchError
+from kdbench.data import load_data, static_train_size
+from kdbench.experiment.identity import teacher_config
+from kdbench.experiment.schema import VANILLA
+from kdbench.orchestration.config import compose
+from kdbench.orchestration.runner import run
+from kdbench.orchestration.teacher import ensure_teacher
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class BenchResult:
 
 def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     """The suite named on the command line (``suite=NAME``, ``suite.KEY=...``), default ``digits``."""
-    from .identity import SEED
+    from kdbench.experiment.identity import SEED
 
     own = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] == "suite"]
     s = compose(own, check=False).suite
@@ -113,15 +113,15 @@ def run_bench(overrides: list[str] | tuple[str, ...] = ()) -> BenchResult:
         teacher = ensure_teacher(pair_teacher_config(cfgs[0]), data)  # teachers first, once per pair
         ensure_run_teachers(cfgs, data)  # then the other networks the methods distil from (assistants, ...)
         # Failures are recorded and the grid goes on; interrupted runs resume from their checkpoints.
-        pair_records = _run_pair(cfgs, data)
+        pair_records = run_pair(cfgs, data)
         records += pair_records
-        results.append(_summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
+        results.append(summarise(cfgs[0], teacher.test_top1, list(s.methods), list(s.seeds), pair_records))
     return BenchResult(str(s.name), results, records, time.time() - t0)
 
 
-def _run_pair(cfgs: list[DictConfig], data, workers: int = 1) -> list[dict[str, Any]]:
+def run_pair(cfgs: list[DictConfig], data, workers: int = 1) -> list[dict[str, Any]]:
     """A pair's runs: with ``bench.cohort`` (the default) each seed's runs in one lockstep cohort
-    (:mod:`kdbench.cohort`: one batch and one teacher forward per step for all of them; the records are
+    (:mod:`kdbench.orchestration.cohort`: one batch and one teacher forward per step for all of them; the records are
     the solo runs'), else one after another. Records in the suite's order. ``workers``: processes sharing
     this machine's cores (a parallel launcher's jobs)."""
     import functools
@@ -129,7 +129,7 @@ def _run_pair(cfgs: list[DictConfig], data, workers: int = 1) -> list[dict[str, 
     run_ = functools.partial(run, workers=workers)
     if not use_cohort(cfgs[0], data.device) or len(cfgs) == 1:
         return [run_(cfg, data=data, on_error="record", wait=True) for cfg in cfgs]
-    from .cohort import run_cohort
+    from kdbench.orchestration.cohort import run_cohort
 
     out: dict[int, dict[str, Any]] = {}
     size = cohort_size(cfgs[0], data.device)
@@ -169,18 +169,35 @@ def cohort_size(cfg: DictConfig, device) -> int:
 
     setting = cfg.get("bench", {}).get("cohort_max", "auto")
     if setting != "auto":
-        from .config import positive_count
+        from kdbench.core.counts import positive_count
 
         return positive_count(setting, "bench.cohort_max")
     if getattr(device, "type", "cpu") != "cuda":
         return 1 << 30
-    from .results import load_records
+    from kdbench.experiment.results import load_records
 
     peaks = [r["memory"]["bytes"] for st in load_records(cfg.paths.results) if (r := st.record)
              and r.get("status") == "completed" and r["pair"]["name"] == str(cfg.pair.name)
              and str(r["memory"].get("kind", "")).startswith("cuda")]
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, int(0.8 * free // max(max(peaks, default=0), 2 << 30)))
+
+
+def distils_from(cfg: DictConfig) -> list[DictConfig]:
+    """The networks a run distils from, root first: configs whose :func:`~kdbench.orchestration.teacher.ensure_teacher`
+    yields each one. One entry for a pair teacher or a student copy; a TAKD chain lists every assistant after
+    the network it learns from. Empty for a method without a teacher."""
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.identity import assistant_training_config, teacher_config
+
+    if not METHODS.get(str(cfg.method.name)).obj.uses_teacher:
+        return []
+
+    def chain(c: DictConfig) -> list[DictConfig]:
+        t = teacher_config(c)
+        return [c] if t.teacher.get("assistant") is None else [*chain(assistant_training_config(t)), c]
+
+    return chain(cfg)
 
 
 def pair_teacher_config(cfg: DictConfig) -> DictConfig:
@@ -199,8 +216,8 @@ def pair_teacher_config(cfg: DictConfig) -> DictConfig:
 def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
     """Every distinct network the runs distil from -- TF-KD's student copies, TAKD's assistants (each
     after its own teacher) -- found or trained once, before any student, in the order first needed."""
-    from .method import METHODS
-    from .teacher import teacher_key
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.orchestration.teacher import teacher_key
 
     seen: set[str] = set()
     for cfg in cfgs:
@@ -212,7 +229,7 @@ def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
             ensure_teacher(cfg, data)
 
 
-def _summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairResult:
+def summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairResult:
     by_method: dict[str, list[float]] = {}
     for rec in records:
         if rec["status"] != "completed":
@@ -261,7 +278,7 @@ STATE_NOTES = {
 
 def _teacher_sha(cfg: DictConfig) -> str | None:
     """The weights sha256 of the teacher ``cfg`` would use, if it is in the cache (nothing is trained)."""
-    from .teacher import find_teacher
+    from kdbench.orchestration.teacher import find_teacher
 
     try:
         entry = find_teacher(cfg)
@@ -273,10 +290,10 @@ def _teacher_sha(cfg: DictConfig) -> str | None:
 def run_state(cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
     """(state, last record): done | other-teacher | teacher-unknown | failed | diverged | running |
     interrupted | missing. A run that uses a teacher is done only for the teacher it was distilled from."""
-    from .locks import is_locked
-    from .method import METHODS
-    from .results import completed_records, records_of_run
-    from .runner import RunPaths
+    from kdbench.core.locks import is_locked
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.results import completed_records, records_of_run
+    from kdbench.orchestration.runner import RunPaths
 
     paths = RunPaths.of(cfg)
     recs = records_of_run(cfg.paths.results, paths.run_id)
@@ -307,8 +324,8 @@ class _Flops:
         self.cache: dict[tuple[str, tuple], int] = {}
 
     def __call__(self, arch: str, data: DictConfig) -> int:
-        from .data import static_shape
-        from .models import create_model, forward_flops
+        from kdbench.data import static_shape
+        from kdbench.models import create_model, forward_flops
 
         classes, shape = static_shape(data) or (10, (3, 32, 32))  # FLOPs barely depend on the class count
         key = (arch, tuple(shape))
@@ -321,7 +338,7 @@ def measured_throughput(results_root) -> tuple[float | None, int]:
     """(training FLOP/s, records): the median over this store's completed records of the FLOPs a step
     does per image (3 x the student's forward, per cohort member, + the teacher's forward) times the
     images per second the record measured. What `kdbench plan` estimates unmeasured runs with."""
-    from .results import load_records
+    from kdbench.experiment.results import load_records
 
     rates = []
     for st in load_records(results_root):
@@ -339,9 +356,9 @@ def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None 
     """Every run of the suite with its state, estimated FLOPs and time: from earlier records of the same
     pair and method on this store where there are some ("measured"), else from its FLOPs at
     ``flops_per_s`` (given, or the store's :func:`measured_throughput`)."""
-    from .identity import run_identity
-    from .method import METHODS
-    from .results import load_records
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.results import load_records
+    from kdbench.orchestration.runner import run_identity
 
     rows, flops = [], _Flops()
     configs = (suite or suite_configs(overrides)).cfgs
@@ -376,9 +393,9 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
     """Every network the suite distils from -- each pair's teacher, TAKD's assistants (after their own
     teachers), TF-KD's student copies -- once, in the order a bench trains them: cached or to train, with
     the training FLOPs and time (from FLOPs) of those to train."""
-    from .identity import assistant_training_config
-    from .method import METHODS
-    from .teacher import find_teacher, teacher_key
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.identity import assistant_training_config
+    from kdbench.orchestration.teacher import find_teacher, teacher_key
 
     configs = (suite or suite_configs(overrides)).cfgs
     if configs and flops_per_s is None:

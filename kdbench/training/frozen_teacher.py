@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .models import FeatureSpec, KDModel, ModelOutput
-from .models.fold import fold_batchnorm
+from kdbench.models import FeatureSpec, KDModel, ModelOutput
+from kdbench.models.fold import fold_batchnorm
 
 log = logging.getLogger(__name__)
 

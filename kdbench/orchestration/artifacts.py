@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import KDBenchError
-from .models import KDModel, create_model
-from .records import atomic_write_bytes, now_iso
-from .seeding import state_dict_digest
+from kdbench.compute.seeding import state_dict_digest
+from kdbench.core.errors import KDBenchError
+from kdbench.experiment.records import atomic_write_bytes, now_iso
+from kdbench.models import KDModel, create_model
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
                in_channels: int | None = None) -> tuple[KDModel, dict[str, Any]]:
     """(model, facts) from a kdbench artifact, or from a plain state dict with ``arch`` (and the class
     count and channels) given; checked strictly against the architecture."""
-    from .teacher import load_state_strict
+    from kdbench.orchestration.teacher import load_state_strict
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,12 +79,13 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
 def evaluate_model(cfg: DictConfig, model: KDModel, split: str = "test", data=None) -> dict[str, Any]:
     """Metrics of ``model`` on ``split`` of ``cfg``'s dataset, by the engine's evaluation path with the
     run's fast-path arithmetic; agreement and KL with the run's teacher when it is in the cache."""
-    from .engine import evaluate, predict, resolve_device, resolve_fast_path
-    from .frozen_teacher import FrozenTeacher
-    from .identity import teacher_config
-    from .method import METHODS
-    from .runner import load_data
-    from .teacher import find_teacher, load_teacher
+    from kdbench.compute.device import resolve_device
+    from kdbench.data import load_data
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.identity import teacher_config
+    from kdbench.orchestration.teacher import find_teacher, load_teacher
+    from kdbench.training.engine import evaluate, predict, resolve_fast_path
+    from kdbench.training.frozen_teacher import FrozenTeacher
 
     if split not in ("train", "val", "test"):
         raise KDBenchError(f"split {split!r} is not one of: train, val, test")
@@ -115,12 +116,12 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
     """Evaluate a run's kept student (``target`` = a run id, or a unique prefix of one) with its record's
     config, or a model file (a kdbench artifact, or a state dict with ``arch``) with the config the
     overrides compose (``dataset=... pair=...``). With a run, the record's numbers come back beside."""
-    from .config import compose
-    from .results import load_records
+    from kdbench.experiment.results import load_records
+    from kdbench.orchestration.config import compose
 
     path = Path(target)
     if path.suffix == ".pt" or path.exists():
-        from .runner import load_data
+        from kdbench.data import load_data
 
         cfg = compose(overrides)
         data = load_data(cfg)

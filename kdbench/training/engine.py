@@ -24,30 +24,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from .data import DataBundle
-from .errors import KDBenchError
-from .identity import PRECISIONS, milestone_epochs, resolve_precision
-from .method import MAIN_STAGE, InitStage, Method
-from .records import atomic_write_bytes
-from .seeding import derive_seed
+from kdbench.compute.seeding import derive_seed
+from kdbench.core.errors import KDBenchError
+from kdbench.data import DataBundle
+from kdbench.experiment.identity import PRECISIONS, milestone_epochs, resolve_precision
+from kdbench.experiment.records import atomic_write_bytes
+from kdbench.training.method import MAIN_STAGE, InitStage, Method
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    from .distributed import info
-
-    if name == "auto":
-        d = info()
-        if torch.cuda.is_available():
-            return torch.device("cuda", d.local_rank) if d else torch.device("cuda")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KDBenchError(f"engine.device={name} but CUDA is not available here; use engine.device=cpu or auto")
-    return dev
 
 
 def lr_at(epoch: int, sched: DictConfig) -> float:
@@ -242,7 +228,7 @@ class RunDiverged(Exception):
         self.epoch, self.step, self.history, self.stage = epoch, step, history, stage
 
 
-class _StopOnInterrupt:
+class StopOnInterrupt:
     """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, checkpoint it, stop.
 
     The same request again stops at once. Under torchrun the launcher forwards the
@@ -300,7 +286,7 @@ class _StopOnInterrupt:
     def now(self, device: torch.device, check_point: bool) -> bool:
         """Whether to stop after this step: alone, as soon as asked; under data parallelism, at
         check points only, and then if any process was asked."""
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         if ddp.world() == 1:
             return self.requested
@@ -392,9 +378,9 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
 
     ``precision`` is the protocol's (auto | fp32 | bf16). ``on_step(epoch, step)`` is called
     after each optimizer step (tests use it to simulate a kill mid-epoch); ``on_epoch(n, stage, row)``
-    after each epoch's row is complete, on the main process (live trackers, :mod:`kdbench.tracking`).
-    ``cohort`` (a :class:`kdbench.cohort.Member`) trains this run in lockstep with others: it supplies the
-    batches and takes turns (:mod:`kdbench.cohort`); the arithmetic is the solo run's.
+    after each epoch's row is complete, on the main process (live trackers, :mod:`kdbench.training.tracking`).
+    ``cohort`` (a :class:`kdbench.orchestration.cohort.Member`) trains this run in lockstep with others: it supplies the
+    batches and takes turns (:mod:`kdbench.orchestration.cohort`); the arithmetic is the solo run's.
     """
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
@@ -462,7 +448,7 @@ class _Tally:
     def start(cls, device: torch.device, partial: dict[str, Any] | None) -> "_Tally":
         if partial is None:
             return cls({}, torch.zeros((), device=device))
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         mine = partial["ranks"][ddp.rank()]  # the rest of an epoch stopped by Ctrl-C
         torch.set_rng_state(mine["rng"])
@@ -485,7 +471,7 @@ class _Tally:
 
     def reduce(self, device: torch.device) -> None:
         """Totals over every process (a no-op for one)."""
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         if ddp.world() == 1:
             return
@@ -531,7 +517,7 @@ class _Loop:
 
     def __init__(self, method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
                  ckpt: Path, label: str, on_step: Callable[[int, int], None] | None, fast: FastPath) -> None:
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         self.method, self.data, self.sched, self.seed, self.ckpt = method, data, sched, seed, ckpt
         self.label, self.on_step, self.fast, self.device = label, on_step, fast, data.device
@@ -552,7 +538,7 @@ class _Loop:
             for t in [*method.parameters(), *method.buffers()]:
                 torch.distributed.broadcast(t.data, 0)
         self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
-        self.watch, self.stop = _DivergenceWatch(self.device), _StopOnInterrupt()
+        self.watch, self.stop = _DivergenceWatch(self.device), StopOnInterrupt()
         self.teacher_test_logits = None
         self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
         # where training batches come from (a cohort's shared stream), and the seconds this run spent
@@ -564,7 +550,7 @@ class _Loop:
     def optimizer(self, stage: InitStage | None):
         """The stage's optimizer, made on first use: the main stage's over the method's trainable
         parameters, an initialisation stage's over its modules only."""
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         name = stage.name if stage is not None else MAIN_STAGE
         if name not in self.optimizers:
@@ -638,7 +624,7 @@ class _Loop:
 
     def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> tuple[_Tally, float]:
         """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""
-        from . import distributed as ddp
+        from kdbench.compute import distributed as ddp
 
         ddp.broadcast_buffers(self.method)  # BatchNorm statistics from rank 0
         optimizer = self.optimizer(at.stage)

@@ -21,6 +21,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check kdbench methods tests
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -13,7 +13,7 @@ from kdbench.data import build_dataset
 from kdbench.method import build_method
 from kdbench.models import seeded_model
 from kdbench.orchestration.config import compose
-from kdbench.training.engine import build_optimizer
+from kdbench.training.fastpath import build_optimizer
 
 
 def main(out: str) -> None:

@@ -174,7 +174,7 @@ def test_mid_epoch_checkpoint_must_resume_with_as_many_processes(make_cfg, tmp_p
 def test_compile_context_freezes_weights_only_when_the_teacher_alone_is_compiled():
     import torch._inductor.config as inductor_config
 
-    from kdbench.training.engine import compile_context, resolve_fast_path
+    from kdbench.training.fastpath import compile_context, resolve_fast_path
 
     def fast(setting):
         return resolve_fast_path(compose([f"engine.compile={setting}"]).engine, torch.device("cpu"))

@@ -94,7 +94,7 @@ def test_engine_folds_the_teacher_only_and_records_it(make_cfg):
 
 def test_bad_fold_setting_is_a_clear_error(make_cfg):
     from kdbench.core.errors import KDBenchError
-    from kdbench.training.engine import resolve_fast_path
+    from kdbench.training.fastpath import resolve_fast_path
 
     with pytest.raises(KDBenchError, match="fold_teacher_bn"):
         resolve_fast_path(make_cfg("engine.fold_teacher_bn=maybe").engine, torch.device("cpu"))

@@ -56,9 +56,9 @@ def _failing(errno: int, text: str):
 
 
 def test_a_full_disk_while_checkpointing_stores_no_failure(make_cfg, monkeypatch):
-    import kdbench.training.engine as engine
+    import kdbench.training.checkpoint as checkpoint
 
-    monkeypatch.setattr(engine, "atomic_write_bytes", _failing(28, "No space left on device"))
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", _failing(28, "No space left on device"))
     cfg = make_cfg("method=vanilla", epochs=1)
     with pytest.raises(KDBenchError, match="No space left on device.*resume=true"):
         run(cfg)

@@ -6,7 +6,7 @@ import pytest
 from kdbench.models import create_model, forward_flops
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.speed import format_speed, measure_method, peak_tflops
-from kdbench.training.engine import resolve_fast_path
+from kdbench.training.fastpath import resolve_fast_path
 
 
 def _cfg(*extra):

@@ -84,8 +84,9 @@ def evaluate_model(cfg: DictConfig, model: KDModel, split: str = "test", data=No
     from kdbench.experiment.catalog import METHODS
     from kdbench.experiment.identity import teacher_config
     from kdbench.orchestration.teacher import find_teacher, load_teacher
-    from kdbench.training.engine import evaluate, predict, resolve_fast_path
+    from kdbench.training.fastpath import resolve_fast_path
     from kdbench.training.frozen_teacher import FrozenTeacher
+    from kdbench.training.metrics import evaluate, predict
 
     if split not in ("train", "val", "test"):
         raise KDBenchError(f"split {split!r} is not one of: train, val, test")

@@ -168,7 +168,7 @@ def run_cohort(cfgs: list, data, run: Callable[..., dict[str, Any]]) -> list[dic
 
     threads = [threading.Thread(target=work, args=(i,), name=f"kdbench-cohort-{i}", daemon=True)
                for i in range(len(cfgs))]
-    from kdbench.training.engine import StopOnInterrupt
+    from kdbench.training.signals import StopOnInterrupt
 
     stop = StopOnInterrupt()  # the signals reach this (main) thread: Ctrl-C, SIGTERM, a scheduler's requeue signal
     for t in threads:

@@ -189,7 +189,7 @@ def check_engine(cfg: DictConfig) -> None:
     value is refused at composition, before data loads or a teacher trains."""
     import torch
 
-    from kdbench.training.engine import resolve_fast_path
+    from kdbench.training.fastpath import resolve_fast_path
 
     device = str(cfg.engine.device)
     if device != "auto":

@@ -29,8 +29,10 @@ from kdbench.experiment.results import add_record, completed_records, records_of
 from kdbench.experiment.schema import SCHEMA_VERSION
 from kdbench.models import count_parameters, forward_flops, seeded_model
 from kdbench.orchestration.teacher import ensure_teacher, load_teacher
-from kdbench.training.engine import CHECKPOINT, RunDiverged, fit
+from kdbench.training.checkpoint import CHECKPOINT
+from kdbench.training.engine import fit
 from kdbench.training.method import build_method
+from kdbench.training.signals import RunDiverged
 
 log = logging.getLogger(__name__)
 

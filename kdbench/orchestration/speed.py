@@ -31,7 +31,13 @@ from kdbench.experiment.identity import teacher_config
 from kdbench.experiment.records import describe_fast_path, now_iso, speedup_range
 from kdbench.models import seeded_model
 from kdbench.orchestration.config import compose
-from kdbench.training.engine import apply_fast_path, build_optimizer, compile_context, resolve_fast_path, train_one_step
+from kdbench.training.fastpath import (
+    apply_fast_path,
+    build_optimizer,
+    compile_context,
+    resolve_fast_path,
+    train_one_step,
+)
 from kdbench.training.method import build_method
 
 log = logging.getLogger(__name__)

@@ -272,7 +272,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     Provenance records the source file's name and sha256; accuracy is measured
     on our test split when the data is available.
     """
-    from kdbench.training.engine import evaluate
+    from kdbench.training.metrics import evaluate
 
     path = Path(path)
     if not path.is_file():

@@ -9,8 +9,6 @@ checkpoint reproduces the uninterrupted run exactly (on CPU).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
 import sys
@@ -20,21 +18,27 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdbench.compute.seeding import derive_seed
 from kdbench.core.errors import KDBenchError
 from kdbench.data import DataBundle
-from kdbench.experiment.identity import PRECISIONS, milestone_epochs, resolve_precision
-from kdbench.experiment.records import atomic_write_bytes
+from kdbench.experiment.identity import milestone_epochs
+from kdbench.training.checkpoint import CHECKPOINT, RunState
+from kdbench.training.fastpath import (
+    FastPath,
+    apply_fast_path,
+    build_optimizer,
+    compile_context,
+    resolve_fast_path,
+    train_one_step,
+)
 from kdbench.training.method import MAIN_STAGE, InitStage, Method
+from kdbench.training.metrics import epoch_summary, evaluate, measure_peak_memory, predict, select_epoch
+from kdbench.training.signals import DivergenceWatch, StopOnInterrupt
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-
 
 def lr_at(epoch: int, sched: DictConfig) -> float:
     """Learning rate for ``epoch`` (0-based), set once at the start of the epoch as in the CRD code."""
@@ -43,300 +47,6 @@ def lr_at(epoch: int, sched: DictConfig) -> float:
     if sched.lr_schedule == "cosine":
         return 0.5 * float(sched.lr) * (1 + math.cos(math.pi * epoch / int(sched.epochs)))
     raise KDBenchError(f"schedule.lr_schedule={sched.lr_schedule!r} is not one of: multistep, cosine")
-
-
-def build_optimizer(params, sched: DictConfig, impl: str = "for_loop") -> torch.optim.Optimizer:
-    """SGD as the schedule says; ``impl`` picks PyTorch's fused, foreach or per-tensor kernels (same math)."""
-    if sched.optimizer != "sgd":
-        raise KDBenchError(f"schedule.optimizer={sched.optimizer!r} is not one of: sgd")
-    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
-    return torch.optim.SGD(list(params), lr=float(sched.lr), momentum=float(sched.momentum),
-                           weight_decay=float(sched.weight_decay), nesterov=bool(sched.nesterov), **kw)
-
-
-@dataclass(frozen=True)
-class FastPath:
-    """The engine switches resolved for a device (recorded with every run)."""
-
-    amp: str              # fp32 | bf16
-    channels_last: bool
-    compile: str          # off | teacher | all
-    optimizer_impl: str   # fused | foreach | for_loop
-    fold_teacher_bn: bool  # the frozen teacher's BatchNorms folded into its convs
-    teacher_inference_mode: bool  # teacher forward in inference_mode (outputs copied on read)
-
-    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-        if self.amp == "bf16":
-            return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile,
-                "optimizer_impl": self.optimizer_impl, "fold_teacher_bn": self.fold_teacher_bn,
-                "teacher_inference_mode": self.teacher_inference_mode}
-
-
-def _switch(engine: DictConfig, key: str, allowed: tuple = ("auto", True, False)) -> Any:
-    """``engine.<key>``, checked against ``allowed`` ("auto" is truthy: on)."""
-    value = engine.get(key, "auto")
-    if value not in allowed:
-        raise KDBenchError(f"engine.{key}={value!r} is not one of: {', '.join(str(a).lower() for a in allowed)}")
-    return value
-
-
-def resolve_fast_path(engine: DictConfig, device: torch.device, precision: str = "auto") -> FastPath:
-    """Defaults where safe: the protocol's precision (``auto``: bf16 autocast on CUDA, fp32 on
-    CPU -- an experiment setting, not an engine switch); channels_last everywhere (same
-    math, faster convolutions); the frozen teacher's BatchNorms folded into its convs and its
-    forward in inference mode; fused SGD on CUDA, foreach on CPU; torch.compile only when asked
-    (it did not help on our CPU)."""
-    cuda = device.type == "cuda"
-    if precision not in PRECISIONS:
-        raise KDBenchError(f"protocol.precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
-    impl = _switch(engine, "optimizer_impl", ("auto", "fused", "foreach", "for_loop"))
-    return FastPath(amp=resolve_precision(precision, device.type),
-                    channels_last=bool(_switch(engine, "channels_last")),
-                    compile=_compile_setting(engine.get("compile", False)),
-                    optimizer_impl=("fused" if cuda else "foreach") if impl == "auto" else impl,
-                    fold_teacher_bn=bool(_switch(engine, "fold_teacher_bn")),
-                    teacher_inference_mode=bool(_switch(engine, "teacher_inference_mode")))
-
-
-def _compile_setting(value: Any) -> str:
-    if value in (False, None, "off"):
-        return "off"
-    if value in (True, "all"):
-        return "all"
-    if value == "teacher":
-        return "teacher"
-    raise KDBenchError(f"engine.compile={value!r} is not one of: false, teacher, true")
-
-
-@contextlib.contextmanager
-def compile_context(fast: FastPath) -> Iterator[None]:
-    """Inductor settings while a run's compiled graphs are built and run.
-
-    With ``engine.compile=teacher`` the only compiled module is the frozen
-    teacher, so its weights may be frozen into the graph: inductor then folds
-    them and uses pre-packed oneDNN convolutions (measured in README). Never with students, whose
-    weights change every step: a frozen graph would keep computing with the
-    first step's weights. (Inductor reads this from its global config; a
-    per-module ``options={"freezing": True}`` was silently ignored.)
-    """
-    if fast.compile != "teacher":
-        yield
-        return
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True):
-        yield
-
-
-def apply_fast_path(method: Method, fast: FastPath) -> None:
-    """BatchNorm folding of the frozen teacher, then memory format and compilation of every
-    model the method owns (the checkpointed state -- everything but the teacher -- is unchanged)."""
-    memory_format = torch.channels_last if fast.channels_last else None
-    if method.teacher is not None and method.ctx.teacher_spec is not None:
-        # weights frozen into its graphs under compile_context
-        method.teacher.prepare(method.ctx.teacher_spec.input_shape, fold_bn=fast.fold_teacher_bn,
-                               inference_mode=fast.teacher_inference_mode, memory_format=memory_format,
-                               compile=fast.compile != "off")
-    if memory_format is not None:
-        method.to(memory_format=memory_format)
-    if fast.compile == "all":
-        for m in {id(m): m for m in [*method.eval_models().values(), method.student]}.values():
-            m.compile()
-
-
-def train_one_step(method: Method, batch, epoch: int, optimizer: torch.optim.Optimizer,
-                   autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool):
-    """The hot path: one optimisation step, no host-device synchronisation."""
-    if channels_last:
-        batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-        if batch.pair_images is not None:
-            batch.pair_images = batch.pair_images.contiguous(memory_format=torch.channels_last)
-    return method.train_step(batch, epoch, optimizer, autocast)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: DataBundle, split: str, batch_size: int,
-            autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool) -> tuple[Tensor, Tensor]:
-    """(logits, labels) of ``model`` over ``split``, in order, on the data's device."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for batch in data.eval_batches(split, batch_size):
-        x = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
-        with autocast():
-            logits.append(model(x).logits.float())
-        labels.append(batch.labels)
-    model.train(was_training)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> Tensor:
-    """ECE with equal-width confidence bins (Guo et al. 2017), as a fraction in [0, 1]."""
-    conf, pred = probs.max(1)
-    correct = (pred == labels).float()
-    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
-    which = torch.bucketize(conf, edges[1:-1], right=True)  # bin b holds conf in (e_b, e_{b+1}]
-    acc = torch.zeros(bins, device=probs.device).index_add_(0, which, correct)
-    cf = torch.zeros(bins, device=probs.device).index_add_(0, which, conf)
-    return ((acc - cf).abs().sum() / max(len(labels), 1)) if len(labels) else torch.zeros(())
-
-
-def classification_metrics(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None,
-                           extended: bool = False) -> dict[str, float | None]:
-    """Top-1/top-5 (%), mean CE; with ``extended``: ECE (%, 15 bins), and against a teacher:
-    top-1 agreement (%) and KL(teacher || student) in nats per sample."""
-    n = max(len(labels), 1)
-    k = min(5, logits.shape[1])
-    hit = logits.topk(k, dim=1).indices == labels[:, None]
-    values = [hit[:, 0].float().sum() * 100 / n, hit.any(1).float().sum() * 100 / n,
-              F.cross_entropy(logits, labels, reduction="sum") / n]
-    names = ["top1", "top5", "loss"]
-    if extended:
-        log_p = F.log_softmax(logits, 1)
-        values.append(expected_calibration_error(log_p.exp(), labels) * 100)
-        names.append("ece")
-        if teacher_logits is not None:
-            log_q = F.log_softmax(teacher_logits, 1)
-            values.append((logits.argmax(1) == teacher_logits.argmax(1)).float().sum() * 100 / n)
-            values.append(F.kl_div(log_p, log_q, reduction="sum", log_target=True) / n)
-            names += ["teacher_agreement", "kl_teacher_student"]
-    out: dict[str, float | None] = dict(zip(names, torch.stack(values).tolist()))  # one host sync
-    if extended and teacher_logits is None:
-        out.update(teacher_agreement=None, kl_teacher_student=None)
-    return out
-
-
-def evaluate(model: nn.Module, data: DataBundle, split: str, batch_size: int,
-             autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool,
-             teacher_logits: Tensor | None = None, extended: bool = False) -> dict[str, float | None]:
-    """Metrics of ``model`` on ``split`` (see :func:`classification_metrics`)."""
-    logits, labels = predict(model, data, split, batch_size, autocast, channels_last)
-    return classification_metrics(logits, labels, teacher_logits, extended)
-
-
-class RunDiverged(Exception):
-    """A loss became NaN or Inf: the run cannot continue. Carries where it happened (the epoch
-    within its stage)."""
-
-    def __init__(self, epoch: int, step: int, history: list[dict[str, Any]], stage: str = MAIN_STAGE) -> None:
-        where = "" if stage == MAIN_STAGE else f" of the initialisation stage {stage!r}"
-        super().__init__(f"the loss became non-finite at epoch {epoch + 1}{where}, step {step + 1}")
-        self.epoch, self.step, self.history, self.stage = epoch, step, history, stage
-
-
-class StopOnInterrupt:
-    """Ctrl-C (SIGINT) or SIGTERM during training: finish the current step, checkpoint it, stop.
-
-    The same request again stops at once. Under torchrun the launcher forwards the
-    signal to every process (a cluster's pre-emption SIGTERM too); the processes agree
-    on the step to stop at -- at the steps where the progress bar reads the device
-    anyway (every ``engine.log_every``) -- so every rank checkpoints the same step.
-
-    SIGUSR1/SIGUSR2 are caught only where a Python handler already waits for them: submitit's
-    "time limit near" signal, on which it requeues the job. The run checkpoints its step first, then
-    :meth:`hand_over` gives the signal to that handler (which requeues and exits), so the requeued job
-    resumes from this very step rather than from the last epoch.
-    """
-
-    def __init__(self) -> None:
-        import signal
-        import threading
-
-        self.requested = False
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-            for sig in (getattr(signal, "SIGUSR1", None), getattr(signal, "SIGUSR2", None)):
-                if sig is not None and callable(signal.getsignal(sig)):
-                    self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        import os
-        import signal
-
-        if self.requested and signum in (signal.SIGINT, signal.SIGTERM):  # asked twice: stop now
-            self.restore()
-            if signum == signal.SIGINT:
-                signal.default_int_handler(signum, frame)
-            os.kill(os.getpid(), signum)
-            return
-        if self.requested:
-            return
-        self.requested, self.signum = True, signum
-        log.warning("%s: stopping after this step with a checkpoint%s", signal.Signals(signum).name,
-                    " (send it again to stop at once)" if signum in (signal.SIGINT, signal.SIGTERM) else
-                    ", then handing the signal on (a job scheduler's requeue)")
-
-    def hand_over(self) -> None:
-        """After the checkpoint: a caught SIGUSR1/2 goes to the handler it was meant for (submitit requeues
-        the job and exits); for Ctrl-C and SIGTERM this does nothing. Restores the handlers."""
-        import signal
-
-        old = self._old.get(self.signum) if self.signum is not None else None
-        self.restore()
-        if self.signum not in (None, signal.SIGINT, signal.SIGTERM) and callable(old):
-            old(self.signum, None)
-
-    def now(self, device: torch.device, check_point: bool) -> bool:
-        """Whether to stop after this step: alone, as soon as asked; under data parallelism, at
-        check points only, and then if any process was asked."""
-        from kdbench.compute import distributed as ddp
-
-        if ddp.world() == 1:
-            return self.requested
-        if not check_point:
-            return False
-        flag = torch.tensor([float(self.requested)], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        self.requested = bool(flag.item())
-        return self.requested
-
-    def restore(self) -> None:
-        import signal
-
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-
-class _DivergenceWatch:
-    """Per-step non-finite check without stalling the device.
-
-    On CPU the check is immediate. On CUDA each step's flag is copied to the
-    host asynchronously and read once the copy has landed (a step or two
-    later), so the step that diverged is reported exactly without a host sync
-    inside the step.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.stage = MAIN_STAGE
-        self.pending: list[tuple[int, int, Tensor, Any]] = []
-
-    def push(self, epoch: int, step: int, losses: dict[str, Tensor], history) -> None:
-        finite = torch.isfinite(torch.stack([v.detach().float() for v in losses.values()]).sum())
-        if not self.cuda:
-            if not bool(finite):
-                raise RunDiverged(epoch, step, history, self.stage)
-            return
-        flag = finite.to("cpu", non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append((epoch, step, flag, event))
-        self.poll(history, wait=False)
-
-    def poll(self, history, wait: bool) -> None:
-        while self.pending and (wait or self.pending[0][3].query()):
-            epoch, step, flag, event = self.pending.pop(0)
-            event.synchronize()
-            if not bool(flag):
-                raise RunDiverged(epoch, step, history, self.stage)
 
 
 @dataclass
@@ -353,15 +63,6 @@ class FitResult:
     # initialisation stages (name, epochs, lr) and their per-epoch rows (training only; no evaluation)
     init_stages: list[dict[str, Any]] = field(default_factory=list)
     init_history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def measure_peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak memory of training: CUDA allocator peak on GPU; the process's max RSS on CPU."""
-    if device.type == "cuda":
-        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_max_allocated"}
-    import resource
-
-    return {"bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "kind": "cpu_max_rss_process"}
 
 
 def _progress_enabled(setting: Any) -> bool:
@@ -389,48 +90,6 @@ def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig,
         if cohort is not None:
             cohort.attach(loop)
         return loop.run(resume)
-
-
-@dataclass
-class RunState:
-    """A run between epochs: what a checkpoint holds and a resume restores. ``epoch`` counts finished
-    epochs of every stage (initialisation stages first). ``partial`` is set when Ctrl-C stopped an
-    epoch midway: every process's share of it (sums, images, random state). ``optimizer`` is the
-    state of the optimizer of stage ``optimizer_stage`` when loaded from a checkpoint."""
-
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_time: float = 0.0
-    images_seen: int = 0
-    partial: dict[str, Any] | None = None
-    init_history: list[dict[str, Any]] = field(default_factory=list)
-    optimizer: dict[str, Any] | None = None
-    optimizer_stage: str = MAIN_STAGE
-
-    def save(self, path: Path, method: Method, optimizer, epoch: int, partial: dict[str, Any] | None = None,
-             stage: str = MAIN_STAGE) -> None:
-        state = {"epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
-                 "optimizer_stage": stage, "init_history": self.init_history,
-                 "history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
-        _save_checkpoint(path, {**state, "partial": partial} if partial is not None else state)
-
-    @classmethod
-    def load(cls, path: Path, method: Method, device: torch.device, n_proc: int) -> "RunState":
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-            if not isinstance(state, dict) or not {"method", "optimizer", "history", "epoch"} <= set(state):
-                raise ValueError("not a kdbench checkpoint")
-        except Exception as exc:  # truncated, foreign, or refused by weights_only: never run code from a file
-            raise KDBenchError(f"the checkpoint {path} cannot be read ({type(exc).__name__}; truncated or "
-                               "not written by kdbench): delete it to start this run over, or pass force=true"
-                               ) from None
-        method.load_checkpoint_state(state["method"])
-        partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
-        if partial is not None and len(partial["ranks"]) != n_proc:
-            raise KDBenchError(f"{path} stopped mid-epoch with {len(partial['ranks'])} process(es); "
-                               f"resume it with as many (torchrun --nproc_per_node={len(partial['ranks'])})")
-        return cls(state["epoch"], state["history"], state["train_time"], state["images_seen"], partial,
-                   state.get("init_history", []), state["optimizer"], state.get("optimizer_stage", MAIN_STAGE))
 
 
 @dataclass
@@ -538,7 +197,7 @@ class _Loop:
             for t in [*method.parameters(), *method.buffers()]:
                 torch.distributed.broadcast(t.data, 0)
         self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
-        self.watch, self.stop = _DivergenceWatch(self.device), StopOnInterrupt()
+        self.watch, self.stop = DivergenceWatch(self.device), StopOnInterrupt()
         self.teacher_test_logits = None
         self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
         # where training batches come from (a cohort's shared stream), and the seconds this run spent
@@ -612,7 +271,7 @@ class _Loop:
         if self.cohort_size is not None:  # how it ran, for reading its timing: not part of the experiment
             fast["cohort"] = {"members": self.cohort_size}
         return FitResult(fast_path=fast, peak_memory=measure_peak_memory(self.device), history=h,
-                         last=_summary(h, len(h) - 1, self.method), selected=_select(h, self.method),
+                         last=epoch_summary(h, len(h) - 1, self.method), selected=select_epoch(h, self.method),
                          train_time_s=state.train_time, images_per_s=state.images_seen / max(state.train_time, 1e-9),
                          epochs=self.epochs, resumed_from_epoch=start, init_history=state.init_history,
                          init_stages=[{"name": s.name, "epochs": s.epochs, "lr": self._stage_lr(s)}
@@ -724,30 +383,3 @@ def _bar(show: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _summary(history: list[dict[str, Any]], i: int, method: Method) -> dict[str, Any]:
-    row = history[i]
-    return {"epoch": row["epoch"], **{name: {"val": row[name]["val"], "test": row[name]["test"]}
-                                      for name in method.eval_models()}}
-
-
-def _select(history: list[dict[str, Any]], method: Method) -> dict[str, Any] | None:
-    """The epoch with the best validation top-1 of the primary model (earliest on ties)."""
-    primary = next(iter(method.eval_models()))
-    if not history or history[0][primary]["val"] is None:
-        return None
-    best = max(range(len(history)), key=lambda i: (history[i][primary]["val"]["top1"], -i))
-    return _summary(history, best, method)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Written whole or not at all; a full disk or read-only folder stops the run without a failure
-    record (it is not the run's fault): free space and resume."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as exc:
-        raise KDBenchError(f"could not write the checkpoint {path}: {exc.strerror or exc}; the previous checkpoint "
-                           "is intact: make room (or fix permissions) and run again with resume=true") from None

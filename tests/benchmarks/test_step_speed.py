@@ -10,7 +10,7 @@ import pytest
 from kdbench.method import METHODS
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.speed import _build
-from kdbench.training.engine import apply_fast_path, build_optimizer, resolve_fast_path, train_one_step
+from kdbench.training.fastpath import apply_fast_path, build_optimizer, resolve_fast_path, train_one_step
 
 
 @pytest.mark.parametrize("method", METHODS.names())

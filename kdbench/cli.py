@@ -222,7 +222,8 @@ def _cmd_speed(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from kdbench.orchestration.bench import format_plan, measured_throughput, plan_rows, plan_teachers, suite_configs
+    from kdbench.orchestration.plan import format_plan, measured_throughput, plan_rows, plan_teachers
+    from kdbench.orchestration.suite import suite_configs
 
     if args.command == "plan" and args.gflops is not None and args.gflops <= 0:
         raise KDBenchError(f"--gflops must be positive, got {args.gflops}")

@@ -130,7 +130,7 @@ def test_a_pair_naming_an_unknown_model_names_its_file():
 
 
 def test_bad_suite_seeds_are_a_clear_error():
-    from kdbench.orchestration.bench import load_suite
+    from kdbench.orchestration.suite import load_suite
 
     with pytest.raises(KDBenchError, match="suite.seeds"):
         load_suite(["suite.seeds=[a]"])

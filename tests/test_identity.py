@@ -119,7 +119,7 @@ def test_moved_keys_name_their_new_place():
 
 
 def test_plan_shows_unchanged_run_ids_when_one_method_gets_an_override(tmp_path):
-    from kdbench.orchestration.bench import plan_rows
+    from kdbench.orchestration.plan import plan_rows
 
     store = f"paths.results={tmp_path}"
     suite = ["suite=digits-all", "suite.seeds=[0,1]", store]  # every method; two seeds are enough to show it

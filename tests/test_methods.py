@@ -455,7 +455,7 @@ def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
 
 
 def test_the_crd_suite_is_the_crd_table_and_leaves_out_exactly_the_cells_fsp_refuses():
-    from kdbench.orchestration.bench import load_suite, suite_runs
+    from kdbench.orchestration.suite import load_suite, suite_runs
     from kdbench.report.tables import METHOD_ORDER
 
     s = load_suite(["suite=crd-cifar100"])

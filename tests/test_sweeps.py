@@ -6,9 +6,10 @@ import pytest
 from kdbench import KDBenchError
 from kdbench.cli import main
 from kdbench.experiment.results import load_records
-from kdbench.orchestration.bench import plan_rows, run_state
 from kdbench.orchestration.config import compose
+from kdbench.orchestration.plan import plan_rows
 from kdbench.orchestration.runner import run
+from kdbench.orchestration.suite import run_state
 from tests.conftest import tiny_overrides
 
 
@@ -145,7 +146,7 @@ def test_multirun_with_submitit_local_executor(tmp_path):
 
 
 def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp_path, capsys):
-    from kdbench.orchestration.bench import plan_teachers
+    from kdbench.orchestration.plan import plan_teachers
 
     ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,takd]", "suite.seeds=[0]"]
     teachers = plan_teachers(ov, flops_per_s=1e9)
@@ -168,12 +169,12 @@ def test_plan_trains_teachers_first_and_estimates_unmeasured_work_from_flops(tmp
 def test_a_suite_composes_once_per_run_but_the_seed_and_gets_what_each_run_would(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import kdbench.orchestration.bench as bench
+    import kdbench.orchestration.suite as suite
 
     calls = []
-    real = bench.compose
-    monkeypatch.setattr(bench, "compose", lambda ov, *a, **k: calls.append(ov) or real(ov, *a, **k))
-    sc = bench.suite_configs([*tiny_overrides(tmp_path), "suite.methods=[vanilla,kd]", "suite.seeds=[0,3,1]"])
+    real = suite.compose
+    monkeypatch.setattr(suite, "compose", lambda ov, *a, **k: calls.append(ov) or real(ov, *a, **k))
+    sc = suite.suite_configs([*tiny_overrides(tmp_path), "suite.methods=[vanilla,kd]", "suite.seeds=[0,3,1]"])
     assert len(sc.cfgs) == 6 and len(calls) == 1 + 2  # the suite itself, then one per method
     for (_, ov), cfg in zip(sc.runs, sc.cfgs):
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(real(ov)), ov

@@ -67,7 +67,7 @@ def test_a_record_from_other_teacher_weights_is_not_done_for_this_teacher(make_c
     from pathlib import Path
 
     from kdbench.experiment.results import records_of_run
-    from kdbench.orchestration.bench import run_state
+    from kdbench.orchestration.suite import run_state
 
     cfg = make_cfg("method=kd", epochs=1)
     first = run(cfg)
@@ -86,7 +86,7 @@ def test_a_record_from_other_teacher_weights_is_not_done_for_this_teacher(make_c
 
 
 def test_vanilla_runs_never_wait_on_a_teacher(make_cfg):
-    from kdbench.orchestration.bench import run_state
+    from kdbench.orchestration.suite import run_state
 
     cfg = make_cfg("method=vanilla", epochs=1)
     rec = run(cfg)

@@ -167,7 +167,7 @@ def test_crd_pairs_are_registered_with_their_schedules():
 def test_a_suite_of_imported_teachers_pins_the_one_import_per_architecture(tmp_path):
     """``teachers: imported`` (the CRD suite's): every missing import named at once, the one import pinned,
     two imports of one architecture refused until a pair names its key."""
-    from kdbench.orchestration.bench import load_suite
+    from kdbench.orchestration.suite import load_suite
 
     over = [f"paths.work={tmp_path}/work", "dataset=cifar100", "suite=crd-cifar100", "pair=cifar100/resnet56-resnet20"]
     with pytest.raises(KDBenchError) as missing:

@@ -52,7 +52,7 @@ def job(cfg: DictConfig) -> dict[str, Any] | None:
     return _outcome(rec)
 
 
-hydra_task = hydra.main(config_path="conf", config_name="config", version_base="1.3")(job)
+hydra_task = hydra.main(config_path="pkg://kdbench.conf", config_name="config", version_base="1.3")(job)
 
 
 def _outcome(rec: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def _teacher_job(cfg: DictConfig, kind: str) -> dict[str, Any]:
     """Train (or find) the pair's teacher, or the network at ``bench.depth`` of what the run distils from."""
     from kdbench.compute.distributed import apply_threads
     from kdbench.data import load_data
-    from kdbench.orchestration.bench import distils_from, pair_teacher_config
+    from kdbench.orchestration.suite import distils_from, pair_teacher_config
     from kdbench.orchestration.teacher import ensure_teacher
 
     chain = [pair_teacher_config(cfg)] if kind == "pair-teacher" else distils_from(cfg)

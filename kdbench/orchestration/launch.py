@@ -22,14 +22,8 @@ from omegaconf import DictConfig
 
 from kdbench.core.errors import KDBenchError
 from kdbench.experiment.pairs import CONFIG_MODULE
-from kdbench.orchestration.bench import (
-    BenchResult,
-    distils_from,
-    pair_teacher_config,
-    run_state,
-    suite_configs,
-    summarise,
-)
+from kdbench.orchestration.bench import BenchResult, summarise
+from kdbench.orchestration.suite import distils_from, pair_teacher_config, run_state, suite_configs
 
 log = logging.getLogger(__name__)
 

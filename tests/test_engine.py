@@ -115,7 +115,8 @@ def test_bad_precision_is_a_clear_error(make_cfg):
 
 def test_teacher_parameters_do_not_change(make_cfg):
     from kdbench.data import load_data
-    from kdbench.orchestration.teacher import ensure_teacher, load_teacher
+    from kdbench.orchestration.teacher import ensure_teacher
+    from kdbench.orchestration.teacher_cache import load_teacher
 
     cfg = make_cfg("method=kd")
     data = load_data(cfg)

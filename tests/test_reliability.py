@@ -77,7 +77,8 @@ def test_a_store_that_cannot_be_written_is_named(make_cfg, monkeypatch):
 def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
     from kdbench.core.hashing import file_sha256
     from kdbench.data import load_data
-    from kdbench.orchestration.teacher import ensure_teacher, load_teacher
+    from kdbench.orchestration.teacher import ensure_teacher
+    from kdbench.orchestration.teacher_cache import load_teacher
 
     cfg = make_cfg("method=kd", epochs=1)
     entry = ensure_teacher(cfg, load_data(cfg))
@@ -92,10 +93,10 @@ def test_unreadable_teacher_weights_say_what_to_do(make_cfg, capsys, content):
     meta = json.loads((entry.path / "teacher.json").read_text())
     meta["weights"]["sha256"] = file_sha256(weights)  # the checksum matches: the content is the problem
     (entry.path / "teacher.json").write_text(json.dumps(meta))
-    from kdbench.orchestration.teacher import _entry
+    from kdbench.orchestration.teacher_cache import read_entry
 
     with pytest.raises(KDBenchError) as info:
-        load_teacher(_entry(entry.path), torch.device("cpu"))
+        load_teacher(read_entry(entry.path), torch.device("cpu"))
     assert "delete" in str(info.value) and "weights_only=False" not in str(info.value)
     assert "pwned" not in capsys.readouterr().out
 

@@ -7,7 +7,7 @@ from kdbench import KDBenchError
 from kdbench.experiment.identity import assistant_training_config, teacher_config
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.runner import run_identity, spec_of
-from kdbench.orchestration.teacher import teacher_hash, teacher_spec
+from kdbench.orchestration.teacher_cache import teacher_hash, teacher_spec
 
 
 def test_the_assistant_is_the_teacher_and_is_trained_by_kd_from_the_pairs_teacher():

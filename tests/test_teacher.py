@@ -7,14 +7,8 @@ from kdbench import KDBenchError
 from kdbench.data import load_data
 from kdbench.orchestration import teacher as teacher_mod
 from kdbench.orchestration.runner import run
-from kdbench.orchestration.teacher import (
-    ensure_teacher,
-    find_teacher,
-    get_teacher,
-    list_teachers,
-    load_teacher,
-    teacher_hash,
-)
+from kdbench.orchestration.teacher import ensure_teacher
+from kdbench.orchestration.teacher_cache import find_teacher, get_teacher, list_teachers, load_teacher, teacher_hash
 
 
 def test_teacher_is_trained_once_and_reused(make_cfg, monkeypatch):

@@ -7,7 +7,8 @@ import torch
 from kdbench import KDBenchError
 from kdbench.models import MODELS, ModelOutput, count_parameters, create_model
 from kdbench.orchestration.config import compose
-from kdbench.orchestration.teacher import import_teacher, load_teacher
+from kdbench.orchestration.teacher import import_teacher
+from kdbench.orchestration.teacher_cache import load_teacher
 
 CIFAR = [e.name for e in MODELS if e.meta.get("family") == "cifar"]
 

@@ -294,6 +294,13 @@ def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def data_spec(data: DictConfig) -> dict[str, Any]:
+    """The dataset as an experiment sees it: everything but ``data.source`` (where its files live)."""
+    d = OmegaConf.to_container(data, resolve=True)
+    d.pop("source", None)
+    return d
+
+
 def experiment_spec(cfg: DictConfig, precision: str, uses_teacher: bool | None = None) -> dict[str, Any]:
     """The experiment a run belongs to: everything that defines it except the seed. ``precision`` is the
     resolved one (``compute.device.run_precision``), so ``auto`` on two devices is two experiments."""
@@ -301,11 +308,9 @@ def experiment_spec(cfg: DictConfig, precision: str, uses_teacher: bool | None =
         from kdbench.experiment.catalog import METHODS
 
         uses_teacher = METHODS.get(str(cfg.method.name)).obj.uses_teacher
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("source", None)
     return {
         "protocol": {"name": str(cfg.protocol.name), "precision": precision},
-        "data": data,
+        "data": data_spec(cfg.data),
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
         "method": OmegaConf.to_container(cfg.method, resolve=True),
         "schedule": schedule_spec(cfg.schedule),

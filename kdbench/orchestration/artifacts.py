@@ -52,7 +52,7 @@ def load_model(path: Path, arch: str | None = None, num_classes: int | None = No
                in_channels: int | None = None) -> tuple[KDModel, dict[str, Any]]:
     """(model, facts) from a kdbench artifact, or from a plain state dict with ``arch`` (and the class
     count and channels) given; checked strictly against the architecture."""
-    from kdbench.orchestration.teacher import load_state_strict
+    from kdbench.orchestration.teacher_cache import load_state_strict
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -83,7 +83,7 @@ def evaluate_model(cfg: DictConfig, model: KDModel, split: str = "test", data=No
     from kdbench.data import load_data
     from kdbench.experiment.catalog import METHODS
     from kdbench.experiment.identity import teacher_config
-    from kdbench.orchestration.teacher import find_teacher, load_teacher
+    from kdbench.orchestration.teacher_cache import find_teacher, load_teacher
     from kdbench.training.fastpath import resolve_fast_path
     from kdbench.training.frozen_teacher import FrozenTeacher
     from kdbench.training.metrics import evaluate, predict

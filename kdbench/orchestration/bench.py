@@ -127,7 +127,7 @@ def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
     """Every distinct network the runs distil from -- TF-KD's student copies, TAKD's assistants (each
     after its own teacher) -- found or trained once, before any student, in the order first needed."""
     from kdbench.experiment.catalog import METHODS
-    from kdbench.orchestration.teacher import teacher_key
+    from kdbench.orchestration.teacher_cache import teacher_key
 
     seen: set[str] = set()
     for cfg in cfgs:

@@ -106,7 +106,7 @@ def _apply_teacher_choice(cfg: DictConfig, overrides) -> None:
     if isinstance(teachers, str) and str(cfg.pair.name) in (suite.get("pairs") or []):
         if teachers != "imported":
             raise KDBenchError(f"suite.teachers={teachers!r} is not one of: imported, a mapping {{PAIR: HASH}}")
-        from kdbench.orchestration.teacher import imported_teacher
+        from kdbench.orchestration.teacher_cache import imported_teacher
 
         cfg.teacher.hash = imported_teacher(cfg)
         return

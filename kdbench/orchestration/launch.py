@@ -59,7 +59,7 @@ class SuitePlan:
 def plan_suite(overrides: list[str] | tuple[str, ...]) -> SuitePlan:
     """The stages a launcher runs for the suite ``overrides`` name (Hydra's own overrides left out)."""
     from kdbench.experiment.identity import teacher_config
-    from kdbench.orchestration.teacher import find_teacher, teacher_key
+    from kdbench.orchestration.teacher_cache import find_teacher, teacher_key
 
     sc = suite_configs(overrides)  # every name checked before anything is launched
     s, runs, cfgs = sc.suite, sc.runs, sc.cfgs
@@ -165,7 +165,7 @@ def _launch(launcher, jobs: list[Job], first: int, what: str) -> int:
 def launch_suite(overrides: list[str] | tuple[str, ...]) -> BenchResult:
     """Run the suite through the launcher the command line names; the bench's tables from the store."""
     from kdbench.orchestration.hydra_app import check_launcher
-    from kdbench.orchestration.teacher import find_teacher
+    from kdbench.orchestration.teacher_cache import find_teacher
 
     t0 = time.time()
     task, hydra_ov = split_overrides(overrides)

@@ -93,7 +93,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
     the training FLOPs and time (from FLOPs) of those to train."""
     from kdbench.experiment.catalog import METHODS
     from kdbench.experiment.identity import assistant_training_config
-    from kdbench.orchestration.teacher import find_teacher, teacher_key
+    from kdbench.orchestration.teacher_cache import find_teacher, teacher_key
 
     configs = (suite or suite_configs(overrides)).cfgs
     if configs and flops_per_s is None:

@@ -28,7 +28,8 @@ from kdbench.experiment.records import git_state, now_iso
 from kdbench.experiment.results import add_record, completed_records, records_of_run
 from kdbench.experiment.schema import SCHEMA_VERSION
 from kdbench.models import count_parameters, forward_flops, seeded_model
-from kdbench.orchestration.teacher import ensure_teacher, load_teacher
+from kdbench.orchestration.teacher import ensure_teacher
+from kdbench.orchestration.teacher_cache import load_teacher
 from kdbench.training.checkpoint import CHECKPOINT
 from kdbench.training.engine import fit
 from kdbench.training.method import build_method
@@ -241,6 +242,44 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
     }
 
 
+def _run_teacher(cfg: DictConfig, data: DataBundle, cohort: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(frozen teacher or None, its cache entry, its costs) for the run; a cohort's members share one teacher
+    object per cache entry, so it runs once per batch."""
+    if not METHODS.get(cfg.method.name).obj.uses_teacher:
+        return None, None, _teacher_costs(None, data.info.input_shape)
+    entry = ensure_teacher(cfg, data)
+    if cohort is None:
+        teacher = load_teacher(entry, data.device)
+        return teacher, entry, _teacher_costs(teacher, data.info.input_shape)
+    from kdbench.training.frozen_teacher import FrozenTeacher
+
+    def load():
+        raw = load_teacher(entry, data.device)
+        return FrozenTeacher(raw), _teacher_costs(raw, data.info.input_shape)
+
+    teacher, costs = cohort.shared_teacher(f"{entry.hash}@{data.device}", load)
+    return teacher, entry, costs
+
+
+def _record_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,
+                    exc: BaseException, run_dir: Path, on_error: str) -> dict[str, Any]:
+    """A run that failed or diverged while training: its record is stored (rank 0), and raised again or returned."""
+    from kdbench.compute import distributed as ddp
+
+    rec = _failure_record(cfg, run_id, spec, method, data, started, exc)
+    if not ddp.is_main():
+        raise exc
+    out = add_record(cfg.paths.results, rec)
+    log.error("run %s %s: %s (record: %s)", run_id, rec["status"], rec["error"]["message"], out)
+    if rec["status"] == "diverged":
+        shutil.rmtree(run_dir, ignore_errors=True)  # resuming would diverge again
+    if on_error == "raise":
+        if isinstance(exc, RunDiverged):
+            raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
+        raise exc
+    return rec
+
+
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str, cohort: Any = None) -> dict[str, Any]:
     from kdbench.compute import distributed as ddp
@@ -248,24 +287,8 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     data = data if data is not None else load_data(cfg)
     device = data.device
     seed = int(cfg.seed)
-    method_cls = METHODS.get(cfg.method.name).obj
-
-    teacher = teacher_entry = None
     info = data.info
-    teacher_costs = _teacher_costs(None, info.input_shape)
-    if method_cls.uses_teacher:
-        teacher_entry = ensure_teacher(cfg, data)
-        if cohort is None:
-            teacher = load_teacher(teacher_entry, device)
-            teacher_costs = _teacher_costs(teacher, info.input_shape)
-        else:  # one frozen teacher for every member distilling from it: it runs once per batch
-            from kdbench.training.frozen_teacher import FrozenTeacher
-
-            def load(entry=teacher_entry):
-                raw = load_teacher(entry, device)
-                return FrozenTeacher(raw), _teacher_costs(raw, info.input_shape)
-
-            teacher, teacher_costs = cohort.shared_teacher(f"{teacher_entry.hash}@{device}", load)
+    teacher, teacher_entry, teacher_costs = _run_teacher(cfg, data, cohort)
 
     # Fairness: the student's initialisation and the data order depend on the
     # seed alone, so every method starts from the same point and sees the same batches.
@@ -291,18 +314,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record
-        rec = _failure_record(cfg, run_id, spec, method, data, started, exc)
-        if not ddp.is_main():
-            raise
-        out = add_record(cfg.paths.results, rec)
-        log.error("run %s %s: %s (record: %s)", run_id, rec["status"], rec["error"]["message"], out)
-        if rec["status"] == "diverged":
-            shutil.rmtree(run_dir, ignore_errors=True)  # resuming would diverge again
-        if on_error == "raise":
-            if isinstance(exc, RunDiverged):
-                raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
-            raise
-        return rec
+        return _record_failure(cfg, run_id, spec, method, data, started, exc, run_dir, on_error)
     finally:
         if trackers is not None:
             trackers.close()

@@ -221,6 +221,21 @@ def measure_method(cfg: DictConfig, method_name: str, batch_size: int, steps: in
 COHORT_METHODS = ["kd", "fitnet", "at", "sp", "cc", "rkd", "pkt", "crd"]  # CRD-benchmark methods with a teacher
 
 
+def _cohort_members(cfg: DictConfig, methods: list[str], device, fast, n_images: int) -> tuple[Any, list, Any]:
+    """(data, [(method, optimizer)], the shared frozen teacher or None): every member built on the same data,
+    those distilling from the pair's teacher sharing one frozen teacher, as `kdbench bench` shares it."""
+    members, shared, data = [], None, None
+    for m in methods:
+        data, method = _build(cfg, m, device, n_images, "device")
+        if method.teacher is not None and METHODS.get(m).obj.teacher_arch == "pair":
+            shared = shared if shared is not None else method.teacher
+            method.teacher = shared
+        apply_fast_path(method, fast)
+        method.train()
+        members.append((method, build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)))
+    return data, members, shared
+
+
 def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: int, warmup: int,
                    repeats: int = 1) -> dict[str, Any]:
     """The same methods trained one after another (each running the teacher) and as a cohort (one teacher
@@ -234,18 +249,8 @@ def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: 
     device = resolve_device(str(cfg.engine.device))
     fast = resolve_fast_path(cfg.engine, device, str(cfg.protocol.precision))
     n_images = batch_size * (steps + warmup + 1)
-    members, shared = [], None
     with compile_context(fast):
-        for m in methods:
-            data, method = _build(cfg, m, device, n_images, "device")
-            if method.teacher is not None and METHODS.get(m).obj.teacher_arch == "pair":
-                if shared is None:
-                    shared = method.teacher
-                method.teacher = shared  # one frozen teacher for the cohort, as `kdbench bench` shares it
-            apply_fast_path(method, fast)
-            method.train()
-            opt = build_optimizer(method.trainable_parameters(), cfg.schedule, fast.optimizer_impl)
-            members.append((method, opt))
+        data, members, shared = _cohort_members(cfg, methods, device, fast, n_images)
         autocast = fast.autocast(device)
         batches = list(zip(range(steps + warmup), _endless(data, batch_size)))
 

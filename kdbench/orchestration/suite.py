@@ -117,7 +117,7 @@ STATE_NOTES = {
 
 def _teacher_sha(cfg: DictConfig) -> str | None:
     """The weights sha256 of the teacher ``cfg`` would use, if it is in the cache (nothing is trained)."""
-    from kdbench.orchestration.teacher import find_teacher
+    from kdbench.orchestration.teacher_cache import find_teacher
 
     try:
         entry = find_teacher(cfg)

@@ -9,7 +9,7 @@ import torch
 from kdbench import KDBenchError
 from kdbench.method import METHODS
 from kdbench.orchestration.config import compose
-from kdbench.orchestration.runner import record_path, run
+from kdbench.orchestration.runner import RunPaths, run
 from kdbench.training.engine import lr_at
 
 
@@ -18,7 +18,7 @@ def test_tiny_full_run_per_method(make_cfg, method):
     # FSP needs equal channel counts on both models (the digits pair's differ): a cnn_small teacher for it
     cfg = make_cfg(f"method={method}", *(["pair.teacher=cnn_small", "method.init_epochs=1"] if method == "fsp" else []))
     rec = run(cfg)
-    path = record_path(cfg)
+    path = RunPaths.of(cfg).record
     assert path.exists() and json.loads(path.read_text())["run_id"] == rec["run_id"]
     assert rec["status"] == "completed" and rec["method"]["name"] == method
     last = rec["metrics"]["last"]["student"]
@@ -64,7 +64,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(make_cfg, tmp_path):
 
     with pytest.raises(_Killed):
         run(killed_cfg, on_step=kill)
-    assert not record_path(killed_cfg).exists(), "an interrupted run must leave no record"
+    assert not RunPaths.of(killed_cfg).record.exists(), "an interrupted run must leave no record"
 
     # a plain re-run refuses to silently discard the checkpoint
     with pytest.raises(KDBenchError, match="resume=true"):
@@ -84,7 +84,7 @@ def test_completed_runs_are_skipped_and_force_keeps_the_old_record(make_cfg):
     again = run(cfg)
     assert again == first
     run(make_cfg("method=vanilla", "force=true"))
-    records = list(record_path(cfg).parent.glob("*.json"))
+    records = list(RunPaths.of(cfg).record.parent.glob("*.json"))
     assert len(records) == 2
 
 
@@ -127,6 +127,7 @@ def test_teacher_parameters_do_not_change(make_cfg):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])  # Ctrl-C; a scheduler's pre-emption
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_cfg, tmp_path, signame):
     import os
@@ -152,6 +153,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(make_
     assert strip(resumed["history"]) == strip(full["history"])
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 def test_mid_epoch_checkpoint_must_resume_with_as_many_processes(make_cfg, tmp_path):
     import os
     import signal
@@ -209,6 +211,7 @@ def test_the_teachers_parameter_count_is_the_unfolded_models(make_cfg):
     assert rec["params"]["teacher"] == count_parameters(create_model("cnn_wide", 10, 1))
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 def test_a_refused_resume_leaves_the_ctrl_c_handler_as_it_was(make_cfg):
     """A run refused before training (its checkpoint exists, resume not asked) once left kdbench's SIGINT
     handler installed, and a later Ctrl-C in the same process only set a flag nobody read."""

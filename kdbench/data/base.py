@@ -22,7 +22,6 @@ from kdbench.core.errors import KDBenchError
 
 # (images, generator) -> images; runs on the batch's device.
 Augment = Callable[[Tensor, torch.Generator | None], Tensor]
-SPLITS = ("train", "val", "test")
 
 
 @dataclass

@@ -42,7 +42,7 @@ def crop_flip(padding: int) -> Callable[[Tensor, torch.Generator | None], Tensor
         rows = dy[:, None] + torch.arange(h, device=dev)[None]
         cols = dx[:, None] + torch.arange(w, device=dev)[None]
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-        # One flat gather (take) is ~3x faster than 4-D advanced indexing on CPU.
+        # One flat gather (take) instead of 4-D advanced indexing: the faster of the two on CPU.
         plane = (torch.arange(n, device=dev)[:, None] * c + torch.arange(c, device=dev)[None]) * (big_h * big_w)
         idx = plane[:, :, None, None] + (rows * big_w)[:, None, :, None] + cols[:, None, None, :]
         return padded.reshape(-1).take(idx)

@@ -32,8 +32,11 @@ from kdbench.core.hashing import digest
 
 EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
 RUNTIME = ("engine", "paths", "speed", "bench", "suite", "resume", "force", "retry_failed", "note", "hydra")
-PRECISIONS = ("auto", "fp32", "bf16")
+RESOLVED_PRECISIONS = ("fp32", "bf16")  # what a record stores: auto resolved on the run's device
+PRECISIONS = ("auto", *RESOLVED_PRECISIONS)
 PROTOCOLS = ("kdbench", "paper")
+# where a dataset's files live and how they are fetched: never part of an experiment (``data.source``)
+DATA_SOURCE_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
 
 
 def check_partition(cfg: DictConfig) -> None:

@@ -18,14 +18,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdbench.core.errors import KDBenchError
-from kdbench.core.locks import file_lock
+from kdbench.experiment.identity import DATA_SOURCE_KEYS, RESOLVED_PRECISIONS
 from kdbench.experiment.records import write_json_atomic
+from kdbench.experiment.results import runs_dir, store_lock
 from kdbench.experiment.schema import SCHEMA_VERSION, validate_record
 
 log = logging.getLogger(__name__)
-
-DATA_SOURCE_KEYS = ("root", "download", "cache_dir", "archive", "extract_dir", "workers", "sha256")
-
 
 @dataclass
 class Migration:
@@ -54,7 +52,7 @@ def _config_v1_to_v2(cfg: dict[str, Any], precision: str) -> dict[str, Any]:
 def _precision_used(rec: dict[str, Any]) -> str:
     """The precision a version-1 run ran in: recorded by the engine, else what ``auto`` meant on its device."""
     amp = (rec.get("engine") or {}).get("amp") or (rec["config"].get("engine") or {}).get("amp")
-    if amp in ("fp32", "bf16"):
+    if amp in RESOLVED_PRECISIONS:
         return amp
     device = str((rec.get("environment") or {}).get("device") or "cpu")
     return "bf16" if device.startswith("cuda") else "fp32"
@@ -101,11 +99,11 @@ def _new_name(old_name: str, old_id: str, new_id: str) -> str:
 
 def migrate_store(results_root: str | Path, dry_run: bool = False) -> Migration:
     """Migrate every record under ``runs/``; a second call finds nothing to do."""
-    folder = Path(results_root) / "runs"
+    folder = runs_dir(results_root)
     out = Migration()
     if not folder.is_dir():
         return out
-    with file_lock(Path(results_root) / ".store.lock"):
+    with store_lock(results_root):
         for path in sorted(folder.glob("*.json")):
             try:
                 rec = json.loads(path.read_text())

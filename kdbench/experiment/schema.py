@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from kdbench.experiment.identity import PROTOCOLS, RESOLVED_PRECISIONS
+
 SCHEMA_VERSION = 2
 STATUSES = ("completed", "failed", "diverged")
 # Knowledge categories and training schemes (Gou et al. 2021): the one list, used by the method
@@ -109,7 +111,7 @@ def _epoch_summary(nullable: bool) -> Check:
 EXPERIMENT = _obj({
     "id": _str(_HEX16),
     "spec": _obj({
-        "protocol": _obj({"name": _str(choices=("kdbench", "paper")), "precision": _str(choices=("fp32", "bf16"))}),
+        "protocol": _obj({"name": _str(choices=PROTOCOLS), "precision": _str(choices=RESOLVED_PRECISIONS)}),
         "data": _obj({"name": _str()}),
         "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
         "method": _obj({"name": _str()}),
@@ -119,20 +121,32 @@ EXPERIMENT = _obj({
     # "defaults" (optional): the method's defaults on the pair, for row labels; not part of the id
 })
 
-RECORD = _obj({
+# What every record says about which run it is, completed or not (the runner writes these fields for both).
+_RUN = {
     "schema_version": _int(1),
     "run_id": _str(),
-    "status": _str(choices=STATUSES),
     "kind": _str(choices=("student",)),
     "created": _str(_ISO),
     "started": _str(_ISO),
     "experiment": EXPERIMENT,
     "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
     "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
-    "dataset": _obj({"name": _str(), "num_train": _int(1), "num_val": _int(0), "num_test": _int(1),
-                     "num_classes": _int(2)}),
     "seed": _int(),
     "schedule": _obj({"name": _str(), "epochs": _int(1)}),
+}
+# Where it ran, and what the user noted.
+_PROVENANCE = {
+    "environment": _obj({"hardware": _str(), "packages": _obj({"torch": _str()})}),
+    "git": _obj({"commit": _str(nullable=True)}),
+    "note": _str(),
+    "config": _obj({}),
+}
+
+RECORD = _obj({
+    **_RUN,
+    "status": _str(choices=STATUSES[:1]),
+    "dataset": _obj({"name": _str(), "num_train": _int(1), "num_val": _int(0), "num_test": _int(1),
+                     "num_classes": _int(2)}),
     "metrics": _obj({"primary_model": _str(), "last": _epoch_summary(False), "selected": _epoch_summary(True)}),
     "teacher": _obj({"weights_sha256": _str(_HEX64), "hash": _str(), "arch": _str(),
                      "test_top1": _num(0, 100, nullable=True)}, nullable=True),
@@ -143,34 +157,19 @@ RECORD = _obj({
                     "images_per_s": _num(0)}),
     "memory": _obj({"bytes": _int(0), "kind": _str()}),
     "history": _list(_obj({"epoch": _int(1)}), min_len=1),
-    "environment": _obj({"hardware": _str(), "packages": _obj({"torch": _str()})}),
-    "git": _obj({"commit": _str(nullable=True)}),
-    "note": _str(),
-    "config": _obj({}),
+    **_PROVENANCE,
 })
 
 
 # A run that did not finish: what was known, and where and why it stopped.
 FAILED_RECORD = _obj({
-    "schema_version": _int(1),
-    "run_id": _str(),
+    **_RUN,
     "status": _str(choices=STATUSES[1:]),
-    "kind": _str(choices=("student",)),
-    "created": _str(_ISO),
-    "started": _str(_ISO),
-    "experiment": EXPERIMENT,
-    "method": _obj({"name": _str(), "category": _str(choices=CATEGORIES), "scheme": _str(choices=SCHEMES)}),
-    "pair": _obj({"name": _str(), "teacher": _str(), "student": _str()}),
     "dataset": _obj({"name": _str()}),
-    "seed": _int(),
-    "schedule": _obj({"name": _str(), "epochs": _int(1)}),
     "error": _obj({"type": _str(), "message": _str(), "epoch": _int(1, nullable=True),
                    "step": _int(1, nullable=True)}),
     "history": _list(_obj({"epoch": _int(1)})),
-    "environment": _obj({"hardware": _str(), "packages": _obj({"torch": _str()})}),
-    "git": _obj({"commit": _str(nullable=True)}),
-    "note": _str(),
-    "config": _obj({}),
+    **_PROVENANCE,
 })
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from kdbench.core.errors import KDBenchError
+from kdbench.core.overrides import given_keys, override_key
+from kdbench.experiment.identity import DATA_SOURCE_KEYS
 from kdbench.experiment.pairs import CONFIG_MODULE, PAIRS
 
 # Keys that moved: the old spelling gets a message naming the new one (Hydra would only say "not in struct").
 MOVED_KEYS = {
     "engine.amp": "protocol.precision (precision is part of the experiment: auto | fp32 | bf16)",
-    **{f"data.{k}": f"data.source.{k}" for k in ("root", "download", "cache_dir", "archive", "extract_dir",
-                                                   "workers", "sha256")},
+    **{f"data.{k}": f"data.source.{k}" for k in DATA_SOURCE_KEYS},
 }
 
 
@@ -74,7 +75,7 @@ def check_additions(cfg: DictConfig, overrides) -> None:
     for o in overrides:
         if not o.startswith("+") or o.startswith("++"):
             continue
-        key = o[1:].split("=", 1)[0]
+        key = override_key(o)
         if "/" in key or "@" in key or key.startswith(EXTENSIBLE):
             continue  # a config group option (`+hydra/launcher=...`) or an open-ended node
         parent, _, leaf = key.rpartition(".")
@@ -89,7 +90,7 @@ def check_additions(cfg: DictConfig, overrides) -> None:
 
 def check_moved(overrides) -> None:
     for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
+        key = override_key(o)
         if key in MOVED_KEYS:
             raise KDBenchError(f"{key} is now {MOVED_KEYS[key]}")
 
@@ -98,8 +99,7 @@ def _apply_teacher_choice(cfg: DictConfig, overrides) -> None:
     """A teacher pinned for this pair (``pair.teacher_hash``, or the suite's ``teachers: {pair: hash}``; with
     ``teachers: imported`` the one imported checkpoint of the pair's teacher architecture and dataset),
     unless ``teacher.hash`` is given on the command line. Only runs on that pair see it."""
-    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
-    if "teacher.hash" in given:
+    if "teacher.hash" in given_keys(overrides):
         return
     suite = cfg.get("suite") or {}
     teachers = suite.get("teachers") or {}
@@ -155,7 +155,7 @@ def _apply_pair_method_overrides(cfg: DictConfig, overrides) -> None:
     per_method.update((suite.get("method_overrides") or {}).get(cfg.method.name) or {})
     if not per_method:
         return
-    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    given = given_keys(overrides)
     for key, value in per_method.items():
         if f"method.{key}" not in given:
             if key not in cfg.method:

@@ -17,6 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from kdbench.core.overrides import override_key, override_value
+
 log = logging.getLogger("kdbench")
 
 
@@ -84,7 +86,7 @@ def _cohort_job(cfg: DictConfig, overrides: list[str]) -> list[dict[str, Any]]:
     from kdbench.orchestration.bench import run_pair
     from kdbench.orchestration.config import compose
 
-    base = [o for o in overrides if o.split("=", 1)[0] not in ("method", "bench.job", "bench.members")]
+    base = [o for o in overrides if override_key(o) not in ("method", "bench.job", "bench.members")]
     cfgs = [compose([*base, f"method={m}"]) for m in cfg.bench.members]
     return [_outcome(r) for r in run_pair(cfgs, load_data(cfgs[0]), workers=_parallel_jobs())]
 
@@ -121,8 +123,8 @@ def check_launcher(args: list[str]) -> None:
     from kdbench.core.errors import KDBenchError
 
     for a in args:
-        key, _, value = a.partition("=")
-        if key.lstrip("+") == "hydra/launcher" and value in LAUNCHER_PACKAGES:
+        key, value = override_key(a), override_value(a)
+        if key == "hydra/launcher" and value in LAUNCHER_PACKAGES:
             module, package = LAUNCHER_PACKAGES[value]
             if importlib.util.find_spec(module.split(".")[0]) is None or \
                     importlib.util.find_spec(module) is None:

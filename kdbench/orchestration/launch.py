@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kdbench.core.errors import KDBenchError
+from kdbench.core.overrides import given_keys, override_key
 from kdbench.experiment.pairs import CONFIG_MODULE
 from kdbench.orchestration.bench import BenchResult, summarise
 from kdbench.orchestration.suite import distils_from, pair_teacher_config, run_state, suite_configs
@@ -30,12 +31,12 @@ log = logging.getLogger(__name__)
 
 def wants_launcher(overrides: list[str] | tuple[str, ...]) -> bool:
     """Whether a bench goes through a Hydra launcher: the command line picks one (``hydra/launcher=...``)."""
-    return any(o.lstrip("+").split("=", 1)[0] == "hydra/launcher" for o in overrides)
+    return "hydra/launcher" in given_keys(overrides)
 
 
 def split_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(the experiment's overrides, Hydra's own: ``hydra/...`` and ``hydra.*``)."""
-    own = [o for o in overrides if o.lstrip("+~").startswith(("hydra/", "hydra."))]
+    own = [o for o in overrides if override_key(o).startswith(("hydra/", "hydra."))]
     return [o for o in overrides if o not in own], own
 
 

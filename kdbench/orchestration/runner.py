@@ -25,7 +25,7 @@ from kdbench.experiment.identity import (
     teacher_config,
 )
 from kdbench.experiment.records import git_state, now_iso
-from kdbench.experiment.results import add_record, completed_records, records_of_run
+from kdbench.experiment.results import add_record, completed_records, records_of_run, runs_dir
 from kdbench.experiment.schema import SCHEMA_VERSION
 from kdbench.models import count_parameters, forward_flops, seeded_model
 from kdbench.orchestration.teacher import ensure_teacher
@@ -66,7 +66,7 @@ class RunPaths:
     def of(cls, cfg: DictConfig, run_id: str | None = None) -> "RunPaths":
         run_id = run_id or run_identity(cfg)
         work = Path(cfg.paths.runs) / run_id
-        return cls(run_id, work, work.with_name(run_id + ".lock"), Path(cfg.paths.results) / "runs" / f"{run_id}.json")
+        return cls(run_id, work, work.with_name(run_id + ".lock"), runs_dir(cfg.paths.results) / f"{run_id}.json")
 
 
 def _identity_fields(cfg: DictConfig, spec: dict[str, Any], method) -> dict[str, Any]:
@@ -96,10 +96,6 @@ def _failure_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
         "history": history, "environment": run_environment(data.device), "git": git_state(),
         "note": str(cfg.note), "config": OmegaConf.to_container(cfg, resolve=True),
     }
-
-
-def record_path(cfg: DictConfig, run_id: str | None = None) -> Path:
-    return RunPaths.of(cfg, run_id).record
 
 
 def teacher_fields(entry) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, open_dict
 
 from kdbench.compute.device import resolve_device, run_environment
 from kdbench.core.errors import KDBenchError
+from kdbench.core.overrides import given_keys
 from kdbench.data import DatasetInfo, static_train_size
 from kdbench.data.small import small_image_bundle
 from kdbench.experiment.catalog import METHODS
@@ -321,7 +322,7 @@ def _measure_reference(cfg, method_name, device, n_images, batch_size, steps, wa
 
 
 def run_speed(overrides: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
-    if not any(o.lstrip("+").split("=", 1)[0] == "pair" for o in overrides):
+    if "pair" not in given_keys(overrides):
         overrides = [f"pair={DEFAULT_PAIR}", *overrides]
     cfg = compose(overrides)
     if cfg.data.name not in ("cifar100", "cifar10", "cifar10-jpg"):

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdbench.core.errors import KDBenchError
+from kdbench.core.overrides import override_key, override_value
 from kdbench.experiment.identity import teacher_config
 from kdbench.experiment.schema import VANILLA
 from kdbench.orchestration.config import compose
@@ -20,7 +21,7 @@ def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
     """The suite named on the command line (``suite=NAME``, ``suite.KEY=...``), default ``digits``."""
     from kdbench.experiment.identity import SEED
 
-    own = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".", 1)[0] == "suite"]
+    own = [o for o in overrides if override_key(o).split(".", 1)[0] == "suite"]
     s = compose(own, check=False).suite
     for key in ("pairs", "methods", "seeds"):
         if not OmegaConf.is_list(s.get(key)) or not len(s[key]):
@@ -58,7 +59,7 @@ class SuiteConfigs:
 def suite_configs(overrides: list[str] | tuple[str, ...]) -> SuiteConfigs:
     """The suite's runs, every one composed (a bad name anywhere fails before anything runs). Runs that
     differ only in their seed are composed once and copied with the seed set -- no other key derives from
-    it -- since one Hydra composition costs about 0.1 s and the CRD suite has 564 runs."""
+    it -- since a suite composes hundreds of runs and each Hydra composition is slow."""
     import copy
 
     s = load_suite(overrides)
@@ -72,7 +73,7 @@ def suite_configs(overrides: list[str] | tuple[str, ...]) -> SuiteConfigs:
             cfgs.append(memo[key])
             continue
         cfg = copy.deepcopy(memo[key])
-        cfg.seed = int(ov[-1].split("=", 1)[1])
+        cfg.seed = int(override_value(ov[-1]))
         cfgs.append(cfg)
     return SuiteConfigs(s, runs, cfgs)
 

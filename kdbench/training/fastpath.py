@@ -58,7 +58,7 @@ def resolve_fast_path(engine: DictConfig, device: torch.device, precision: str =
     CPU -- an experiment setting, not an engine switch); channels_last everywhere (same
     math, faster convolutions); the frozen teacher's BatchNorms folded into its convs and its
     forward in inference mode; fused SGD on CUDA, foreach on CPU; torch.compile only when asked
-    (it did not help on our CPU)."""
+    (docs/performance.md has what it did where we measured)."""
     cuda = device.type == "cuda"
     if precision not in PRECISIONS:
         raise KDBenchError(f"protocol.precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
@@ -87,7 +87,7 @@ def compile_context(fast: FastPath) -> Iterator[None]:
 
     With ``engine.compile=teacher`` the only compiled module is the frozen
     teacher, so its weights may be frozen into the graph: inductor then folds
-    them and uses pre-packed oneDNN convolutions (measured in README). Never with students, whose
+    them and uses pre-packed oneDNN convolutions (docs/performance.md). Never with students, whose
     weights change every step: a frozen graph would keep computing with the
     first step's weights. (Inductor reads this from its global config; a
     per-module ``options={"freezing": True}`` was silently ignored.)

@@ -104,7 +104,7 @@ class FrozenTeacher(nn.Module):
         self.inference_mode = inference_mode
         if compile:
             # Static shapes: one graph per batch size (train, last batch, eval); inductor's frozen-weight
-            # convolutions failed a stride check under dynamic batch sizes (torch 2.14, CPU, channels_last).
+            # convolutions can fail a stride check under dynamic batch sizes with channels_last.
             self.model.compile(dynamic=False)
 
 

@@ -37,7 +37,7 @@ def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path
     solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS, epochs=1)
     data = load_data(solo_cfgs[0])
     solo = [run(c, data=data) for c in solo_cfgs]
-    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS, epochs=1), data, run)
+    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS, epochs=1), data)
     for a, b in zip(cohort, solo):
         _same(a, b)
         assert a["engine"]["cohort"] == {"members": len(METHODS_ON_DIGITS)} and "cohort" not in b["engine"]
@@ -46,10 +46,11 @@ def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path
 def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
     cfgs = _cfgs(tmp_path, ["kd", "vanilla", "crd"])
     cfgs[0] = compose([*tiny_overrides(tmp_path, epochs=2), "method=kd", "seed=1", "method.kd_weight=1e39"])
-    recs = run_cohort(cfgs, load_data(cfgs[0]), run)
+    recs = run_cohort(cfgs, load_data(cfgs[0]))
     assert [r["status"] for r in recs] == ["diverged", "completed", "completed"]
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.parametrize("signame,methods", [("SIGINT", ["kd", "crd", "dml"]), ("SIGTERM", ["kd", "vanilla"])])
 def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame, methods):
     """Ctrl-C, or a scheduler's SIGTERM: every member checkpoints after its next step."""
@@ -58,7 +59,6 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
 
     import kdbench.training.engine as engine
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a fresh prompt
     data = load_data(_cfgs(tmp_path / "solo", methods)[0])
     solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods)]
     real, steps = engine.train_one_step, []
@@ -71,11 +71,10 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
 
     monkeypatch.setattr(engine, "train_one_step", counting)
     with pytest.raises(KeyboardInterrupt):
-        run_cohort(_cfgs(tmp_path / "cohort", methods), data, run)
+        run_cohort(_cfgs(tmp_path / "cohort", methods), data)
     monkeypatch.setattr(engine, "train_one_step", real)
-    signal.signal(signal.SIGINT, old)
     assert not list((tmp_path / "cohort" / "results").glob("runs/*.json"))  # nothing finished, all checkpointed
-    resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true"), data, run)
+    resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true"), data)
     for a, b in zip(resumed, solo):
         assert a["timing"]["resumed_from_epoch"] == 0
         _same(a, b)
@@ -87,7 +86,7 @@ def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
 
     calls = []
     real = cohort_mod.run_cohort
-    monkeypatch.setattr(cohort_mod, "run_cohort", lambda cfgs, data, r: calls.append(len(cfgs)) or real(cfgs, data, r))
+    monkeypatch.setattr(cohort_mod, "run_cohort", lambda cfgs, data, w: calls.append(len(cfgs)) or real(cfgs, data, w))
     over = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0,1]"]
     res = run_bench(over)  # auto: the digits teacher's 5-MFLOP forward is too small to be worth sharing
     assert calls == [] and all(r["status"] == "completed" for r in res.records)

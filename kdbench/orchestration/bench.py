@@ -77,7 +77,7 @@ def run_pair(cfgs: list[DictConfig], data, workers: int = 1) -> list[dict[str, A
         idx = [i for i, c in enumerate(cfgs) if int(c.seed) == seed]
         for part in range(0, len(idx), size):  # a group larger than fits is split
             chunk = idx[part:part + size]
-            recs = run_cohort([cfgs[i] for i in chunk], data, run_) if len(chunk) > 1 else \
+            recs = run_cohort([cfgs[i] for i in chunk], data, workers) if len(chunk) > 1 else \
                 [run_(cfgs[chunk[0]], data=data, on_error="record", wait=True)]
             out.update(zip(chunk, recs))
     return [out[i] for i in range(len(cfgs))]

@@ -31,7 +31,7 @@ from kdbench.models import count_parameters, forward_flops, seeded_model
 from kdbench.orchestration.teacher import ensure_teacher
 from kdbench.orchestration.teacher_cache import load_teacher
 from kdbench.training.checkpoint import CHECKPOINT
-from kdbench.training.engine import fit
+from kdbench.training.engine import Steps, drive, fit_steps
 from kdbench.training.method import build_method
 from kdbench.training.signals import RunDiverged
 
@@ -141,7 +141,14 @@ def _prior_outcome(cfg: DictConfig, run_id: str, uses_teacher: bool, data: DataB
 
 def run(cfg: DictConfig, data: DataBundle | None = None,
         on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
-        wait: bool = False, workers: int = 1, cohort: Any = None) -> dict[str, Any]:
+        wait: bool = False, workers: int = 1) -> dict[str, Any]:
+    """Train one student as ``cfg`` says and write its result record (see :func:`run_steps`)."""
+    return drive(run_steps(cfg, data, on_step, on_error, wait, workers))
+
+
+def run_steps(cfg: DictConfig, data: DataBundle | None = None,
+              on_step: Callable[[int, int], None] | None = None, on_error: str = "raise",
+              wait: bool = False, workers: int = 1, member: Any = None) -> Steps[dict[str, Any]]:
     """Train one student as ``cfg`` says and write its result record.
 
     Idempotent: a run whose completed record exists is returned as is (unless
@@ -152,8 +159,10 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     written. ``data`` may be passed to reuse an already built dataset. A run that another process
     is training is an error, or with ``wait=True`` (suites) waited for and then taken as it ended.
     ``workers`` is how many jobs share this machine's cores (a parallel launcher's), for
-    ``engine.threads=auto``. ``cohort`` (a :class:`kdbench.orchestration.cohort.Member`) trains the run in lockstep
-    with others of its pair and seed (``kdbench.orchestration.cohort.run_cohort``); its record is the solo run's.
+    ``engine.threads=auto``. A generator that yields after every training step (:func:`~kdbench.training.engine.
+    fit_steps`); ``member`` (a :class:`kdbench.orchestration.cohort.Member`) is the run's place in a cohort that
+    trains the runs of one pair and seed in lockstep (:func:`kdbench.orchestration.cohort.run_cohort`); its record
+    is the solo run's.
     """
     from kdbench.compute import distributed as ddp
 
@@ -168,7 +177,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
     paths = RunPaths.of(cfg, run_id)
     run_dir, lock = paths.work, paths.lock
     if not ddp.is_main():  # rank 0 holds the run's lock for the whole process group
-        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, cohort)
+        return (yield from _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, member))
     if wait and is_locked(lock):
         log.info("run %s is running in another process; waiting for it", run_id)
     with file_lock(lock, blocking=wait) as mine:
@@ -178,7 +187,7 @@ def run(cfg: DictConfig, data: DataBundle | None = None,
         prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
         if prior is not None:
             return prior
-        return _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, cohort)
+        return (yield from _run_locked(cfg, run_id, spec, run_dir, data, on_step, on_error, member))
 
 
 def _teacher_costs(teacher, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -238,13 +247,13 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
     }
 
 
-def _run_teacher(cfg: DictConfig, data: DataBundle, cohort: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _run_teacher(cfg: DictConfig, data: DataBundle, member: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(frozen teacher or None, its cache entry, its costs) for the run; a cohort's members share one teacher
     object per cache entry, so it runs once per batch."""
     if not METHODS.get(cfg.method.name).obj.uses_teacher:
         return None, None, _teacher_costs(None, data.info.input_shape)
     entry = ensure_teacher(cfg, data)
-    if cohort is None:
+    if member is None:
         teacher = load_teacher(entry, data.device)
         return teacher, entry, _teacher_costs(teacher, data.info.input_shape)
     from kdbench.training.frozen_teacher import FrozenTeacher
@@ -253,7 +262,7 @@ def _run_teacher(cfg: DictConfig, data: DataBundle, cohort: Any) -> tuple[Any, A
         raw = load_teacher(entry, data.device)
         return FrozenTeacher(raw), _teacher_costs(raw, data.info.input_shape)
 
-    teacher, costs = cohort.shared_teacher(f"{entry.hash}@{data.device}", load)
+    teacher, costs = member.shared_teacher(f"{entry.hash}@{data.device}", load)
     return teacher, entry, costs
 
 
@@ -277,14 +286,15 @@ def _record_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
 
 
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
-                on_step: Callable[[int, int], None] | None, on_error: str, cohort: Any = None) -> dict[str, Any]:
+                on_step: Callable[[int, int], None] | None, on_error: str, member: Any = None
+                ) -> Steps[dict[str, Any]]:
     from kdbench.compute import distributed as ddp
 
     data = data if data is not None else load_data(cfg)
     device = data.device
     seed = int(cfg.seed)
     info = data.info
-    teacher, teacher_entry, teacher_costs = _run_teacher(cfg, data, cohort)
+    teacher, teacher_entry, teacher_costs = _run_teacher(cfg, data, member)
 
     # Fairness: the student's initialisation and the data order depend on the
     # seed alone, so every method starts from the same point and sees the same batches.
@@ -304,9 +314,11 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
 
     trackers = Trackers(run_id, cfg) if ddp.is_main() else None  # named before training when one cannot start
     try:
-        result = fit(method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
-                     label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision),
-                     on_epoch=trackers if trackers is not None and trackers.active else None, cohort=cohort)
+        result = yield from fit_steps(
+            method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
+            label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision),
+            on_epoch=trackers if trackers is not None and trackers.active else None,
+            batches=member.batches(data) if member is not None else None, pacer=member)
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, Protocol, TypeVar
 
 import torch
 from omegaconf import DictConfig
@@ -39,6 +39,7 @@ from kdbench.training.metrics import epoch_summary, evaluate, measure_peak_memor
 from kdbench.training.signals import DivergenceWatch, StopOnInterrupt
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 def lr_at(epoch: int, sched: DictConfig) -> float:
     """Learning rate for ``epoch`` (0-based), set once at the start of the epoch as in the CRD code."""
@@ -71,25 +72,58 @@ def _progress_enabled(setting: Any) -> bool:
     return bool(setting)
 
 
+class Pacer(Protocol):
+    """How a run that shares its process with others is paced (a cohort's member): the stop request they
+    share (one set of signal handlers for all), how many they are, and the seconds this run has spent
+    while the others took their steps (not its cost: left out of its epoch time)."""
+
+    stop: StopOnInterrupt
+    members: int
+
+    def waited(self) -> float: ...
+
+
+Steps = Generator[None, None, T]
+
+
+def drive(steps: Steps[T]) -> T:
+    """Run a generator of training steps to its end: its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 def fit(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
         run_dir: Path, resume: bool, label: str = "",
         on_step: Callable[[int, int], None] | None = None, precision: str = "auto",
-        on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None, cohort: Any = None) -> FitResult:
+        on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``method`` on ``data`` for ``sched.epochs`` epochs and evaluate every epoch.
 
     ``precision`` is the protocol's (auto | fp32 | bf16). ``on_step(epoch, step)`` is called
     after each optimizer step (tests use it to simulate a kill mid-epoch); ``on_epoch(n, stage, row)``
     after each epoch's row is complete, on the main process (live trackers, :mod:`kdbench.training.tracking`).
-    ``cohort`` (a :class:`kdbench.orchestration.cohort.Member`) trains this run in lockstep with others: it supplies the
-    batches and takes turns (:mod:`kdbench.orchestration.cohort`); the arithmetic is the solo run's.
     """
+    return drive(fit_steps(method, data, sched, engine, seed, run_dir, resume, label, on_step, precision, on_epoch))
+
+
+def fit_steps(method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
+              run_dir: Path, resume: bool, label: str = "",
+              on_step: Callable[[int, int], None] | None = None, precision: str = "auto",
+              on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None,
+              batches: Callable[..., Iterator] | None = None, pacer: Pacer | None = None) -> Steps[FitResult]:
+    """:func:`fit` as a generator that yields after every optimisation step, so that whoever drives it decides
+    what runs in between: a cohort (:mod:`kdbench.orchestration.cohort`) takes one step of each member in
+    turn, on one thread. ``batches(batch_size, seed, data_epoch, paired=...)`` replaces the data's own
+    training batches (a cohort's shared stream: the same batches, cut once); ``pacer`` is the run's place
+    among the others. The arithmetic is the solo run's."""
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
-        loop = _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step, fast)
+        loop = _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step, fast,
+                     batches, pacer)
         loop.on_epoch = on_epoch
-        if cohort is not None:
-            cohort.attach(loop)
-        return loop.run(resume)
+        return (yield from loop.steps(resume))
 
 
 @dataclass
@@ -175,7 +209,8 @@ class _Loop:
     optimizer; the run's state lives in :class:`RunState`."""
 
     def __init__(self, method: Method, data: DataBundle, sched: DictConfig, engine: DictConfig, seed: int,
-                 ckpt: Path, label: str, on_step: Callable[[int, int], None] | None, fast: FastPath) -> None:
+                 ckpt: Path, label: str, on_step: Callable[[int, int], None] | None, fast: FastPath,
+                 batches: Callable[..., Iterator] | None = None, pacer: Pacer | None = None) -> None:
         from kdbench.compute import distributed as ddp
 
         self.method, self.data, self.sched, self.seed, self.ckpt = method, data, sched, seed, ckpt
@@ -197,14 +232,15 @@ class _Loop:
             for t in [*method.parameters(), *method.buffers()]:
                 torch.distributed.broadcast(t.data, 0)
         self.steps_per_epoch = math.ceil(math.ceil(data.split_len("train") / self.n_proc) / self.bs)
-        self.watch, self.stop = DivergenceWatch(self.device), StopOnInterrupt()
+        self.watch = DivergenceWatch(self.device)
+        # a run alone catches the signals itself; a cohort's members share the cohort's catcher
+        self.own_stop = pacer is None
+        self.stop = StopOnInterrupt() if pacer is None else pacer.stop
         self.teacher_test_logits = None
         self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
-        # where training batches come from (a cohort's shared stream), and the seconds this run spent
-        # waiting for its turn in a cohort (not its cost: left out of its epoch time)
-        self.batch_source: Callable[..., Iterator] = data.train_batches
-        self.waited: Callable[[], float] = lambda: 0.0
-        self.cohort_size: int | None = None
+        self.batch_source: Callable[..., Iterator] = batches if batches is not None else data.train_batches
+        self.waited: Callable[[], float] = pacer.waited if pacer is not None else (lambda: 0.0)
+        self.cohort_size: int | None = pacer.members if pacer is not None else None
 
     def optimizer(self, stage: InitStage | None):
         """The stage's optimizer, made on first use: the main stage's over the method's trainable
@@ -247,7 +283,8 @@ class _Loop:
                                                self.channels_last)[0]
         return teacher.predictions[key]
 
-    def run(self, resume: bool) -> FitResult:
+    def steps(self, resume: bool) -> Steps[FitResult]:
+        """The whole run, yielding after every optimisation step (see :func:`fit_steps`)."""
         try:  # from here on the Ctrl-C handlers are restored whatever happens (a refused checkpoint too)
             state = self._restore(resume)
             start = state.epoch
@@ -258,10 +295,11 @@ class _Loop:
             for n in range(start, len(self.plan)):
                 at = self.plan[n]
                 lr = lr_at(at.local, self.sched) if at.stage is None else self._stage_lr(at.stage)
-                tally, epoch_time = self.train_epoch(n, at, lr, state)
+                tally, epoch_time = yield from self.train_epoch(n, at, lr, state)
                 self.end_epoch(n, at, lr, tally, epoch_time, state)
         finally:
-            self.stop.restore()  # also when an exception ends training
+            if self.own_stop:
+                self.stop.restore()  # also when an exception ends training
             self.method.stage = MAIN_STAGE
         if self.channels_last:  # the trained models back to the default layout; a frozen teacher stays as it is
             for m in self.method.trainable_modules():  # (a cohort's other members may still be using it)
@@ -281,7 +319,7 @@ class _Loop:
         """An initialisation stage's constant learning rate: its own, else the schedule's base rate."""
         return float(self.sched.lr if stage.lr is None else stage.lr)
 
-    def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> tuple[_Tally, float]:
+    def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> Steps[tuple[_Tally, float]]:
         """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""
         from kdbench.compute import distributed as ddp
 
@@ -314,11 +352,13 @@ class _Loop:
                     state.save(self.ckpt, self.method, optimizer, n,
                                {"step": step + 1, "time_s": elapsed, "ranks": ranks}, at.name)
                 ddp.barrier()  # nobody exits before the checkpoint is on disk
-                self.stop.hand_over()
+                if self.own_stop:
+                    self.stop.hand_over()
                 raise KeyboardInterrupt(f"stopped after {what} {at.local + 1}, step {step + 1}; "
                                         f"checkpoint {self.ckpt}")
             if bar is not None and checkpoint_point:
                 _show_progress(bar, tally, step + 1, time.perf_counter() - t0)
+            yield
         self.watch.poll(state.history, wait=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -3,8 +3,9 @@
 Built-in methods (``methods/``) and plug-in packages import from here, so the training package can be
 rearranged without breaking them. See docs/adding-a-method.md.
 """
-from kdbench.experiment.catalog import METHODS, method_defaults
+from kdbench.experiment.catalog import METHODS, Range, method_defaults
 from kdbench.experiment.schema import CATEGORIES, SCHEMES
+from kdbench.training.losses import kl_divergence, soft_kl
 from kdbench.training.method import (
     MAIN_STAGE,
     InitStage,
@@ -23,5 +24,5 @@ from kdbench.training.method import (
 )
 
 __all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "InitStage", "Method", "MethodContext", "PartsView",
-           "StepOutput", "build_method", "create_method", "full_precision", "match_sizes", "method_defaults",
-           "method_hparams", "register_method", "register_method_configs", "require"]
+           "Range", "StepOutput", "build_method", "create_method", "full_precision", "kl_divergence", "match_sizes",
+           "method_defaults", "method_hparams", "register_method", "register_method_configs", "require", "soft_kl"]

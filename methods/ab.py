@@ -23,11 +23,13 @@ Neurons", AAAI 2019.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, full_precision, register_method, require
+from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, register_method, require
 from kdbench.training.connectors import ConvRegressor
 
 
@@ -54,11 +56,11 @@ def _connector(s, t) -> nn.Module:
 
 
 @register_method("ab", category="feature", scheme="offline",
-                 description="Heo et al. 2019: initialise the student on the teacher's activation boundaries")
+                 description="Heo et al. 2019: initialise the student on the teacher's activation boundaries",
+                 display="AB", order=9, paper="Heo et al., AAAI 2019", code="github.com/HobbitLong/RepDistiller")
 class AB(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, margin: float = 1.0, init_epochs: int = 30,
+    def __init__(self, student, teacher, ctx, *, margin: Annotated[float, Range(gt=0)] = 1.0,
+                 init_epochs: Annotated[int, Range(ge=0)] = 30,
                  ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         ss, ts = ctx.student_spec, ctx.teacher_spec
@@ -68,8 +70,6 @@ class AB(Method):
         require(len(ss.stages) == len(ts.stages) and len(ss.stages) >= 2,
                 f"ab pairs stage by stage: the student has {len(ss.stages) - 1} stages, "
                 f"the teacher {len(ts.stages) - 1}")
-        require(margin > 0, f"method.margin must be positive, got {margin}")
-        require(init_epochs >= 0, f"method.init_epochs must be 0 or more, got {init_epochs}")
         self.connectors = nn.ModuleList(_connector(s, t) for s, t in zip(ss.stages[1:], ts.stages[1:]))
         self.margin, self.init_epochs, self.ce_weight = margin, init_epochs, ce_weight
 

@@ -38,10 +38,10 @@ def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
 
 
 @register_method("at", category="feature", scheme="offline",
-                 description="Zagoruyko & Komodakis 2017: match spatial attention maps of every stage")
+                 description="Zagoruyko & Komodakis 2017: match spatial attention maps of every stage",
+                 display="AT", order=3, paper="Zagoruyko & Komodakis, ICLR 2017",
+                 code="github.com/HobbitLong/RepDistiller")
 class AT(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 1000.0, p: float = 2.0,
                  ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)

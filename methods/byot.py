@@ -29,12 +29,14 @@ Self Distillation", ICCV 2019.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, PartsView, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, PartsView, Range, StepOutput, full_precision, register_method, require, soft_kl
 from kdbench.models import KDModel, ModelOutput, StageSpec
 
 
@@ -82,26 +84,20 @@ class _Ensemble(PartsView):
         return ModelOutput(probs.clamp_min(1e-12).log(), out.features, out.embedding)
 
 
-def byot_kd(head_logits: Tensor, deep_logits: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(z_deep/T) || softmax(z_head/T)), mean over the batch; the deepest side is constant."""
-    t = temperature
-    return F.kl_div(F.log_softmax(head_logits / t, dim=1), F.log_softmax(deep_logits.detach() / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t
-
-
 def byot_hint(head_feature: Tensor, deep_feature: Tensor) -> Tensor:
     """Squared L2 distance summed over the batch and the dimensions (the public code's reduction)."""
     return (head_feature - deep_feature.detach()).pow(2).sum()
 
 
 @register_method("byot", category="response", scheme="self",
-                 description="Zhang et al. 2019: the deepest classifier teaches heads on the student's own stages")
+                 description="Zhang et al. 2019: the deepest classifier teaches heads on the student's own stages",
+                 display="BYOT", order=22, paper="Zhang et al., ICCV 2019",
+                 code="github.com/luanyunteng/pytorch-be-your-own-teacher")
 class BYOT(Method):
-    __doc__ = __doc__
     uses_teacher = False
 
-    def __init__(self, student, teacher, ctx, *, temperature: float = 3.0, alpha: float = 0.1,
-                 beta: float = 1e-6) -> None:
+    def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 3.0,
+                 alpha: Annotated[float, Range(ge=0, le=1)] = 0.1, beta: float = 1e-6) -> None:
         super().__init__(student, teacher, ctx)
         spec = ctx.student_spec
         stages = spec.stages
@@ -129,7 +125,8 @@ class BYOT(Method):
         ce = F.cross_entropy(out.logits, y)
         ce_heads = sum(F.cross_entropy(z, y) for z, _ in heads)
         with full_precision(batch.images.device):
-            kd = sum(byot_kd(z.float(), out.logits.float(), self.temperature) for z, _ in heads)
+            # T^2 KL(softmax(z_deep/T) || softmax(z_head/T)) per head, batch mean; the deepest side is constant
+            kd = sum(soft_kl(z.float(), out.logits.float(), self.temperature, detach_target=True) for z, _ in heads)
             hint = sum(byot_hint(f.float(), out.embedding.float()) for _, f in heads)
         return StepOutput(out.logits, {"ce": (1 - self.alpha) * ce, "ce_heads": (1 - self.alpha) * ce_heads,
                                        "kd": self.alpha * kd, "hint": self.beta * hint})

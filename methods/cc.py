@@ -28,10 +28,9 @@ def cc_loss(v_s: Tensor, v_t: Tensor) -> Tensor:
 
 
 @register_method("cc", category="relation", scheme="offline",
-                 description="Peng et al. 2019: correlation congruence of embedded features (CRD benchmark form)")
+                 description="Peng et al. 2019: correlation congruence of embedded features (CRD benchmark form)",
+                 display="CC", order=5, paper="Peng et al., ICCV 2019", code="github.com/HobbitLong/RepDistiller")
 class CC(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 0.02, feat_dim: int = 128,
                  ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)

@@ -15,7 +15,7 @@
   (CIFAR) the scores come from one product of the anchors with the whole bank,
   then the sampled columns are picked, instead of gathering B x (1 + K) rows as
   the authors' code does; equal scores and gradients (tested; the speed-up is
-  measured in README). The product reads a copy of each bank made for the step (freed after backward),
+  in docs/performance.md). The product reads a copy of each bank made for the step (freed after backward),
   because the banks are updated in place before the backward pass.
 - Precision: heads, scores and NCE run in fp32 even under the engine's bf16
   autocast (the CUDA default): bf16 dot products divided by T = 0.07 would move
@@ -39,22 +39,24 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from kdbench.methods.kd import kd_loss
 from torch import Tensor, nn
 
 from kdbench.compute.distributed import all_gather_cat, all_reduce_sum, stream, world
-from kdbench.compute.seeding import derive_seed
+from kdbench.compute.seeding import class_groups, derive_seed
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require, soft_kl
 from kdbench.training.connectors import L2Embed
 
 EPS = 1e-7
 # Score the whole bank with one matrix product when it holds at most this many times the
 # sampled 1 + K rows; beyond that (ImageNet: 1.28M rows vs 16,385) gathering the rows is cheaper.
 DENSE_RATIO = 16
+Mode = Literal["exact", "relax"]
+Negatives = Literal["other_class", "uniform"]
 
 
 def nce_loss(scores: Tensor, n_data: int) -> Tensor:
@@ -115,18 +117,14 @@ class ContrastMemory(nn.Module):
 class NegativeSampler(nn.Module):
     """Per-anchor contrast indices (B, 1 + K): positive first, then K negatives."""
 
-    def __init__(self, labels: Tensor, k: int, mode: str, negatives: str, seed: int) -> None:
+    def __init__(self, labels: Tensor, k: int, mode: Mode, negatives: Negatives, seed: int) -> None:
         super().__init__()
-        require(mode in ("exact", "relax"), f"method.mode must be exact or relax, got {mode!r}")
-        require(negatives in ("other_class", "uniform"),
-                f"method.negatives must be other_class or uniform, got {negatives!r}")
+        require(mode in get_args(Mode), f"mode must be one of {get_args(Mode)}, got {mode!r}")
+        require(negatives in get_args(Negatives), f"negatives must be one of {get_args(Negatives)}, got {negatives!r}")
         self.k, self.mode, self.negatives = k, mode, negatives
         self.n = len(labels)
         self.register_buffer("labels", labels.clone(), persistent=False)
-        classes = int(labels.max()) + 1
-        order = torch.argsort(labels, stable=True)  # sample indices grouped by class
-        counts = torch.bincount(labels, minlength=classes)
-        starts = torch.cumsum(counts, 0) - counts
+        order, counts, starts = class_groups(labels)
         self.register_buffer("by_class", order, persistent=False)
         self.register_buffer("counts", counts, persistent=False)
         self.register_buffer("starts", starts, persistent=False)
@@ -180,15 +178,16 @@ class NegativeSampler(nn.Module):
 
 
 @register_method("crd", category="relation", scheme="offline",
-                 description="Tian et al. 2020: contrast student and teacher embeddings against memory banks (NCE)")
+                 description="Tian et al. 2020: contrast student and teacher embeddings against memory banks (NCE)",
+                 display="CRD", order=13, paper="Tian, Krishnan & Isola, ICLR 2020",
+                 code="github.com/HobbitLong/RepDistiller")
 class CRD(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, feat_dim: int = 128, nce_k: int = 16384, nce_t: float = 0.07,
-                 nce_m: float = 0.5,
-                 mode: str = "exact",  # exact: positive = the anchor itself; relax: a same-class sample
-                 negatives: str = "other_class",  # other_class (authors' CIFAR sampler) | uniform (any sample)
-                 beta: float = 0.8, ce_weight: float = 1.0, kd_weight: float = 0.0, temperature: float = 4.0) -> None:
+    def __init__(self, student, teacher, ctx, *, feat_dim: int = 128, nce_k: int = 16384,
+                 nce_t: Annotated[float, Range(gt=0)] = 0.07, nce_m: Annotated[float, Range(ge=0, le=1)] = 0.5,
+                 mode: Mode = "exact",  # exact: positive = the anchor itself; relax: a same-class sample
+                 negatives: Negatives = "other_class",  # other_class (authors' CIFAR sampler) | uniform (any sample)
+                 beta: float = 0.8, ce_weight: float = 1.0, kd_weight: float = 0.0,
+                 temperature: Annotated[float, Range(gt=0)] = 4.0) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.has_indices and ctx.train_labels is not None,
                 f"crd needs the index and label of every training sample; dataset {ctx.data.name!r} provides none")
@@ -214,7 +213,7 @@ class CRD(Method):
                            all_gather_cat(batch.indices))
         losses = {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels), "crd": self.beta * crd}
         if self.kd_weight:
-            losses["kd"] = self.kd_weight * kd_loss(s_out.logits, t_out.logits.float(), self.temperature)
+            losses["kd"] = self.kd_weight * soft_kl(s_out.logits, t_out.logits.float(), self.temperature)
         return StepOutput(s_out.logits, losses)
 
     def report(self) -> dict:
@@ -223,7 +222,8 @@ class CRD(Method):
 
 
 @register_method("crd+kd", category="relation", scheme="offline",
-                 description="CRD combined with Hinton KD (CRD benchmark's CRD+KD row)")
+                 description="CRD combined with Hinton KD (CRD benchmark's CRD+KD row)",
+                 display="CRD+KD", order=14, paper="Tian, Krishnan & Isola, ICLR 2020",
+                 code="github.com/HobbitLong/RepDistiller")
 class CRDKD(CRD):
-    __doc__ = __doc__
     defaults = {"kd_weight": 1.0}  # the CRD benchmark's CRD+KD: -a 1 -b 0.8

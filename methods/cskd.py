@@ -21,33 +21,25 @@ CVPR 2020.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
-
-
-def class_wise_kl(logits: Tensor, partner_logits: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(z'/T) || softmax(z/T)), summed over classes, mean over the batch; z' constant."""
-    t = temperature
-    return F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(partner_logits.detach() / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t
+from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require, soft_kl
 
 
 @register_method("cs-kd", category="response", scheme="self",
-                 description="Yun et al. 2020: match the student's predictions on two samples of one class")
+                 description="Yun et al. 2020: match the student's predictions on two samples of one class",
+                 display="CS-KD", order=23, paper="Yun, Park, Lee & Shin, CVPR 2020", code="github.com/alinlab/cs-kd")
 class CSKD(Method):
-    __doc__ = __doc__
     uses_teacher = False
     paired_batches: ClassVar[bool] = True
 
-    def __init__(self, student, teacher, ctx, *, temperature: float = 4.0, lamda: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 4.0,
+                 lamda: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
-        require(temperature > 0, f"cs-kd needs temperature > 0, got {temperature}")
         self.temperature, self.lamda = temperature, lamda
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
@@ -56,5 +48,6 @@ class CSKD(Method):
         with torch.no_grad():
             partner = self.student(batch.pair_images).logits
         with full_precision(batch.images.device):
-            cls = class_wise_kl(logits.float(), partner.float(), self.temperature)
+            # T^2 KL(softmax(z'/T) || softmax(z/T)), batch mean; the partners' predictions z' are constants
+            cls = soft_kl(logits.float(), partner.float(), self.temperature, detach_target=True)
         return StepOutput(logits, {"ce": F.cross_entropy(logits, batch.labels), "cls": self.lamda * cls})

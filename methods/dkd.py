@@ -23,18 +23,14 @@
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
-
-
-def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """sum_j p_j (log p_j - log q_j) per row, with 0 log 0 = 0 (a class the teacher gives no mass)."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1)
+from kdbench.method import Method, Range, StepOutput, full_precision, kl_divergence, register_method, require, soft_kl
 
 
 def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -46,16 +42,17 @@ def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> t
     """
     is_target = F.one_hot(target, z_s.shape[1]).bool()
     n = z_s.shape[1] - 1
+    t = temperature
 
-    def binary_and_rest(z: Tensor) -> tuple[Tensor, Tensor]:
-        log_p = F.log_softmax(z / temperature, dim=1)
-        rest = log_p[~is_target].view(-1, n)
-        binary = torch.stack([log_p[is_target], torch.logsumexp(rest, dim=1)], dim=1)
-        return binary, F.log_softmax(z[~is_target].view(-1, n) / temperature, dim=1)
+    def binary(z: Tensor) -> Tensor:
+        log_p = F.log_softmax(z / t, dim=1)
+        return torch.stack([log_p[is_target], torch.logsumexp(log_p[~is_target].view(-1, n), dim=1)], dim=1)
 
-    b_s, q_s = binary_and_rest(z_s)
-    b_t, q_t = binary_and_rest(z_t)
-    return _kl_rows(b_t, b_s) * temperature ** 2, _kl_rows(q_t, q_s) * temperature ** 2
+    def non_target(z: Tensor) -> Tensor:
+        return z[~is_target].view(-1, n)
+
+    tckd = kl_divergence(binary(z_s), binary(z_t), reduction="per_sample") * t * t
+    return tckd, soft_kl(non_target(z_s), non_target(z_t), t, reduction="per_sample")
 
 
 def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
@@ -64,15 +61,15 @@ def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float
 
 
 @register_method("dkd", category="response", scheme="offline",
-                 description="Zhao et al. 2022: KD decoupled into target-class and non-target-class terms")
+                 description="Zhao et al. 2022: KD decoupled into target-class and non-target-class terms",
+                 display="DKD", order=15, paper="Zhao et al., CVPR 2022",
+                 code="github.com/megvii-research/mdistiller")
 class DKD(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 warmup: int = 20, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, alpha: float = 1.0, beta: float = 8.0,
+                 temperature: Annotated[float, Range(gt=0)] = 4.0, warmup: Annotated[int, Range(ge=1)] = 20,
+                 ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 3, "dkd needs at least 3 classes (target plus two non-target classes)")
-        require(warmup >= 1, f"method.warmup must be at least 1 epoch, got {warmup}")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup, self.ce_weight = warmup, ce_weight
 

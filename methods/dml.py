@@ -26,22 +26,21 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method, require
+from kdbench.method import Method, StepOutput, kl_divergence, register_method, require
 from kdbench.models import create_model
 
 
 def dml_loss(logits: Tensor, peer_logits: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
     """(CE, mean over peers of KL(p_peer || p_self)) for one member; peers are constants."""
     log_p = F.log_softmax(logits, dim=1)
-    kl = sum(F.kl_div(log_p, F.log_softmax(q.detach(), dim=1), reduction="batchmean", log_target=True)
-             for q in peer_logits) / len(peer_logits)
+    kl = sum(kl_divergence(log_p, F.log_softmax(q.detach(), dim=1)) for q in peer_logits) / len(peer_logits)
     return F.cross_entropy(logits, labels), kl
 
 
@@ -57,19 +56,18 @@ def _frozen_bn_stats(model: nn.Module):
 
 
 @register_method("dml", category="response", scheme="online",
-                 description="Zhang et al. 2018: a cohort of students teach each other (no pretrained teacher)")
+                 description="Zhang et al. 2018: a cohort of students teach each other (no pretrained teacher)",
+                 display="DML", order=18, paper="Zhang, Xiang, Hospedales & Lu, CVPR 2018")
 class DML(Method):
-    __doc__ = __doc__
     uses_teacher = False
 
     def __init__(self, student, teacher, ctx, *,
                  peers: list = (None,),  # the other members' architectures; None = the pair's student's
-                 update: str = "sequential",  # sequential (paper Algorithm 1) | simultaneous (one step for all)
+                 # sequential (paper Algorithm 1) | simultaneous (one step for all)
+                 update: Literal["sequential", "simultaneous"] = "sequential",
                  kl_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(len(peers) >= 1, "dml needs at least one peer (method.peers), i.e. a cohort of K >= 2")
-        require(update in ("sequential", "simultaneous"),
-                f"method.update must be sequential or simultaneous, got {update!r}")
         info = ctx.data
         self.peers = nn.ModuleList(
             create_model(arch or ctx.student_arch, num_classes=info.num_classes, in_channels=info.input_shape[0])

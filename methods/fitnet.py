@@ -22,12 +22,13 @@
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch.nn.functional as F
-from kdbench.methods.kd import kd_loss
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, register_method, require
+from kdbench.method import InitStage, Method, Range, StepOutput, register_method, require, soft_kl
 from kdbench.training.connectors import ConvRegressor
 
 
@@ -37,22 +38,21 @@ def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:
 
 
 @register_method("fitnet", category="feature", scheme="offline",
-                 description="Romero et al. 2015: regress a middle student feature map onto the teacher's")
+                 description="Romero et al. 2015: regress a middle student feature map onto the teacher's",
+                 display="FitNet", order=2, paper="Romero et al., ICLR 2015",
+                 code="github.com/HobbitLong/RepDistiller")
 class FitNet(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 100.0, ce_weight: float = 1.0,
                  hint_layer: int = 2,  # index into features (0 = stem): the middle stage
-                 stages: int = 1,  # 1: CE + beta*hint throughout; 2: the paper's hints-then-KD
-                 init_epochs: int = 30,  # epochs of the hint stage when stages=2 (RepDistiller --init_epochs)
-                 temperature: float = 4.0, kd_weight: float = 0.9, kd_ce_weight: float = 0.1) -> None:
+                 stages: Literal[1, 2] = 1,  # 1: CE + beta*hint throughout; 2: the paper's hints-then-KD
+                 init_epochs: Annotated[int, Range(ge=0)] = 30,  # the hint stage's epochs (RepDistiller --init_epochs)
+                 temperature: Annotated[float, Range(gt=0)] = 4.0, kd_weight: float = 0.9,
+                 kd_ce_weight: float = 0.1) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages, ctx.teacher_spec.stages
         require(len(s) > hint_layer and len(t) > hint_layer,
                 f"fitnet needs feature maps at index {hint_layer}: the student exposes {len(s)}, "
                 f"the teacher {len(t)} (set method.hint_layer)")
-        require(stages in (1, 2), f"method.stages must be 1 or 2, got {stages}")
-        require(init_epochs >= 0, f"method.init_epochs must be 0 or more, got {init_epochs}")
         self.regressor = ConvRegressor(s[hint_layer], t[hint_layer])
         self.beta, self.ce_weight, self.hint_layer = beta, ce_weight, hint_layer
         self.stages, self.init_epochs = stages, init_epochs
@@ -77,6 +77,6 @@ class FitNet(Method):
         if self.stages == 2:  # paper stage 2: KD of the whole student
             return StepOutput(s_out.logits, {
                 "ce": self.kd_ce_weight * F.cross_entropy(s_out.logits, batch.labels),
-                "kd": self.kd_weight * kd_loss(s_out.logits, t_out.logits.float(), self.temperature)})
+                "kd": self.kd_weight * soft_kl(s_out.logits, t_out.logits.float(), self.temperature)})
         return StepOutput(s_out.logits, {"ce": self.ce_weight * F.cross_entropy(s_out.logits, batch.labels),
                                          "hint": self.beta * self._hint(s_out, t_out)})

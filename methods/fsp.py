@@ -21,11 +21,13 @@ and Transfer Learning", CVPR 2017.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, match_sizes, register_method, require
 
 
 def fsp_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -41,17 +43,16 @@ def fsp_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
 
 
 @register_method("fsp", category="relation", scheme="offline",
-                 description="Yim et al. 2017: initialise the student on the teacher's layer-to-layer FSP matrices")
+                 description="Yim et al. 2017: initialise the student on the teacher's layer-to-layer FSP matrices",
+                 display="FSP", order=11, paper="Yim et al., CVPR 2017", code="github.com/HobbitLong/RepDistiller")
 class FSP(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, init_epochs: int = 30, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, init_epochs: Annotated[int, Range(ge=0)] = 30,
+                 ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         s = [x.channels for x in ctx.student_spec.stages]
         t = [x.channels for x in ctx.teacher_spec.stages]
         require(len(s) >= 2 and s == t, f"fsp needs feature maps with the same channel counts on both models "
                 f"(same-family pairs); the student has {s}, the teacher {t}")
-        require(init_epochs >= 0, f"method.init_epochs must be 0 or more, got {init_epochs}")
         self.init_epochs, self.ce_weight = init_epochs, ce_weight
 
     def init_stages(self) -> list[InitStage]:

@@ -25,13 +25,14 @@ NeurIPS 2018.
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, match_sizes, register_method, require
 
 # Students whose paraphraser RepDistiller trains at 0.01 (helper/pretrain.py's list of CIFAR ResNets and WRNs).
 _LOW_INIT_LR = re.compile(r"^(resnet(8|14|20|32|44|56|110|8x4|32x4)|wrn_(16|40)_[12])$")
@@ -68,17 +69,15 @@ def ft_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 
 
 @register_method("ft", category="feature", scheme="offline",
-                 description="Kim et al. 2018: transfer the teacher's paraphrased factors through a translator")
+                 description="Kim et al. 2018: transfer the teacher's paraphrased factors through a translator",
+                 display="FT", order=10, paper="Kim et al., NeurIPS 2018", code="github.com/HobbitLong/RepDistiller")
 class FT(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, beta: float = 200.0, ce_weight: float = 1.0, rate: float = 0.5,
-                 init_epochs: int = 30, init_lr: float | None = None) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: float = 200.0, ce_weight: float = 1.0,
+                 rate: Annotated[float, Range(gt=0, le=1)] = 0.5, init_epochs: Annotated[int, Range(ge=0)] = 30,
+                 init_lr: Annotated[float, Range(gt=0)] | None = None) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages[-1], ctx.teacher_spec.stages[-1]
         require(0 < rate <= 1 and int(t.channels * rate) >= 1, f"method.rate must be in (0, 1], got {rate}")
-        require(init_epochs >= 0, f"method.init_epochs must be 0 or more, got {init_epochs}")
-        require(init_lr is None or init_lr > 0, f"method.init_lr must be positive, got {init_lr}")
         self.paraphraser = Paraphraser(t.channels, rate)
         self.translator = _convs([s.channels, s.channels, int(t.channels * rate), int(t.channels * rate)], bn=True)
         self.beta, self.ce_weight, self.init_epochs = beta, ce_weight, init_epochs

@@ -13,27 +13,27 @@
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method
+from kdbench.method import Method, Range, StepOutput, register_method, soft_kl
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """T^2 * KL(p_t^T || p_s^T), summed over classes, mean over the batch."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature ** 2
+    return soft_kl(student_logits, teacher_logits, temperature)
 
 
 @register_method("kd", category="response", scheme="offline",
-                 description="Hinton et al. 2015: match the teacher's temperature-softened class probabilities")
+                 description="Hinton et al. 2015: match the teacher's temperature-softened class probabilities",
+                 display="KD", order=1, paper="Hinton, Vinyals & Dean, NIPS DL Workshop 2015",
+                 code="github.com/HobbitLong/RepDistiller")
 class KD(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, temperature: float = 4.0, ce_weight: float = 0.1,
-                 kd_weight: float = 0.9) -> None:
+    def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 4.0,
+                 ce_weight: float = 0.1, kd_weight: float = 0.9) -> None:
         super().__init__(student, teacher, ctx)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 

@@ -37,10 +37,10 @@ def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 
 
 @register_method("nst", category="feature", scheme="offline",
-                 description="Huang & Wang 2017: match neuron selectivity patterns by polynomial-kernel MMD")
+                 description="Huang & Wang 2017: match neuron selectivity patterns by polynomial-kernel MMD",
+                 display="NST", order=12, paper="Huang & Wang, arXiv:1707.01219, 2017",
+                 code="github.com/HobbitLong/RepDistiller")
 class NST(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 50.0, ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         n = min(len(ctx.student_spec.stages), len(ctx.teacher_spec.stages)) - 1

@@ -26,12 +26,13 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, PartsView, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, PartsView, Range, StepOutput, full_precision, register_method, require, soft_kl
 from kdbench.models import KDModel, ModelOutput, create_model
 
 
@@ -41,13 +42,6 @@ def sigmoid_rampup(epoch: float, length: float) -> float:
         return 1.0
     phase = 1.0 - min(max(epoch, 0.0), length) / length
     return float(math.exp(-5.0 * phase * phase))
-
-
-def one_kl(branch_logits: Tensor, ensemble_logits: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(z_e/T) || softmax(z_k/T)), summed over classes, mean over the batch; z_e constant."""
-    t = temperature
-    return F.kl_div(F.log_softmax(branch_logits / t, dim=1), F.log_softmax(ensemble_logits.detach() / t, dim=1),
-                    reduction="batchmean", log_target=True) * t * t
 
 
 class _View(PartsView):
@@ -68,15 +62,15 @@ class _View(PartsView):
 
 
 @register_method("one", category="response", scheme="online",
-                 description="Lan et al. 2018: branches on a shared trunk, taught by their gated ensemble")
+                 description="Lan et al. 2018: branches on a shared trunk, taught by their gated ensemble",
+                 display="ONE", order=19, paper="Lan, Zhu & Gong, NeurIPS 2018",
+                 code="github.com/Lan1991Xu/ONE_NeurIPS2018", survey_teacher="{student}+one")
 class ONE(Method):
-    __doc__ = __doc__
     uses_teacher = False
 
-    def __init__(self, student, teacher, ctx, *, branches: int = 3, temperature: float = 3.0,
-                 rampup: float = 80 / 300) -> None:
+    def __init__(self, student, teacher, ctx, *, branches: Annotated[int, Range(ge=2)] = 3,
+                 temperature: Annotated[float, Range(gt=0)] = 3.0, rampup: float = 80 / 300) -> None:
         super().__init__(student, teacher, ctx)
-        require(branches >= 2, f"one needs at least 2 branches, got {branches}")
         require(bool(getattr(student, "TAIL", ())),
                 f"one needs a student that splits into a shared trunk and a tail; {ctx.student_arch or 'this model'} "
                 "does not (the CIFAR zoo and the digits CNNs do: KDModel.TAIL)")
@@ -109,6 +103,7 @@ class ONE(Method):
         y = batch.labels
         w = sigmoid_rampup(epoch, self.rampup_epochs)
         with full_precision(batch.images.device):
-            kl = sum(one_kl(z.float(), ens.float(), self.temperature) for z in logits)
+            # T^2 KL(softmax(z_e/T) || softmax(z_k/T)) per branch, batch mean; the ensemble is the constant target
+            kl = sum(soft_kl(z.float(), ens.float(), self.temperature, detach_target=True) for z in logits)
         return StepOutput(logits[0], {"ce": sum(F.cross_entropy(z, y) for z in logits),
                                       "ce_ensemble": F.cross_entropy(ens, y), "kl": w * kl})

@@ -41,10 +41,10 @@ def pkt_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
 
 
 @register_method("pkt", category="relation", scheme="offline",
-                 description="Passalis & Tefas 2018: match the embeddings' cosine-kernel probability distributions")
+                 description="Passalis & Tefas 2018: match the embeddings' cosine-kernel probability distributions",
+                 display="PKT", order=8, paper="Passalis & Tefas, ECCV 2018",
+                 code="github.com/HobbitLong/RepDistiller")
 class PKT(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 30000.0, ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.beta, self.ce_weight = beta, ce_weight

@@ -31,12 +31,14 @@
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require
 
 
 class ABF(nn.Module):
@@ -82,11 +84,12 @@ def _levels(feats: list[Tensor], embedding: Tensor) -> list[Tensor]:
 
 
 @register_method("reviewkd", category="feature", scheme="offline",
-                 description="Chen et al. 2021: review deeper student levels into shallower ones by attention fusion")
+                 description="Chen et al. 2021: review deeper student levels into shallower ones by attention fusion",
+                 display="ReviewKD", order=16, paper="Chen et al., CVPR 2021",
+                 code="github.com/megvii-research/mdistiller")
 class ReviewKD(Method):
-    __doc__ = __doc__
-
-    def __init__(self, student, teacher, ctx, *, beta: float = 1.0, warmup: int = 20, ce_weight: float = 1.0,
+    def __init__(self, student, teacher, ctx, *, beta: float = 1.0, warmup: Annotated[int, Range(ge=1)] = 20,
+                 ce_weight: float = 1.0,
                  max_mid_channels: int = 512) -> None:
         super().__init__(student, teacher, ctx)
         ss, ts = ctx.student_spec, ctx.teacher_spec
@@ -94,7 +97,6 @@ class ReviewKD(Method):
         require(len(ss.stages) == len(ts.stages) and len(ss.stages) >= 2,
                 f"reviewkd pairs levels in order: the student has {len(ss.stages) - 1} stages, "
                 f"the teacher {len(ts.stages) - 1}")
-        require(warmup >= 1, f"method.warmup must be at least 1 epoch, got {warmup}")
         c_in = [s.channels for s in ss.stages[1:]] + [ss.embedding_dim]
         c_out = [s.channels for s in ts.stages[1:]] + [ts.embedding_dim]
         self.out_sizes = [(s.height, s.width) for s in ts.stages[1:]] + [(1, 1)]

@@ -58,10 +58,10 @@ def rkd_angle_loss(s: Tensor, t: Tensor) -> Tensor:
 
 
 @register_method("rkd", category="relation", scheme="offline",
-                 description="Park et al. 2019: match pairwise distances and triplet angles of embeddings")
+                 description="Park et al. 2019: match pairwise distances and triplet angles of embeddings",
+                 display="RKD", order=7, paper="Park, Kim, Lu & Cho, CVPR 2019",
+                 code="github.com/HobbitLong/RepDistiller")
 class RKD(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, distance_weight: float = 25.0, angle_weight: float = 50.0,
                  beta: float = 1.0, ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)

@@ -34,10 +34,9 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 
 
 @register_method("sp", category="relation", scheme="offline",
-                 description="Tung & Mori 2019: preserve the batch's pairwise similarities of the last stage")
+                 description="Tung & Mori 2019: preserve the batch's pairwise similarities of the last stage",
+                 display="SP", order=4, paper="Tung & Mori, ICCV 2019", code="github.com/HobbitLong/RepDistiller")
 class SP(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 3000.0, ce_weight: float = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(len(ctx.student_spec.stages) > 1 and len(ctx.teacher_spec.stages) > 1,

@@ -24,21 +24,23 @@ Teacher Assistant", AAAI 2020.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from kdbench.methods.kd import KD
 
-from kdbench.method import register_method, require
+from kdbench.method import Range, register_method, require
 
 
 @register_method("takd", category="response", scheme="offline",
-                 description="Mirzadeh et al. 2020: KD through a chain of teacher assistants")
+                 description="Mirzadeh et al. 2020: KD through a chain of teacher assistants",
+                 display="TAKD", order=17, paper="Mirzadeh et al., AAAI 2020",
+                 code="github.com/imirzadeh/Teacher-Assistant-Knowledge-Distillation")
 class TAKD(KD):
-    __doc__ = __doc__
     teacher_arch: ClassVar[str] = "assistant"  # the teacher is the chain's last assistant (identity.teacher_config)
 
-    def __init__(self, student, teacher, ctx, *, assistants: list = (), temperature: float = 4.0,
-                 ce_weight: float = 0.1, kd_weight: float = 0.9) -> None:
+    def __init__(self, student, teacher, ctx, *, assistants: list = (),
+                 temperature: Annotated[float, Range(gt=0)] = 4.0, ce_weight: float = 0.1,
+                 kd_weight: float = 0.9) -> None:
         require(len(assistants) > 0, "takd needs a teacher assistant: set method.assistants=[ARCH] (architectures "
                                      "between the teacher and the student, teacher side first); this pair "
                                      "declares none")

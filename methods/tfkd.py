@@ -27,20 +27,14 @@
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
-
-
-def elementwise_kl(log_q: Tensor, p: Tensor) -> Tensor:
-    """KL(p || q) averaged over every element (batch x classes), the authors' reduction (written out:
-    PyTorch's "mean" is announced to become "batchmean")."""
-    return F.kl_div(log_q, p, reduction="sum") / log_q.numel()
+from kdbench.method import Method, Range, StepOutput, full_precision, kl_divergence, register_method, require, soft_kl
 
 
 def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, temperature: float) -> Tensor:
@@ -51,40 +45,39 @@ def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, tempe
 
 
 @register_method("tf-kd-reg", category="response", scheme="self",
-                 description="Yuan et al. 2020: teacher-free KD from a hand-designed virtual teacher")
+                 description="Yuan et al. 2020: teacher-free KD from a hand-designed virtual teacher",
+                 display="TF-KD (reg)", order=21, paper="Yuan et al., CVPR 2020",
+                 code="github.com/yuanli2333/Teacher-free-Knowledge-Distillation")
 class TFKDReg(Method):
-    __doc__ = __doc__
     uses_teacher = False
 
-    def __init__(self, student, teacher, ctx, *, alpha: float = 0.1, temperature: float = 20.0,
-                 multiplier: float = 100.0, correct_prob: float = 0.99) -> None:
+    def __init__(self, student, teacher, ctx, *, alpha: Annotated[float, Range(ge=0, le=1)] = 0.1,
+                 temperature: Annotated[float, Range(gt=0)] = 20.0, multiplier: float = 100.0,
+                 correct_prob: Annotated[float, Range(gt=0, lt=1)] = 0.99) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 2, "tf-kd-reg needs at least 2 classes")
-        require(0 < correct_prob < 1 and 0 <= alpha <= 1 and temperature > 0,
-                f"tf-kd-reg needs 0 < correct_prob < 1, 0 <= alpha <= 1, temperature > 0; got {correct_prob}, "
-                f"{alpha}, {temperature}")
         self.alpha, self.temperature, self.multiplier, self.correct_prob = alpha, temperature, multiplier, correct_prob
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         logits = self.student(batch.images).logits
         with full_precision(batch.images.device):
             target = virtual_teacher(batch.labels, logits.shape[1], self.correct_prob, self.temperature)
-            reg = elementwise_kl(F.log_softmax(logits.float(), dim=1), target)
+            # the authors' element-wise mean over batch x classes, the target passed as probabilities
+            reg = kl_divergence(F.log_softmax(logits.float(), dim=1), target, reduction="mean", log_target=False)
         return StepOutput(logits, {"ce": (1 - self.alpha) * F.cross_entropy(logits, batch.labels),
                                    "reg": self.alpha * self.multiplier * reg})
 
 
 @register_method("tf-kd-self", category="response", scheme="self",
-                 description="Yuan et al. 2020: teacher-free KD from a trained copy of the student itself")
+                 description="Yuan et al. 2020: teacher-free KD from a trained copy of the student itself",
+                 display="TF-KD (self)", order=20, survey_name="tf-kd", paper="Yuan et al., CVPR 2020",
+                 code="github.com/yuanli2333/Teacher-free-Knowledge-Distillation")
 class TFKDSelf(Method):
-    __doc__ = __doc__
     teacher_arch: ClassVar[str] = "student"  # a trained copy of the student's architecture
 
-    def __init__(self, student, teacher, ctx, *, alpha: float = 0.95, temperature: float = 6.0,
-                 multiplier: float = 50.0) -> None:
+    def __init__(self, student, teacher, ctx, *, alpha: Annotated[float, Range(ge=0, le=1)] = 0.95,
+                 temperature: Annotated[float, Range(gt=0)] = 6.0, multiplier: float = 50.0) -> None:
         super().__init__(student, teacher, ctx)
-        require(0 <= alpha <= 1 and temperature > 0,
-                f"tf-kd-self needs 0 <= alpha <= 1 and temperature > 0; got {alpha}, {temperature}")
         self.alpha, self.temperature, self.multiplier = alpha, temperature, multiplier
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
@@ -92,6 +85,7 @@ class TFKDSelf(Method):
         logits = self.student(batch.images).logits
         t = self.temperature
         with full_precision(batch.images.device):
-            kl = elementwise_kl(F.log_softmax(logits.float() / t, dim=1), F.softmax(t_logits.float() / t, dim=1))
+            # as the authors compute it: element-wise mean, target as probabilities, T^2 in the weight below
+            kl = soft_kl(logits.float(), t_logits.float(), t, reduction="mean", t_squared=False, log_target=False)
         return StepOutput(logits, {"ce": (1 - self.alpha) * F.cross_entropy(logits, batch.labels),
                                    "kd": self.alpha * self.multiplier * t * t * kl})

@@ -13,9 +13,9 @@ from kdbench.method import Method, StepOutput, register_method
 
 
 @register_method(VANILLA, category="none", scheme="none",
-                 description="student alone, cross-entropy only (the baseline)")
+                 description="student alone, cross-entropy only (the baseline)",
+                 display="Student (vanilla)", order=0)
 class Vanilla(Method):
-    __doc__ = __doc__
     uses_teacher = False
 
     def __init__(self, student, teacher, ctx) -> None:

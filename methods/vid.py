@@ -52,10 +52,9 @@ def vid_nll(mu: Tensor, var: Tensor, t: Tensor) -> Tensor:
 
 
 @register_method("vid", category="feature", scheme="offline",
-                 description="Ahn et al. 2019: maximise a variational bound on student-teacher mutual information")
+                 description="Ahn et al. 2019: maximise a variational bound on student-teacher mutual information",
+                 display="VID", order=6, paper="Ahn et al., CVPR 2019", code="github.com/HobbitLong/RepDistiller")
 class VID(Method):
-    __doc__ = __doc__
-
     def __init__(self, student, teacher, ctx, *, beta: float = 1.0, ce_weight: float = 1.0, init_var: float = 5.0,
                  eps: float = 1e-5) -> None:
         super().__init__(student, teacher, ctx)

@@ -6,6 +6,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -95,3 +97,35 @@ def relabel(record: dict, *, dataset: str | None = None, pair: str | None = None
     r["experiment"]["id"] = experiment_id(spec)
     r["run_id"] = run_id_from(spec, r["seed"])
     return r
+
+
+EPS32 = torch.finfo(torch.float32).eps  # 2**-23: float32's relative rounding step
+
+
+def float32_kl_error(p: torch.Tensor, log_q: torch.Tensor, *scaled_logits) -> float:
+    """A bound on how far ``sum(p * (log p - log q))`` computed in float32 (float32 softmaxes of rows of C
+    ``scaled_logits``, the logits over the temperature, at most x_max in size) may lie from the same sum in
+    float64.
+
+    Each float32 (log-)softmax rounds the scaled logits and their shift by the row's maximum, sums C
+    exponentials and takes one log: every log is off by up to about (C + 2) eps (1 + |log| + 2 x_max), every
+    probability by (C + 2) eps relatively. A term p (log p - log q) is thus off by p times both logs' errors
+    plus (C + 2) eps |term|, and summing the N terms in float32 adds N eps sum |term|. Between two networks at
+    initialisation p is close to q: the KL is a small difference of logs of size log C, so its float32
+    relative error can reach 1e-3, while this bound stays a few per cent of it at most (a wrong temperature
+    factor moves the KL by a factor T or more)."""
+    p, log_q = p.detach().double(), log_q.detach().double()
+    x_max = max((float(torch.as_tensor(x).detach().abs().max()) for x in scaled_logits), default=0.0)
+    c, n = p.shape[-1], p.numel()
+    log_p = p.log()
+    terms = (p * (log_p - log_q)).abs()
+    per_term = (c + 2) * EPS32 * (p * (2 + log_p.abs() + log_q.abs() + 4 * x_max) + terms)
+    return float(per_term.sum() + n * EPS32 * terms.sum())
+
+
+def approx_float32_kl(expected: float, bound: float):
+    """``pytest.approx(expected, abs=bound)`` for a KL term computed in float32, ``bound`` from
+    :func:`float32_kl_error` times the term's factors; refused where the bound is so wide that a wrong factor
+    of the loss (T instead of T**2, a weight, a reduction) could pass."""
+    assert bound <= 0.05 * abs(expected), f"the float32 bound {bound:.3g} would hide a wrong factor of {expected:.3g}"
+    return pytest.approx(expected, abs=bound)

@@ -57,6 +57,7 @@ def test_dml_cohort_trains_under_two_processes(tmp_path):
     assert rec["status"] == "completed" and "peer1" in rec["metrics"]["last"]
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tmp_path):
     """Ctrl-C to torchrun: it forwards the signal, the processes agree on a step, rank 0
     checkpoints every process's share of the epoch, and the resumed run ends where an

@@ -26,6 +26,7 @@ def _hand_terms(zs, zt, y, T):
     return tckd, _kl(qt, qs) * T * T
 
 
+@pytest.mark.numerics
 def test_terms_equal_a_hand_computation():
     zs = torch.tensor([[1.0, 2.0, 0.5, -1.0], [0.0, -1.0, 3.0, 2.0]], dtype=torch.float64)
     zt = torch.tensor([[2.0, 0.0, 1.0, 0.5], [1.0, 1.0, 1.5, -2.0]], dtype=torch.float64)
@@ -39,6 +40,7 @@ def test_terms_equal_a_hand_computation():
         assert math.isclose(loss.item(), (tckd.mean() + 8.0 * nckd.mean()).item(), rel_tol=1e-12)
 
 
+@pytest.mark.numerics
 def test_kd_decomposes_into_tckd_and_weighted_nckd():
     """Paper Eq. 5, a second formulation: KD = TCKD + (1 - p_t(target)) * NCKD, sample by sample."""
     g = torch.Generator().manual_seed(0)
@@ -64,6 +66,7 @@ def _method(warmup=20):
     return build_method(cfg.method, s, info, 0, teacher=t, student_arch="resnet8", teacher_arch="resnet20")
 
 
+@pytest.mark.numerics
 def test_the_warm_up_ramps_linearly_over_one_based_epochs():
     from kdbench.data import Batch
 

@@ -31,6 +31,7 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [o.logits, *o.features, o.embedding, *(o.preact_features or [])]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", CIFAR)
 def test_folding_keeps_every_output_of_every_cifar_model(name):
     torch.manual_seed(0)
@@ -124,6 +125,7 @@ def test_a_fold_that_breaks_the_forward_pass_is_undone():
         assert torch.equal(a, b)
 
 
+@pytest.mark.numerics
 def test_a_low_precision_teacher_is_folded_and_keeps_its_outputs():
     """The check runs on a float64 copy: device rounding (bf16 weights here, TF32 convolutions on CUDA)
     must not veto a correct fold (on an H200 every fold was refused and the teacher ran 1.6x slower)."""

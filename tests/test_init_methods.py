@@ -23,6 +23,7 @@ def _rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+@pytest.mark.numerics
 def test_fsp_matrix_and_loss_equal_the_papers_sums():
     a, b = _rand(2, 3, 4, 4), _rand(2, 5, 4, 4, seed=1)
     g = fsp_matrix(a, b)
@@ -41,6 +42,7 @@ def test_fsp_matrix_and_loss_equal_the_papers_sums():
     assert fsp_loss(s, s).item() == 0
 
 
+@pytest.mark.numerics
 def test_ab_boundary_loss_by_cases():
     s, t = _rand(2, 3, 2, 2), _rand(2, 3, 2, 2, seed=1)
     m = 0.5
@@ -55,6 +57,7 @@ def test_ab_boundary_loss_by_cases():
     assert boundary_loss(torch.where(t > 0, 2.0, -2.0), t, 1.0).item() == 0
 
 
+@pytest.mark.numerics
 def test_ab_layers_weigh_two_to_the_depth_over_batch_times_three_thousandths():
     s = [_rand(4, 2, 3, 3, seed=k) for k in range(3)]
     t = [_rand(4, 2, 3, 3, seed=10 + k) for k in range(3)]
@@ -63,6 +66,7 @@ def test_ab_layers_weigh_two_to_the_depth_over_batch_times_three_thousandths():
     assert ab_loss(s, t).item() == pytest.approx(hand, rel=1e-12)
 
 
+@pytest.mark.numerics
 def test_ft_factor_and_loss_by_hand():
     f = _rand(2, 3, 2, 2)
     fac = factor(f)
@@ -75,6 +79,7 @@ def test_ft_factor_and_loss_by_hand():
     assert ft_loss(f, g).item() == pytest.approx(hand, rel=1e-12)
 
 
+@pytest.mark.numerics
 def test_vid_nll_is_the_gaussian_negative_log_likelihood_less_its_constant():
     mu, t = _rand(2, 3, 2, 2), _rand(2, 3, 2, 2, seed=1)
     var = torch.tensor([0.5, 2.0, 5.0], dtype=torch.float64)
@@ -90,6 +95,7 @@ def _method(name: str, pair: str = "cifar100/resnet32x4-resnet8x4", *over: str):
                         student_arch=str(cfg.pair.student), teacher_arch=str(cfg.pair.teacher))
 
 
+@pytest.mark.numerics
 def test_vid_starts_at_variance_five_and_trains_its_variances():
     m = _method("vid")
     assert all(torch.allclose(r.variance(), torch.full_like(r.variance(), 5.0)) for r in m.regressors)

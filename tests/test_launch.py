@@ -89,6 +89,7 @@ def test_a_bad_launcher_setting_is_one_message(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 def test_a_requeue_signal_is_handed_on_after_the_step_is_checkpointed(make_cfg):
     """submitit's time-limit signal (SIGUSR2, with its handler installed) stops the run after a checkpointed
     step, then reaches submitit's handler; the requeued run resumes to the uninterrupted record."""
@@ -133,6 +134,7 @@ def _tasks(tag: str) -> list[int]:
     return out
 
 
+@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds submitit's task processes through /proc")
 def test_a_suite_through_submitit_local_resumes_a_job_after_a_simulated_timeout(tmp_path):
     """The acceptance test: the teacher is trained once in its own job, then the students run in parallel jobs;

@@ -171,6 +171,7 @@ def test_extra_trainable_parameters_are_the_helpers():
 
 # -- loss-level tests on hand-made tensors -------------------------------------------
 
+@pytest.mark.numerics
 def test_fitnet_hint_loss_is_zero_when_regressed_student_equals_teacher():
     from kdbench.methods.fitnet import hint_loss
 
@@ -179,32 +180,37 @@ def test_fitnet_hint_loss_is_zero_when_regressed_student_equals_teacher():
     assert hint_loss(t + 1, t).item() == pytest.approx(1.0)
 
 
+@pytest.mark.numerics
 def test_at_is_invariant_to_channel_permutation_and_matches_definition():
     from kdbench.methods.at import at_loss, attention_map
 
-    f_s, f_t = torch.randn(3, 8, 4, 4), torch.randn(3, 16, 4, 4)
+    # float64: a permutation only reorders 8-term channel sums, a few eps64 (2.2e-16) apart
+    f_s, f_t = torch.randn(3, 8, 4, 4, dtype=torch.float64), torch.randn(3, 16, 4, 4, dtype=torch.float64)
     perm = torch.randperm(8)
-    assert at_loss(f_s[:, perm], f_t).item() == pytest.approx(at_loss(f_s, f_t).item(), rel=1e-6)
+    assert at_loss(f_s[:, perm], f_t).item() == pytest.approx(at_loss(f_s, f_t).item(), rel=1e-12)
     q = f_s.pow(2).mean(1).flatten(1)
     assert torch.allclose(attention_map(f_s), q / q.norm(dim=1, keepdim=True))
     for p in (1.0, 3.0, 4.0):  # |f|^p for other p (odd p needs the absolute value)
         q = f_s.abs().pow(p).mean(1).flatten(1)
         assert torch.allclose(attention_map(f_s, p), q / q.norm(dim=1, keepdim=True))
     # a larger map is pooled to the smaller one's size
-    big = torch.randn(3, 8, 8, 8)
-    assert at_loss(big, f_t).item() == pytest.approx(at_loss(F.adaptive_avg_pool2d(big, 4), f_t).item())
+    big = torch.randn(3, 8, 8, 8, dtype=torch.float64)
+    assert at_loss(big, f_t).item() == pytest.approx(at_loss(F.adaptive_avg_pool2d(big, 4), f_t).item(), rel=1e-12)
 
 
+@pytest.mark.numerics
 def test_rkd_is_invariant_to_scaling_both_embeddings():
     from kdbench.methods.rkd import rkd_angle_loss, rkd_distance_loss
 
-    s, t = torch.randn(6, 5), torch.randn(6, 7)
+    # float64: scaling changes only the rounding of 15 pairwise distances and their mean (eps64 = 2.2e-16)
+    s, t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
     for fn in (rkd_distance_loss, rkd_angle_loss):
-        assert fn(3.0 * s, 0.5 * t).item() == pytest.approx(fn(s, t).item(), rel=1e-5)
-    assert rkd_distance_loss(s, s).item() == pytest.approx(0.0, abs=1e-7)
-    assert rkd_angle_loss(s, 2 * s).item() == pytest.approx(0.0, abs=1e-7)
+        assert fn(3.0 * s, 0.5 * t).item() == pytest.approx(fn(s, t).item(), rel=1e-12)
+    assert rkd_distance_loss(s, s).item() == pytest.approx(0.0, abs=1e-12)
+    assert rkd_angle_loss(s, 2 * s).item() == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.numerics
 def test_rkd_distance_loss_equals_direct_computation():
     from kdbench.methods.rkd import rkd_distance_loss
 
@@ -219,6 +225,7 @@ def test_rkd_distance_loss_equals_direct_computation():
     assert rkd_distance_loss(s, t).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.numerics
 def test_crd_nce_loss_equals_direct_computation():
     from kdbench.methods.crd import nce_loss
 
@@ -251,6 +258,7 @@ def test_crd_normaliser_is_estimated_once_and_memory_is_updated():
     assert torch.equal(m.memory.z, z)
 
 
+@pytest.mark.numerics
 def test_crd_dense_and_gathered_scores_are_the_same_numbers(monkeypatch):
     """The whole-bank product and the authors' row gather give equal scores and gradients,
     also when the banks are updated in place before the backward pass (as in a step)."""
@@ -261,16 +269,20 @@ def test_crd_dense_and_gathered_scores_are_the_same_numbers(monkeypatch):
     for ratio in (10**9, 0):  # dense, then gathered
         monkeypatch.setattr(crd, "DENSE_RATIO", ratio)
         torch.manual_seed(0)
-        mem = crd.ContrastMemory(16, 300, 0.07, 0.5)
+        mem = crd.ContrastMemory(16, 300, 0.07, 0.5).double()
         g = torch.Generator().manual_seed(1)
-        v_s, v_t = (torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1).requires_grad_()
-                    for _ in range(2))
+        v_s, v_t = (torch.nn.functional.normalize(torch.randn(5, 16, generator=g, dtype=torch.float64), dim=1)
+                    .requires_grad_() for _ in range(2))
         out_s, out_t = mem.scores(v_s, v_t, idx)
         mem.update(v_s.detach(), v_t.detach(), idx[:, 0])
         (crd.nce_loss(out_s, 300) + crd.nce_loss(out_t, 300)).backward()
         results.append([out_s.detach(), out_t.detach(), v_s.grad, v_t.grad, mem.memory_s.clone()])
+    # In float64 the two paths differ only in summation order: 16-term dot products (a few eps64 = 2.2e-16
+    # each, times 1 / 0.07 through the exp) and 41-term gradient sums. (In float32 they differ by up to ~2e-7
+    # at scores of ~0.006 with two threads, a difference of rounding, not of method.)
+    assert len(results[0]) == 5 and all(r.dtype == torch.float64 for r in results[0] + results[1])
     for dense, gathered in zip(*results):
-        torch.testing.assert_close(dense, gathered, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(dense, gathered, rtol=1e-12, atol=1e-12 * float(dense.abs().max()))
 
 
 @pytest.mark.parametrize("mode,negatives", [("exact", "other_class"), ("relax", "other_class"),
@@ -297,6 +309,7 @@ def test_crd_sampler_draws_positives_and_negatives_as_the_authors_sampler(mode, 
     assert (labels[o[:, 1:]] != labels[3]).all()
 
 
+@pytest.mark.numerics
 def test_dml_loss_equals_ce_plus_kl_by_hand():
     from kdbench.methods.dml import dml_loss
 
@@ -309,6 +322,7 @@ def test_dml_loss_equals_ce_plus_kl_by_hand():
     assert kl.item() == pytest.approx(sum(b * math.log(b / a) for a, b in zip(p1, p2)))
 
 
+@pytest.mark.numerics
 def test_dml_sequential_update_uses_the_updated_peer():
     """Paper Algorithm 1: member 2's KL target is member 1's prediction after member 1's update."""
     from kdbench.methods.dml import dml_loss
@@ -437,6 +451,7 @@ def test_relational_losses_run_in_fp32_under_bf16_autocast(method, monkeypatch):
     assert seen and all(d == torch.float32 for d in seen), seen
 
 
+@pytest.mark.numerics
 def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
     from kdbench.training.frozen_teacher import FrozenTeacher
 
@@ -455,12 +470,13 @@ def test_the_frozen_teacher_stays_frozen_and_out_of_checkpoints():
 
 
 def test_the_crd_suite_is_the_crd_table_and_leaves_out_exactly_the_cells_fsp_refuses():
+    from kdbench.experiment.catalog import method_order
     from kdbench.orchestration.suite import load_suite, suite_runs
-    from kdbench.report.tables import METHOD_ORDER
 
+    order = method_order()
     s = load_suite(["suite=crd-cifar100"])
     assert sorted(s.pairs) == sorted(CIFAR_PAIRS)
-    assert list(s.methods) == ["vanilla", *METHOD_ORDER[:METHOD_ORDER.index("crd+kd") + 1]]
+    assert list(s.methods) == order[:order.index("crd+kd") + 1]
     assert set(s.exclude) == {"fsp"} and set(s.exclude.fsp) == {p for p in CIFAR_PAIRS if not _same_channels(p)}
     runs = suite_runs(s, [])
     assert len(runs) == 3 * (13 * 15 - 7)

@@ -62,12 +62,14 @@ def _hand_cc(vs, vt):
     return sum(_dot(d[i], d[i + 1]) for i in range(len(d) - 1)) / (len(d) - 1)
 
 
+@pytest.mark.numerics
 def test_sp_equals_hand_computation():
     fs, ft = _rand(4, 3, 2, 2, seed=1), _rand(4, 5, 3, 3, seed=2)  # other channels and sizes: B x B only
     assert math.isclose(sp_loss(fs, ft).item(), _hand_sp(fs, ft), rel_tol=1e-10)
     assert sp_loss(fs, fs).item() == 0.0
 
 
+@pytest.mark.numerics
 def test_pkt_equals_hand_computation():
     es, et = _rand(5, 4, seed=3), _rand(5, 6, seed=4)
     assert math.isclose(pkt_loss(es, et).item(), _hand_pkt(es, et), rel_tol=1e-9)
@@ -76,6 +78,7 @@ def test_pkt_equals_hand_computation():
     assert math.isfinite(pkt_loss(zero, et).item())
 
 
+@pytest.mark.numerics
 def test_nst_equals_hand_computation_and_pools_the_larger_map():
     fs, ft = _rand(2, 3, 2, 2, seed=5), _rand(2, 4, 2, 2, seed=6)
     assert math.isclose(nst_loss(fs, ft).item(), _hand_nst(fs, ft), rel_tol=1e-10)
@@ -85,6 +88,7 @@ def test_nst_equals_hand_computation_and_pools_the_larger_map():
     assert abs(nst_loss(fs, fs).item()) < 1e-12
 
 
+@pytest.mark.numerics
 def test_nst_teacher_term_carries_no_gradient():
     fs = _rand(2, 3, 2, 2, seed=8).requires_grad_(True)
     ft = _rand(2, 3, 2, 2, seed=9).requires_grad_(True)
@@ -101,6 +105,7 @@ def test_nst_teacher_term_carries_no_gradient():
     torch.testing.assert_close(t_only, ft.grad)
 
 
+@pytest.mark.numerics
 def test_cc_equals_hand_computation():
     vs, vt = _rand(6, 4, seed=10), _rand(6, 4, seed=11)
     assert math.isclose(cc_loss(vs, vt).item(), _hand_cc(vs, vt), rel_tol=1e-12)

@@ -24,6 +24,7 @@ def _pool(x, k):
     return torch.nn.functional.adaptive_avg_pool2d(x, k)
 
 
+@pytest.mark.numerics
 def test_hcl_weights_pooled_levels_one_half_quarter_eighth():
     s8, t8 = _rand(2, 3, 8, 8), _rand(2, 3, 8, 8, seed=1)
     s4, t4 = _rand(2, 3, 4, 4, seed=2), _rand(2, 3, 4, 4, seed=3)

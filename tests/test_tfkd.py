@@ -14,6 +14,7 @@ from kdbench.method import build_method
 from kdbench.models import seeded_model
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.runner import run, spec_of
+from tests.helpers import approx_float32_kl, float32_kl_error
 
 
 def _softmax(xs):
@@ -40,8 +41,9 @@ def _hand_kl_mean(log_q_rows, p_rows):
     return sum(terms) / len(terms)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["tf-kd-reg", "tf-kd-self"])
-def test_losses_by_hand(name):  # float32 network against float64 by hand: rel 1e-4
+def test_losses_by_hand(name):  # float32 network against float64 by hand
     m = _build(name)
     m.eval()
     g = torch.Generator().manual_seed(0)
@@ -49,16 +51,23 @@ def test_losses_by_hand(name):  # float32 network against float64 by hand: rel 1
     out = m.step(batch, 0)
     z = m.student(batch.images).logits.double().tolist()
     ce = -sum(math.log(_softmax(r)[y]) for r, y in zip(z, batch.labels.tolist())) / 4
-    assert out.losses["ce"].item() == pytest.approx((1 - 0.3) * ce, rel=1e-4)
+    assert out.losses["ce"].item() == pytest.approx((1 - 0.3) * ce, rel=1e-4)  # a log of size 2.3: no cancellation
+    # The KL terms: p and q are nearly equal (networks at initialisation, near-uniform targets), so float32's
+    # rounding of the logs is held to its own bound (helpers.float32_kl_error), not to a relative 1e-4.
     if name == "tf-kd-reg":
         p = [virtual_teacher(torch.tensor([y]), 10, 0.99, 20.0)[0].double().tolist() for y in batch.labels.tolist()]
         log_q = [[math.log(v) for v in _softmax(r)] for r in z]
-        assert out.losses["reg"].item() == pytest.approx(0.3 * 7 * _hand_kl_mean(log_q, p), rel=1e-4)
+        factor = 0.3 * 7 / 40  # alpha * multiplier, mean over 4 x 10 elements
+        bound = factor * float32_kl_error(torch.tensor(p), torch.tensor(log_q), torch.tensor(z), 1 / 20)
+        assert out.losses["reg"].item() == approx_float32_kl(0.3 * 7 * _hand_kl_mean(log_q, p), bound)
     else:
         t = m.teacher(batch.images).logits.double().tolist()
         p = [_softmax([v / 6 for v in r]) for r in t]
         log_q = [[math.log(v) for v in _softmax([x / 6 for x in r])] for r in z]
-        assert out.losses["kd"].item() == pytest.approx(0.3 * 7 * 36 * _hand_kl_mean(log_q, p), rel=1e-4)
+        factor = 0.3 * 7 * 36 / 40  # alpha * multiplier * T^2, mean over 4 x 10 elements
+        bound = factor * float32_kl_error(torch.tensor(p), torch.tensor(log_q), torch.tensor(z) / 6,
+                                          torch.tensor(t) / 6)
+        assert out.losses["kd"].item() == approx_float32_kl(0.3 * 7 * 36 * _hand_kl_mean(log_q, p), bound)
 
 
 def test_self_teacher_is_the_students_architecture_on_the_students_schedule(make_cfg):

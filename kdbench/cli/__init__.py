@@ -84,7 +84,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from kdbench.experiment.catalog import METHODS
     from kdbench.orchestration.config import compose
 
-    print(METHODS.get(args.name).obj.card())
+    entry = METHODS.get(args.name)
+    print(entry.obj.card())
+    refs = "".join(f"; {k}: {entry.meta[k]}" for k in ("paper", "code") if entry.meta.get(k))
+    print(f"\nShown in tables as {entry.meta.get('display') or entry.name!r}{refs}")
     cfg = compose([f"method={args.name}", *args.overrides])
     print(f"\nExtra trainable parameters on {cfg.pair.name}: {_extra_parameters(cfg):,}")
     return 0

@@ -28,14 +28,23 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "data-order", epoch))
 
 
+def class_groups(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample indices grouped by class: ``(order, counts, starts)`` where ``order`` lists the samples
+    class by class (in index order within a class), ``counts[c]`` is class c's size and ``starts[c]``
+    where its block begins in ``order``. The one grouping behind every same-class draw (CS-KD's
+    partners, CRD's relaxed positives and other-class negatives), on the labels' device."""
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    return order, counts, starts
+
+
 def class_partners(labels: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
     """For every training sample, a sample of its own class drawn uniformly (itself included, as in
     CS-KD's sampler), fresh each epoch: a pure function of (labels, seed, epoch), so both data
     pipelines, every process and a resumed epoch pair the same samples."""
     labels = labels.detach().cpu().long()
-    order = torch.argsort(labels, stable=True)  # samples grouped by class
-    counts = torch.bincount(labels)
-    starts = torch.cumsum(counts, 0) - counts
+    order, counts, starts = class_groups(labels)
     u = torch.rand(len(labels), generator=generator(seed, "class-partner", epoch), dtype=torch.float64)
     pick = (u * counts[labels]).long().clamp_max(counts[labels] - 1)
     return order[starts[labels] + pick]

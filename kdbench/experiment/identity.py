@@ -147,13 +147,29 @@ def _type_schedule(node: DictConfig, prefix: str) -> None:
     node.milestones = fracs
 
 
-def _method_types(name: str) -> dict[str, _Type]:
-    """Types of a method's hyper-parameters, read from its ``__init__`` annotations."""
-    from kdbench.experiment.catalog import METHODS
+class _Declared:
+    """A method hyper-parameter as its annotation declares it: the type (with its choices, for a ``Literal``),
+    then every :class:`~kdbench.experiment.catalog.Range` of an ``Annotated`` hint."""
+
+    def __init__(self, kind: _Type, ranges: tuple = ()) -> None:
+        self.kind, self.ranges = kind, ranges
+
+    def __call__(self, value: Any, key: str) -> Any:
+        v = self.kind(value, key)
+        if v is not None:
+            for r in self.ranges:
+                r.check(v, key)
+        return v
+
+
+def _method_types(name: str) -> dict[str, _Declared]:
+    """Types, choices and ranges of a method's hyper-parameters, read from its ``__init__`` annotations:
+    ``float``, ``Literal["a", "b"]``, ``Annotated[float, Range(0, 1)]``, each optionally ``| None``."""
+    from kdbench.experiment.catalog import METHODS, Range
 
     cls = METHODS.get(name).obj
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
     except Exception:  # unresolvable annotations (a plug-in's forward references): leave its values as given
         return {}
     out = {}
@@ -163,9 +179,26 @@ def _method_types(name: str) -> dict[str, _Type]:
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             nullable = nullable or len(args) < len(typing.get_args(hint))
             hint = args[0] if len(args) == 1 else None
-        if hint in (int, float, bool, str):
-            out[pname] = _Type(hint, nullable=nullable)
+        ranges: tuple = ()
+        if typing.get_origin(hint) is typing.Annotated:
+            ranges = tuple(m for m in hint.__metadata__ if isinstance(m, Range))
+            hint = typing.get_args(hint)[0]
+        if typing.get_origin(hint) is typing.Literal:
+            choices = typing.get_args(hint)
+            kinds = {type(c) for c in choices}
+            if len(kinds) == 1 and kinds <= {int, str}:
+                out[pname] = _Declared(_Type(kinds.pop(), nullable=nullable, choices=choices), ranges)
+        elif hint in (int, float, bool, str):
+            out[pname] = _Declared(_Type(hint, nullable=nullable), ranges)
     return out
+
+
+def check_method_hparams(name: str, hparams: typing.Mapping[str, Any]) -> None:
+    """Refuse hyper-parameters that the method's annotations rule out, for a method built from a config that
+    was not composed (composition types them first, :func:`type_config`); the values are left as given."""
+    for key, t in _method_types(name).items():
+        if key in hparams:
+            t(hparams[key], f"method.{key}")
 
 
 def type_config(cfg: DictConfig) -> None:

@@ -1,7 +1,8 @@
 """The reporting layer: result records in, leaderboard out (Markdown, one HTML page, CSV, PNG).
 
-It reads records only and never imports torch or the training stack (tested), so tables can be
-built anywhere the records are. Layout: ``frame`` (records -> pandas frames, labels, cells,
+It reads records and never imports torch or the training stack itself (tested); how a method is
+shown (display name, row order) comes from its registration, read from the method catalog when a
+table is built, so nothing here names a method. Layout: ``frame`` (records -> pandas frames, labels, cells,
 settings), ``tables`` (each table declared once as columns), ``render`` (Markdown, HTML, CSV),
 ``plots``, ``build`` (the folder, its manifest and ``--check``); CSS and JS are files in
 ``assets/``.

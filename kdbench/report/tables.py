@@ -7,30 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from kdbench.experiment.catalog import display_name, method_rank, survey_name, survey_teacher
 from kdbench.experiment.records import describe_fast_path, speedup_range
 from kdbench.experiment.schema import VANILLA
 
 from .frame import Setting
 
 SCHEME_ORDER = {"offline": 0, "online": 1, "self": 2, "none": 3}
-CATEGORY_ORDER = {"response": 0, "feature": 1, "relation": 2, "none": 3}
-# Rows in the order of the CRD benchmark's table (Tian et al. 2020, Table 1), then the later offline methods,
-# then online and self-distillation as the survey groups them; a method not listed (a plug-in) follows,
-# alphabetically, under its own id.
-METHOD_ORDER = ["kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "crd+kd",
-                "dkd", "reviewkd", "takd", "dml", "one", "tf-kd-self", "tf-kd-reg", "byot", "cs-kd"]
-DISPLAY_NAMES = {"kd": "KD", "fitnet": "FitNet", "at": "AT", "sp": "SP", "cc": "CC", "vid": "VID", "rkd": "RKD",
-                 "pkt": "PKT", "ab": "AB", "ft": "FT", "fsp": "FSP", "nst": "NST", "crd": "CRD", "crd+kd": "CRD+KD",
-                 "dkd": "DKD", "reviewkd": "ReviewKD", "takd": "TAKD", "dml": "DML", "one": "ONE",
-                 "tf-kd-self": "TF-KD (self)", "tf-kd-reg": "TF-KD (reg)", "byot": "BYOT", "cs-kd": "CS-KD",
-                 VANILLA: "Student (vanilla)"}
-
-
-def method_rank(method: str) -> tuple[int, str]:
-    """Where a method's rows go: vanilla first, then the CRD table's order (see ``METHOD_ORDER``)."""
-    if method == VANILLA:
-        return (-1, method)
-    return (METHOD_ORDER.index(method), method) if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+# How each method is shown -- display name, row order, the survey's name for it -- is declared where the
+# method registers (``register_method``) and read from the catalog when a table is built; records of a
+# method not registered here keep their id and follow the registered ones, alphabetically.
 
 
 def untagged(label: str) -> str:
@@ -40,7 +26,7 @@ def untagged(label: str) -> str:
 
 def display(label: str, method: str) -> str:
     """A row label with the method's display name in place of its id: ``KD (temperature=1)``."""
-    name = DISPLAY_NAMES.get(method, method)
+    name = display_name(method)
     return name + label[len(method):] if label.startswith(method) else label
 
 
@@ -163,8 +149,7 @@ def benchmark_table(agg, df, setting: Setting, against: str | None = None) -> tu
         if len(cand):
             best[p] = cand["mean"].max()
     for lab in labels:
-        vanilla = lab == VANILLA
-        row: dict[str, Any] = {"method": DISPLAY_NAMES[VANILLA] if vanilla else display(lab, method_of[lab]),
+        row: dict[str, Any] = {"method": display(lab, method_of[lab]),
                                "scheme": "", "_best": set(), "_values": {}}
         for p in pairs:
             hit = a[(a["pair"] == p) & (a["label"] == lab)]
@@ -183,8 +168,6 @@ def benchmark_table(agg, df, setting: Setting, against: str | None = None) -> tu
 
 SURVEY = "gou2021survey"
 SCHEMES_SHOWN = ("offline", "online", "self")
-# our method id -> the survey's, where they differ (the survey's Tf-KD rows are TF-KD's self variant)
-SURVEY_NAMES = {"tf-kd-self": "tf-kd"}
 
 
 def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
@@ -193,8 +176,8 @@ def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
     hyper-parameter variant; the survey's rows for an online cohort's teacher-side network are skipped."""
     if dataset is None or ref.empty or "source" not in ref or untagged(r["label"]) != r["method"]:
         return None  # a hyper-parameter variant is never set beside a reported number
-    name = SURVEY_NAMES.get(r["method"], r["method"])
-    other = {"online": r["peer"] if r["method"] != "one" else f"{r['student']}+one", "self": None}.get(
+    name = survey_name(r["method"])
+    other = {"online": survey_teacher(r["method"], r["student"]) or r["peer"], "self": None}.get(
         r["scheme"], r["teacher"])
     hits = ref[(ref["source"] == SURVEY) & (ref["dataset"] == dataset) & (ref["method"] == name)
                & (ref["student"] == r["student"]) & ~ref["notes"].fillna("").str.contains("teacher-side")]
@@ -354,7 +337,7 @@ def benchmark(agg, df, setting: Setting, sid: str, against: str | None = None) -
         for p in header[1:]]
     note = "Bold: best distilled student per pair."
     if against:
-        note += (f" ↑/↓: above/below {DISPLAY_NAMES.get(against, against)} (default hyper-parameters) on the same "
+        note += (f" ↑/↓: above/below {display_name(against)} (default hyper-parameters) on the same "
                  "pair and teacher, as the CRD table marks them against KD.")
     return Table(f"benchmark-{sid}", "Benchmark table", setting.caption(), cols, rows,
                  note=note, best=lambda r, c: c.key in r["_best"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from kdbench.core.errors import KDBenchError
 from kdbench.data import Batch, DatasetInfo
 from kdbench.experiment.catalog import METHODS, method_defaults  # noqa: F401  (method_defaults re-exported)
+from kdbench.experiment.identity import check_method_hparams
 from kdbench.experiment.schema import CATEGORIES, SCHEMES  # noqa: F401  (the one list; re-exported for plug-ins)
 from kdbench.models import FeatureSpec, KDModel, ModelOutput
 from kdbench.training.frozen_teacher import FrozenTeacher, frozen_state_prefixes
@@ -190,11 +192,32 @@ class Method(nn.Module):
 
     @classmethod
     def card(cls) -> str:
-        return inspect.cleandoc(cls.__doc__ or f"{cls.__name__} (no card yet)")
+        """The method's card: the docstring of the module that defines it (one module per method, the card at
+        its top), or the class's own docstring where the class has one (a plug-in's class among others)."""
+        return inspect.cleandoc(_card_text(cls) or f"{cls.__name__} (no card yet)")
 
 
-def register_method(name: str, category: str, scheme: str, description: str = ""):
-    """Class decorator: ``@register_method("kd", category="response", scheme="offline")``."""
+def _card_text(cls: type) -> str | None:
+    own = cls.__dict__.get("__doc__")
+    if own:
+        return own
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__doc__", None)
+
+
+def register_method(name: str, category: str, scheme: str, description: str = "", *, display: str | None = None,
+                    order: float | None = None, survey_name: str | None = None, survey_teacher: str | None = None,
+                    paper: str = "", code: str = "") -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("kd", category="response", scheme="offline", display="KD", ...)``.
+
+    Everything about a method is declared here, once, including how tables show it: ``display`` (the name in
+    tables; default the id), ``order`` (the row's position: built-ins follow the CRD benchmark's table, then
+    the later methods; a method without one comes after them, alphabetically), ``survey_name`` (its id in
+    the survey's reference table where that differs), ``survey_teacher`` (what that table names as its
+    teacher, formatted with ``{student}``, where the records cannot say), and ``paper`` / ``code`` (the
+    citation, and the repository whose code the implementation follows). ``description`` defaults to the
+    card's first line.
+    """
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {CATEGORIES}")
     if scheme not in SCHEMES:
@@ -202,7 +225,11 @@ def register_method(name: str, category: str, scheme: str, description: str = ""
 
     def deco(cls: type[Method]) -> type[Method]:
         cls.name, cls.category, cls.scheme = name, category, scheme
-        return METHODS.register(name, description, category=category, scheme=scheme)(cls)
+        card = _card_text(cls)
+        desc = description or (inspect.cleandoc(card).strip().splitlines()[0] if card and card.strip() else "")
+        return METHODS.register(name, desc, category=category, scheme=scheme, display=display or name, order=order,
+                                survey_name=survey_name or name, survey_teacher=survey_teacher, paper=paper,
+                                code=code)(cls)
 
     return deco
 
@@ -240,6 +267,7 @@ def create_method(cfg: DictConfig | dict, student: KDModel, teacher: KDModel | N
                and sig.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY and p not in hparams]
     if missing:
         raise KDBenchError(f"method {name!r} needs hyper-parameter(s) {missing} in its config")
+    check_method_hparams(name, hparams)
     return cls(student, teacher, ctx, **hparams)
 
 

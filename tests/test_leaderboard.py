@@ -441,7 +441,7 @@ def test_the_page_assets_are_package_files():
 def test_survey_numbers_stand_beside_ours_only_for_the_same_method_and_networks(row, dataset, expected):
     import pandas as pd
 
-    from kdbench.report.tables import load_reference, survey_match
+    from kdbench.report.papers import load_reference, survey_match
 
     ref = load_reference(REFERENCE.parent)
     got = survey_match(ref, dataset, pd.Series({"label": row["method"], **row}))

@@ -11,7 +11,8 @@ from kdbench.data import load_data
 from kdbench.method import MAIN_STAGE, InitStage, build_method
 from kdbench.models import seeded_model
 from kdbench.orchestration.runner import run
-from kdbench.training.engine import fit, plan_epochs
+from kdbench.training.engine import fit
+from kdbench.training.epochs import plan_epochs
 
 
 class _Killed(BaseException):

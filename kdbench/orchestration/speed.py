@@ -17,7 +17,7 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -237,6 +237,16 @@ def _cohort_members(cfg: DictConfig, methods: list[str], device, fast, n_images:
     return data, members, shared
 
 
+def _timed(loop: Callable[[int], None], warmup: int, steps: int, device) -> float:
+    """Seconds ``loop`` takes for ``steps`` steps after ``warmup`` untimed ones."""
+    loop(warmup)
+    _sync(device)
+    t0 = time.perf_counter()
+    loop(steps)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: int, warmup: int,
                    repeats: int = 1) -> dict[str, Any]:
     """The same methods trained one after another (each running the teacher) and as a cohort (one teacher
@@ -269,15 +279,8 @@ def measure_cohort(cfg: DictConfig, methods: list[str], batch_size: int, steps: 
                 for method, opt in members:
                     train_one_step(method, batch, 0, opt, autocast, fast.channels_last)
 
-        def timed(loop) -> float:
-            loop(warmup)
-            _sync(device)
-            t0 = time.perf_counter()
-            loop(steps)
-            _sync(device)
-            return time.perf_counter() - t0
-
-        rounds = [(timed(solo), timed(cohort)) for _ in range(repeats)]
+        rounds = [(_timed(solo, warmup, steps, device), _timed(cohort, warmup, steps, device))
+                  for _ in range(repeats)]
         if shared is not None:
             shared._memo = None  # each member's own step, its teacher forward counted
         flops = statistics.fmean(_flops_per_image(method, batches[0][1], opt, autocast, fast.channels_last)

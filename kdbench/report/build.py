@@ -11,12 +11,39 @@ from kdbench.experiment.records import atomic_write_bytes, write_json_atomic
 from kdbench.experiment.results import runs_dir, valid_records
 from kdbench.experiment.schema import validate_speed_record
 
-from .frame import aggregate, runs_frame, settings
+from .frame import Setting, aggregate, runs_frame, settings
+from .papers import PAPER_COLUMNS, load_reference, paper_comparison, survey_tables
 from .plots import _slug, plots
 from .render import Section, csv_rows, csv_text, latex_table, markdown, page
-from .tables import load_reference, runs_table, setting_tables, speed_tables
+from .speed import speed_tables
+from .tables import COST_COLUMNS, MEMBER_COLUMNS, Table, benchmark, cost_table, members_table, runs_table
 
 LEADERBOARD_VERSION = 3
+
+
+
+def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool,
+                   against: str | None = None) -> list[Table]:
+    """The four tables of one setting, in page order (the paper comparison only where a paper matches)."""
+    cap = setting.caption()
+    out = [benchmark(agg, df, setting, sid, against), *survey_tables(agg, ref, setting, sid)]
+    members = members_table(agg, setting)
+    if members:
+        out.append(Table(f"members-{sid}", "Every evaluated model: cohorts, branches, heads, ensembles", cap,
+                         MEMBER_COLUMNS, members, note="The reported student is the first model a method "
+                         "evaluates; the others are recorded beside it (same seeds, same test split)."))
+    paper = paper_comparison(agg, ref, setting, compare_short)
+    if paper:
+        out.append(Table(f"paper-{sid}", "Against the papers' numbers", cap, PAPER_COLUMNS, paper))
+    cost = cost_table(agg, setting)
+    machines = sorted({h for r in cost for h in r["hardware"].split("; ")})
+    note = ("Timing: a run is unsteady when one of its epochs took more than twice its median epoch time (a "
+            "shared or paused machine); its s/epoch and images/s overstate the method's cost.")
+    if len(machines) > 1:
+        note = (f"s/epoch, images/s and memory come from {len(machines)} machines ({'; '.join(machines)}): compare "
+                "them within one machine. " + note)
+    out.append(Table(f"cost-{sid}", "Cost and calibration", cap, COST_COLUMNS, cost, note=note))
+    return out
 
 
 def load_speed(results_root: Path) -> list[dict[str, Any]]:

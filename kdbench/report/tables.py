@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from kdbench.experiment.catalog import display_name, method_rank, survey_name, survey_teacher
-from kdbench.experiment.records import describe_fast_path, speedup_range
+from kdbench.experiment.catalog import display_name, method_rank
 from kdbench.experiment.schema import VANILLA
 
 from .frame import Setting
@@ -31,13 +29,6 @@ def display(label: str, method: str) -> str:
 
 
 # Schedules of the papers whose numbers we compare against (CIFAR experiments).
-PAPER_EPOCHS = {"tian2020crd": 240, "zhao2022dkd": 240, "zhao2023dot": 240, "chen2021reviewkd": 240,
-                "zhang2018dml": 200}
-REFERENCE_DATASET = {"cifar100": "cifar100", "cifar10": "cifar10", "cifar10-jpg": "cifar10"}
-# Training-set sizes of the papers' protocol (the whole official training set).
-OFFICIAL_TRAIN = {"cifar100": 50_000, "cifar10": 50_000}
-
-
 def fmt(v: Any, nd: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -166,132 +157,6 @@ def benchmark_table(agg, df, setting: Setting, against: str | None = None) -> tu
     return header, rows
 
 
-SURVEY = "gou2021survey"
-SCHEMES_SHOWN = ("offline", "online", "self")
-
-
-def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
-    """The survey's row for this method and architectures: same student, and the same teacher (offline),
-    peer (online; ONE's teacher is the student's own branch ensemble) or none (self). Never a
-    hyper-parameter variant; the survey's rows for an online cohort's teacher-side network are skipped."""
-    if dataset is None or ref.empty or "source" not in ref or untagged(r["label"]) != r["method"]:
-        return None  # a hyper-parameter variant is never set beside a reported number
-    name = survey_name(r["method"])
-    other = {"online": survey_teacher(r["method"], r["student"]) or r["peer"], "self": None}.get(
-        r["scheme"], r["teacher"])
-    hits = ref[(ref["source"] == SURVEY) & (ref["dataset"] == dataset) & (ref["method"] == name)
-               & (ref["student"] == r["student"]) & ~ref["notes"].fillna("").str.contains("teacher-side")]
-    if other is not None:
-        hits = hits[hits["teacher"] == other]
-    if hits.empty:
-        return None
-    h = hits.iloc[0]
-    num = lambda v: None if v != v else float(v)  # noqa: E731  (NaN -> None)
-    base, dist = num(h["student_baseline_acc"]), num(h["distilled_acc"])
-    return {"survey_baseline": base, "survey_distilled": dist,
-            "survey_gain": None if base is None or dist is None else round(dist - base, 2)}
-
-
-def survey_table(agg, setting: Setting, ref=None) -> list[dict[str, Any]]:
-    """Grouped by scheme and knowledge category, as the survey's Tables 5-6: gain over the vanilla student
-    marked ↑/↓, and the survey's reported numbers beside ours where method and architectures match."""
-    import pandas as pd
-
-    ref = pd.DataFrame() if ref is None else ref
-    a = agg[agg["setting"] == setting.id]
-    out = []
-    for _, r in a[a["method"] != VANILLA].iterrows():
-        b = _baseline(a, r)
-        gain = None if b is None else round(r["mean"] - b, 2)
-        survey = survey_match(ref, REFERENCE_DATASET.get(setting.dataset), r) or {
-            "survey_baseline": None, "survey_distilled": None, "survey_gain": None}
-        out.append({"scheme": r["scheme"], "category": r["category"], "method": display(r["label"], r["method"]),
-                    "method_id": r["method"],
-                    "pair": r["pair"], "network": _network(r), "teacher": r["teacher_acc"],
-                    "baseline": b, "distilled": r["cell"], "distilled_mean": r["mean"],
-                    "gain": "" if gain is None else f"{gain:+.2f} {_arrow(gain)}".strip(),
-                    "gain_value": gain, **survey})
-    out.sort(key=lambda x: (SCHEME_ORDER.get(x["scheme"], 9), method_rank(x["method_id"]), x["method"], x["pair"]))
-    return out
-
-
-def survey_tables(agg, ref, setting: Setting, sid: str) -> list[Table]:
-    """The survey-style table in its three sections -- offline, online, self -- each present (an empty
-    section says so), like the survey's Tables 5 and 6."""
-    rows = survey_table(agg, setting, ref)
-    titles = {"offline": "Offline distillation (a pretrained teacher)",
-              "online": "Online distillation (teacher and student trained together)",
-              "self": "Self-distillation (no separate teacher network)"}
-    note = ("Survey: the number Gou et al. (IJCV 2021, Tables 5-6) report for the same method and architectures, "
-            "each from its own paper's protocol (typically 200-300 epochs on the full training set), so it is a "
-            "reference point, not a same-protocol comparison.")
-    out = []
-    for scheme in SCHEMES_SHOWN:
-        mine = [r for r in rows if r["scheme"] == scheme]
-        out.append(Table(f"survey-{scheme}-{sid}", f"By training scheme: {titles[scheme]}", setting.caption(),
-                         SURVEY_COLUMNS, mine, note=note if mine else f"No {scheme} method was run in this setting."))
-    return out
-
-
-def load_reference(results_root: Path):
-    import pandas as pd
-
-    files = sorted((Path(results_root) / "reference").glob("*.csv"))
-    if not files:
-        return pd.DataFrame(columns=["source", "dataset", "method", "teacher", "student", "distilled_acc"])
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
-
-
-def protocol_gaps(setting: Setting, paper_epochs: int | None, ref_dataset: str) -> list[str]:
-    """Why our setting is not the paper's: each difference in protocol, training set, length, precision, metric."""
-    gaps = []
-    if setting.protocol != "paper":
-        gaps.append(f"protocol {setting.protocol}")
-    full = OFFICIAL_TRAIN.get(ref_dataset)
-    if full is not None and setting.num_train != full:
-        gaps.append(f"{setting.num_train:,} vs {full:,} training images")
-    if paper_epochs is None:
-        gaps.append("paper schedule unknown")
-    elif setting.epochs != paper_epochs:
-        gaps.append(f"{setting.epochs} vs {paper_epochs} epochs")
-    if setting.precision != "fp32":
-        gaps.append(f"{setting.precision} vs fp32")
-    if setting.metric != "last":
-        gaps.append("validation-selected vs last-epoch accuracy")
-    return gaps
-
-
-def paper_comparison(agg, ref, setting: Setting, compare_short: bool) -> list[dict[str, Any]]:
-    """Our mean next to each paper's number for the same dataset, method, teacher and student -- only where
-    the protocol matches the paper's (else the row says why not, and ``compare_short`` shows ours anyway).
-    Hyper-parameter variants are never set beside a paper's number."""
-    ref_ds = REFERENCE_DATASET.get(setting.dataset)
-    if ref_ds is None or ref.empty:
-        return []
-    a = agg[(agg["setting"] == setting.id) & (agg["label"] == agg["method"])]
-    out = []
-    for _, r in a.iterrows():
-        other = r["peer"] if r["scheme"] == "online" else r["teacher"]
-        hits = ref[(ref["dataset"] == ref_ds) & (ref["method"] == r["method"]) & (ref["teacher"] == other)
-                   & (ref["student"] == r["student"]) & ref["distilled_acc"].notna()]
-        for _, h in hits.iterrows():
-            gaps = protocol_gaps(setting, PAPER_EPOCHS.get(h["source"]), ref_ds)
-            shown = not gaps or compare_short
-            diff = round(r["mean"] - float(h["distilled_acc"]), 2) if shown else None
-            flags = []
-            if shown and r["n"] < 3:
-                flags.append("n<3")
-            if shown and (r["std"] is None or abs(diff) > 2 * r["std"]):
-                flags.append("|diff|>2std")
-            out.append({"method": display(r["method"], r["method"]), "method_id": r["method"], "pair": r["pair"],
-                        "network": _pair_label(r), "scheme": r["scheme"],
-                        "ours": r["cell"] if shown else "", "ours_mean": r["mean"] if shown else None,
-                        "paper": float(h["distilled_acc"]), "source": h["source"], "diff": diff,
-                        "flag": ", ".join(flags), "protocol": "same as the paper" if not gaps else
-                        ("not comparable: " if not compare_short else "differs: ") + "; ".join(gaps)})
-    return out
-
-
 def _in_order(a):
     """Aggregate rows by pair, then in the table's method order."""
     keys = [(p, method_rank(m), lab) for p, m, lab in zip(a["pair"], a["method"], a["label"])]
@@ -344,25 +209,9 @@ def benchmark(agg, df, setting: Setting, sid: str, against: str | None = None) -
                  filters=("scheme",))
 
 
-SURVEY_COLUMNS = [
-    Column("scheme", "scheme"), Column("category", "knowledge"), Column("method", "method"),
-    Column("network", "networks"), Column("teacher", "teacher"),
-    Column("baseline", "student (vanilla)"), Column("distilled", "distilled", sort=lambda r: r["distilled_mean"]),
-    Column("gain", "gain", sort=lambda r: r["gain_value"]),
-    Column("survey_distilled", "survey: distilled"), Column(
-        "survey_gain", "survey: gain", text=lambda r: "" if r["survey_gain"] is None else f"{r['survey_gain']:+.2f}"),
-]
-
 MEMBER_COLUMNS = [
     Column("method", "method"), Column("network", "networks"), Column("student", "student (reported)"),
     Column("model", "other evaluated model"), Column("top1", "its top-1"),
-]
-
-PAPER_COLUMNS = [
-    Column("method", "method"), Column("network", "teacher → student"),
-    Column("ours", "ours", sort=lambda r: r["ours_mean"]), Column("paper", "paper"), Column("source", "source"),
-    Column("diff", "diff", text=lambda r: "" if r["diff"] is None else f"{r['diff']:+.2f}"),
-    Column("flag", "flag"), Column("protocol", "protocol"),
 ]
 
 COST_COLUMNS = [
@@ -382,83 +231,9 @@ RUN_COLUMNS = [
     Column("hardware", "hardware"), Column("date", "date"), Column("note", "note"),
 ]
 
-def _raw(key: str, header: str) -> Column:
-    return Column(key, header, text=lambda r: "" if r.get(key) is None else str(r[key]))
-
-
-SPEED_COLUMNS = [_raw(k, h) for k, h in (
-    ("pair", "pair"), ("method", "method"), ("batch", "batch"), ("hardware", "hardware"), ("engine", "engine"),
-    ("ref_images_per_s", "reference img/s"), ("images_per_s", "img/s"), ("speedup", "speed-up"),
-    ("rounds", "rounds"), ("speedup_range", "speed-up range"), ("gflop_per_image", "GFLOP/img"),
-    ("tflops", "TFLOP/s"), ("mfu_pct", "MFU (%)"), ("peak_memory_mib", "peak MiB"), ("date", "date"))]
-
-
-def setting_tables(agg, df, ref, setting: Setting, sid: str, compare_short: bool,
-                   against: str | None = None) -> list[Table]:
-    """The four tables of one setting, in page order (the paper comparison only where a paper matches)."""
-    cap = setting.caption()
-    out = [benchmark(agg, df, setting, sid, against), *survey_tables(agg, ref, setting, sid)]
-    members = members_table(agg, setting)
-    if members:
-        out.append(Table(f"members-{sid}", "Every evaluated model: cohorts, branches, heads, ensembles", cap,
-                         MEMBER_COLUMNS, members, note="The reported student is the first model a method "
-                         "evaluates; the others are recorded beside it (same seeds, same test split)."))
-    paper = paper_comparison(agg, ref, setting, compare_short)
-    if paper:
-        out.append(Table(f"paper-{sid}", "Against the papers' numbers", cap, PAPER_COLUMNS, paper))
-    cost = cost_table(agg, setting)
-    machines = sorted({h for r in cost for h in r["hardware"].split("; ")})
-    note = ("Timing: a run is unsteady when one of its epochs took more than twice its median epoch time (a "
-            "shared or paused machine); its s/epoch and images/s overstate the method's cost.")
-    if len(machines) > 1:
-        note = (f"s/epoch, images/s and memory come from {len(machines)} machines ({'; '.join(machines)}): compare "
-                "them within one machine. " + note)
-    out.append(Table(f"cost-{sid}", "Cost and calibration", cap, COST_COLUMNS, cost, note=note))
-    return out
-
-
 def runs_table(df) -> Table:
     rows = df.sort_values("run_id").to_dict("records")
     return Table("runs", "All runs", "every completed record in results/runs/", RUN_COLUMNS, rows,
                  filters=("dataset", "pair", "scheme"))
 
 
-def speed_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for r in records:
-        e = r["engine"]
-        rows.append({
-            "pair": r["pair"], "method": r["method"], "batch": r["batch_size"],
-            "hardware": f"{r['environment']['hardware']}, {r['environment'].get('torch_threads')} threads"
-            if r["environment"].get("gpu") is None else r["environment"]["hardware"],
-            "engine": describe_fast_path(e),
-            "ref_images_per_s": round(r["reference"]["images_per_s"], 1) if r.get("reference") else None,
-            "images_per_s": round(e["images_per_s"], 1),
-            "speedup": round(r["speedup"], 2) if r.get("speedup") else None,
-            "rounds": r.get("repeats", 1), "speedup_range": speedup_range(r) or None,
-            "gflop_per_image": round(r["flops_per_image"] / 1e9, 3),
-            "tflops": round(r["achieved_tflops"], 3),
-            "mfu_pct": round(100 * r["mfu"], 1) if r.get("mfu") is not None else None,
-            "peak_memory_mib": round(e["peak_memory_bytes"] / 2**20), "date": r["created"][:10]})
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["hardware"], rows[i]["pair"], rows[i]["batch"],
-                                                    rows[i]["method"], records[i]["created"]))
-    return [rows[i] for i in order]
-
-
-def latest_speed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest measurement per machine, pair, batch, engine and method (rows sorted oldest first)."""
-    latest: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        latest[(r["hardware"], r["pair"], r["batch"], r["engine"], r["method"])] = r
-    return [r for r in rows if latest[(r["hardware"], r["pair"], r["batch"], r["engine"], r["method"])] is r]
-
-
-def speed_tables(records: list[dict[str, Any]]) -> list[Table]:
-    """The latest measurement per engine and method, and every measurement (folded on the page)."""
-    rows = speed_rows(records)
-    note = ("Full training steps (data, teacher forward, student forward and backward, losses, optimizer) from "
-            "`kdbench speed`; reference = plain loop measured side by side.")
-    return [Table("speed", "Training speed", "kdbench speed: the latest measurement per machine, engine and method",
-                  SPEED_COLUMNS, latest_speed_rows(rows), filters=("pair",), note=note),
-            Table("speed-history", "Training speed: every measurement", "kdbench speed: all measurements, oldest "
-                  "first", SPEED_COLUMNS, rows, filters=("pair",), collapsed=True)]

@@ -26,6 +26,7 @@ from kdbench.core.errors import KDBenchError
 from kdbench.data import DataBundle
 from kdbench.experiment.identity import milestone_epochs
 from kdbench.training.checkpoint import CHECKPOINT, RunState
+from kdbench.training.epochs import EpochPlan, Tally, plan_epochs
 from kdbench.training.fastpath import (
     FastPath,
     apply_fast_path,
@@ -124,82 +125,6 @@ def fit_steps(method: Method, data: DataBundle, sched: DictConfig, engine: DictC
                      batches, pacer)
         loop.on_epoch = on_epoch
         return (yield from loop.steps(resume))
-
-
-@dataclass
-class _Tally:
-    """One process's running totals of an epoch, kept on the device (no host sync in the step)."""
-
-    sums: dict[str, Tensor]
-    correct: Tensor
-    seen: int = 0
-    first_step: int = 0
-    time_before: float = 0.0
-    no_logits: bool = False
-
-    @classmethod
-    def start(cls, device: torch.device, partial: dict[str, Any] | None) -> "_Tally":
-        if partial is None:
-            return cls({}, torch.zeros((), device=device))
-        from kdbench.compute import distributed as ddp
-
-        mine = partial["ranks"][ddp.rank()]  # the rest of an epoch stopped by Ctrl-C
-        torch.set_rng_state(mine["rng"])
-        return cls({k: torch.tensor(v, device=device) for k, v in mine["sums"].items()},
-                   torch.tensor(mine["correct"], device=device), mine["seen"], partial["step"], partial["time_s"])
-
-    def add(self, out, batch) -> None:
-        n = len(batch.labels)
-        self.seen += n
-        for k, v in out.losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float() * n
-        if out.logits is not None:
-            self.correct += (out.logits.detach().argmax(1) == batch.labels).sum()
-        else:
-            self.no_logits = True  # no student forward (an initialisation stage): accuracy not reported
-
-    def share(self) -> dict[str, Any]:
-        return {"seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()},
-                "correct": float(self.correct), "rng": torch.get_rng_state()}
-
-    def reduce(self, device: torch.device) -> None:
-        """Totals over every process (a no-op for one)."""
-        from kdbench.compute import distributed as ddp
-
-        if ddp.world() == 1:
-            return
-        keys = sorted(self.sums)
-        tot = ddp.all_reduce_sum(torch.stack([*(self.sums[k] for k in keys), self.correct.float(),
-                                              torch.tensor(float(self.seen), device=device)]))
-        self.sums = dict(zip(keys, tot[:len(keys)]))
-        self.correct, self.seen = tot[len(keys)], int(tot[-1].item())
-
-
-@dataclass(frozen=True)
-class _EpochPlan:
-    """Where a run's n-th epoch falls: its stage, the epoch within the stage, its data epoch."""
-
-    stage: InitStage | None  # None: the main stage (the schedule's epochs)
-    local: int
-    data_epoch: int  # main epochs use the schedule's epoch index, so every method sees the same
-    #                  batches there; initialisation epochs draw their own streams (negative indices)
-
-    @property
-    def name(self) -> str:
-        return self.stage.name if self.stage is not None else MAIN_STAGE
-
-
-def plan_epochs(stages: list[InitStage], main_epochs: int) -> list[_EpochPlan]:
-    """The run's epochs in order: every initialisation stage's, then the schedule's."""
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names) or MAIN_STAGE in names:
-        raise KDBenchError(f"initialisation stage names must be distinct and not {MAIN_STAGE!r}: {names}")
-    plan: list[_EpochPlan] = []
-    for s in stages:
-        if s.epochs < 0:
-            raise KDBenchError(f"initialisation stage {s.name!r} has {s.epochs} epochs; it needs 0 or more")
-        plan += [_EpochPlan(s, j, -(len(plan) + j + 1)) for j in range(s.epochs)]
-    return plan + [_EpochPlan(None, k, k) for k in range(main_epochs)]
 
 
 class _Loop:
@@ -319,7 +244,7 @@ class _Loop:
         """An initialisation stage's constant learning rate: its own, else the schedule's base rate."""
         return float(self.sched.lr if stage.lr is None else stage.lr)
 
-    def train_epoch(self, n: int, at: _EpochPlan, lr: float, state: RunState) -> Steps[tuple[_Tally, float]]:
+    def train_epoch(self, n: int, at: EpochPlan, lr: float, state: RunState) -> Steps[tuple[Tally, float]]:
         """The epoch's optimisation steps; Ctrl-C stops after a step with every process's share saved."""
         from kdbench.compute import distributed as ddp
 
@@ -330,7 +255,7 @@ class _Loop:
         torch.manual_seed(derive_seed(self.seed, "epoch-rng", at.data_epoch))  # method-side randomness
         self.method.stage = self.watch.stage = at.name
         self.method.train()
-        tally, state.partial = _Tally.start(self.device, state.partial), None
+        tally, state.partial = Tally.start(self.device, state.partial), None
         t0, w0 = time.perf_counter(), self.waited()
         span = self.epochs if at.stage is None else at.stage.epochs
         what = "epoch" if at.stage is None else f"{at.name} epoch"
@@ -366,7 +291,7 @@ class _Loop:
             bar.close()
         return tally, time.perf_counter() - t0 - (self.waited() - w0) + tally.time_before
 
-    def end_epoch(self, n: int, at: _EpochPlan, lr: float, tally: _Tally, epoch_time: float,
+    def end_epoch(self, n: int, at: EpochPlan, lr: float, tally: Tally, epoch_time: float,
                   state: RunState) -> None:
         """Totals over processes, evaluation (rank 0; the others receive its numbers), log, checkpoint.
         Initialisation epochs are logged and checkpointed but not evaluated (the student is not yet
@@ -408,7 +333,7 @@ class _Loop:
                 self.on_epoch(n + 1, at.name, row)
 
 
-def _show_progress(bar, tally: _Tally, done: int, elapsed: float) -> None:
+def _show_progress(bar, tally: Tally, done: int, elapsed: float) -> None:
     post = {k: f"{v.item() / tally.seen:.3f}" for k, v in tally.sums.items()}
     if not tally.no_logits:
         post["acc"] = f"{100.0 * tally.correct.item() / tally.seen:.1f}"

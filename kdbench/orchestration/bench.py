@@ -88,9 +88,8 @@ COHORT_MIN_TEACHER_FLOPS = 100e6
 
 def use_cohort(cfg: DictConfig, device) -> bool:
     """``bench.cohort``: true, false, or ``auto`` -- on CUDA, or where the pair's teacher forward is at least
-    100 MFLOP per image. Each member runs in a thread with its own OpenMP pool, and on CPU the hand-over
-    after every step costs about a millisecond: a loss for the digits pair's 5-MFLOP teacher, a gain from
-    resnet56 up (measured in docs/performance.md)."""
+    100 MFLOP per image: the shared forward is what a cohort saves, and a small teacher (the digits pair's,
+    5 MFLOP) saves too little to show (docs/performance.md)."""
     setting = cfg.get("bench", {}).get("cohort", "auto")
     if setting in (True, False):
         return setting

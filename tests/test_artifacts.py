@@ -13,12 +13,12 @@ from kdbench.orchestration.runner import run
 
 
 @pytest.fixture(scope="module")
-def kept(tmp_path_factory):
+def kept(tmp_path_factory, teacher_cache):
     from kdbench.orchestration.config import compose
     from tests.conftest import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("kept")
-    rec = run(compose([*tiny_overrides(tmp), "method=kd"]))
+    rec = run(compose([*tiny_overrides(tmp, teachers=teacher_cache), "method=kd"]))
     return tmp, rec
 
 

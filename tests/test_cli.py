@@ -54,8 +54,8 @@ def test_error_through_the_real_entry_point_has_no_traceback(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "vanilla" in p.stderr
 
 
-def test_bench_reduced_setting_prints_the_table(capsys, tmp_path):
-    assert main(["-q", "bench", *tiny_overrides(tmp_path), "suite.seeds=[0,1]"]) == 0
+def test_bench_reduced_setting_prints_the_table(capsys, tmp_path, teacher_cache):
+    assert main(["-q", "bench", *tiny_overrides(tmp_path, teachers=teacher_cache), "suite.seeds=[0,1]"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert {"teacher", "vanilla", "kd"} <= set(lines)

@@ -27,40 +27,43 @@ def _same(a, b) -> None:
     assert a["params"] == b["params"] and a["fairness"] == b["fairness"] and a["teacher"] == b["teacher"]
 
 
-def _cfgs(root, methods, *extra, epochs: int = 2):
-    return [compose([*tiny_overrides(root, epochs=epochs), f"method={m}", "seed=1", *extra]) for m in methods]
+def _cfgs(root, methods, *extra, epochs: int = 2, teachers=None):
+    return [compose([*tiny_overrides(root, epochs=epochs, teachers=teachers), f"method={m}", "seed=1", *extra])
+            for m in methods]
 
 
-def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path):
+@pytest.mark.slow
+def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path, teacher_cache):
     """CRD (its negatives from the global random stream), DML (no teacher), CS-KD (paired batches), AB and FT
     (initialisation stages), TF-KD self and TAKD (their own teachers) included."""
-    solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS, epochs=1)
+    solo_cfgs = _cfgs(tmp_path / "solo", METHODS_ON_DIGITS, epochs=1, teachers=teacher_cache)
     data = load_data(solo_cfgs[0])
     solo = [run(c, data=data) for c in solo_cfgs]
-    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS, epochs=1), data)
+    cohort = run_cohort(_cfgs(tmp_path / "cohort", METHODS_ON_DIGITS, epochs=1, teachers=teacher_cache), data)
     for a, b in zip(cohort, solo):
         _same(a, b)
         assert a["engine"]["cohort"] == {"members": len(METHODS_ON_DIGITS)} and "cohort" not in b["engine"]
 
 
-def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path):
-    cfgs = _cfgs(tmp_path, ["kd", "vanilla", "crd"])
-    cfgs[0] = compose([*tiny_overrides(tmp_path, epochs=2), "method=kd", "seed=1", "method.kd_weight=1e39"])
+def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path, teacher_cache):
+    cfgs = _cfgs(tmp_path, ["kd", "vanilla", "crd"], teachers=teacher_cache)
+    cfgs[0] = compose([*tiny_overrides(tmp_path, epochs=2, teachers=teacher_cache), "method=kd", "seed=1",
+                       "method.kd_weight=1e39"])
     recs = run_cohort(cfgs, load_data(cfgs[0]))
     assert [r["status"] for r in recs] == ["diverged", "completed", "completed"]
 
 
 @pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.parametrize("signame,methods", [("SIGINT", ["kd", "crd", "dml"]), ("SIGTERM", ["kd", "vanilla"])])
-def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame, methods):
+def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame, methods, teacher_cache):
     """Ctrl-C, or a scheduler's SIGTERM: every member checkpoints after its next step."""
     import _thread
     import signal
 
     import kdbench.training.engine as engine
 
-    data = load_data(_cfgs(tmp_path / "solo", methods)[0])
-    solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods)]
+    data = load_data(_cfgs(tmp_path / "solo", methods, teachers=teacher_cache)[0])
+    solo = [run(c, data=data) for c in _cfgs(tmp_path / "solo", methods, teachers=teacher_cache)]
     real, steps = engine.train_one_step, []
 
     def counting(*a, **k):
@@ -71,23 +74,24 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
 
     monkeypatch.setattr(engine, "train_one_step", counting)
     with pytest.raises(KeyboardInterrupt):
-        run_cohort(_cfgs(tmp_path / "cohort", methods), data)
+        run_cohort(_cfgs(tmp_path / "cohort", methods, teachers=teacher_cache), data)
     monkeypatch.setattr(engine, "train_one_step", real)
     assert not list((tmp_path / "cohort" / "results").glob("runs/*.json"))  # nothing finished, all checkpointed
-    resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true"), data)
+    resumed = run_cohort(_cfgs(tmp_path / "cohort", methods, "resume=true", teachers=teacher_cache), data)
     for a, b in zip(resumed, solo):
         assert a["timing"]["resumed_from_epoch"] == 0
         _same(a, b)
 
 
-def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
+def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch, teacher_cache):
     import kdbench.orchestration.cohort as cohort_mod
     from kdbench.orchestration.bench import run_bench
 
     calls = []
     real = cohort_mod.run_cohort
     monkeypatch.setattr(cohort_mod, "run_cohort", lambda cfgs, data, w: calls.append(len(cfgs)) or real(cfgs, data, w))
-    over = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0,1]"]
+    over = [*tiny_overrides(tmp_path, epochs=1, teachers=teacher_cache), "suite.methods=[vanilla,kd]",
+            "suite.seeds=[0,1]"]
     res = run_bench(over)  # auto: the digits teacher's 5-MFLOP forward is too small to be worth sharing
     assert calls == [] and all(r["status"] == "completed" for r in res.records)
     run_bench([*over, "bench.cohort=true", f"paths.results={tmp_path / 'forced'}"])
@@ -96,11 +100,11 @@ def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch):
 
     assert use_cohort(compose(["pair=cifar100/resnet56-resnet20"]), torch.device("cpu"))
     calls.clear()
-    run_bench([*tiny_overrides(tmp_path / "b", epochs=1), "suite.methods=[vanilla,kd]", "suite.seeds=[0]",
-               "bench.cohort=false"])
+    run_bench([*tiny_overrides(tmp_path / "b", epochs=1, teachers=teacher_cache), "suite.methods=[vanilla,kd]",
+               "suite.seeds=[0]", "bench.cohort=false"])
     assert calls == []
-    res = run_bench([*tiny_overrides(tmp_path / "c", epochs=1), "suite.methods=[vanilla,kd,at]", "suite.seeds=[0]",
-                     "bench.cohort=true", "bench.cohort_max=2"])  # too many for one: a cohort of 2, then one alone
+    res = run_bench([*tiny_overrides(tmp_path / "c", epochs=1, teachers=teacher_cache), "suite.methods=[vanilla,kd,at]",
+                     "suite.seeds=[0]", "bench.cohort=true", "bench.cohort_max=2"])  # a cohort of 2, then one alone
     assert calls == [2] and [r["method"]["name"] for r in res.records] == ["vanilla", "kd", "at"]
     from kdbench import KDBenchError
     from kdbench.orchestration.bench import cohort_size

@@ -27,21 +27,24 @@ def _records(root: Path) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted((root / "runs").glob("*.json"))]
 
 
-def test_two_process_run_writes_one_record_and_matches_one_process(tmp_path):
-    ov = [*tiny_overrides(tmp_path / "ddp", epochs=5), "method=kd"]
+@pytest.mark.slow
+def test_two_process_run_writes_one_record_and_matches_one_process(tmp_path, teacher_cache):
+    ov = [*tiny_overrides(tmp_path / "ddp", epochs=5, teachers=teacher_cache), "method=kd"]
     _torchrun("-m", "kdbench", "-q", "run", *ov)
     (ddp,) = _records(tmp_path / "ddp" / "results")
     assert ddp["environment"]["processes"] == 2 and ddp["status"] == "completed"
     from kdbench.cli import main
 
-    assert main(["-q", "run", *tiny_overrides(tmp_path / "one", epochs=5), "method=kd"]) == 0
+    assert main(["-q", "run", *tiny_overrides(tmp_path / "one", epochs=5, teachers=teacher_cache), "method=kd"]) == 0
     (one,) = _records(tmp_path / "one" / "results")
     assert one["run_id"] == ddp["run_id"]  # the same experiment, on more processes
     a, b = (r["metrics"]["last"]["student"]["test"]["top1"] for r in (ddp, one))
     assert a > 60 and abs(a - b) < 6, (a, b)  # within noise of 359 test images at 5 epochs
-    assert not list((tmp_path / "ddp" / "work" / "teachers").glob("*.partial"))
+    assert one["teacher"] == ddp["teacher"]  # the teacher the two processes trained, read by the one
+    assert not list(teacher_cache.glob("*.partial"))
 
 
+@pytest.mark.slow
 def test_crd_memory_and_parameters_stay_identical_across_processes(tmp_path):
     out = tmp_path / "out.json"
     _torchrun(str(Path(__file__).with_name("ddp_worker.py")), str(out))
@@ -51,14 +54,16 @@ def test_crd_memory_and_parameters_stay_identical_across_processes(tmp_path):
     assert result["same_negatives"] is False  # independent negatives per process
 
 
+@pytest.mark.slow
 def test_dml_cohort_trains_under_two_processes(tmp_path):
     _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=1), "method=dml")
     (rec,) = _records(tmp_path / "results")
     assert rec["status"] == "completed" and "peer1" in rec["metrics"]["last"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
-def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tmp_path):
+def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tmp_path, teacher_cache):
     """Ctrl-C to torchrun: it forwards the signal, the processes agree on a step, rank 0
     checkpoints every process's share of the epoch, and the resumed run ends where an
     uninterrupted one does."""
@@ -67,12 +72,13 @@ def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tm
 
     import torch
 
-    # 40 short epochs: the signal (sent after the first epoch's checkpoint, then forwarded by the
-    # launcher, which may itself wait for a CPU) must land well before training ends.
-    base = [*tiny_overrides(tmp_path, epochs=40), "teacher.schedule.epochs=1", "teacher.schedule.milestones=[1.0]",
-            "method=kd", "engine.log_every=1"]  # the teacher only needs to exist
+    # 20 short epochs: the signal (sent after the first epoch's checkpoint, then forwarded by the
+    # launcher, which may itself wait for a CPU) must land well before training ends: 19 epochs, some
+    # 10 s, of margin, where forwarding takes well under one (the run stops within a step of it).
+    base = [*tiny_overrides(tmp_path, epochs=20, teachers=teacher_cache), "teacher.schedule.epochs=1",
+            "teacher.schedule.milestones=[1.0]", "method=kd", "engine.log_every=1"]  # the teacher only needs to exist
     full = [*base, f"paths.results={tmp_path / 'full'}"]
-    _torchrun("-m", "kdbench", "-q", "run", *full)  # also trains the shared teacher
+    _torchrun("-m", "kdbench", "-q", "run", *full)  # also trains the teacher (unless the session has it)
     (done,) = _records(tmp_path / "full")
 
     cut = [*base, f"paths.results={tmp_path / 'cut'}"]
@@ -87,7 +93,7 @@ def test_interrupted_two_process_run_checkpoints_one_step_and_resumes_exactly(tm
     assert p.returncode != 0, out[-2000:]
     assert not _records(tmp_path / "cut"), "an interrupted run must leave no record"
     state = torch.load(ckpt, weights_only=True)
-    assert state["epoch"] < 40 and len(state["partial"]["ranks"]) == 2, out[-2000:]
+    assert state["epoch"] < 20 and len(state["partial"]["ranks"]) == 2, out[-2000:]
     assert "stopping after this step" in out
 
     _torchrun("-m", "kdbench", "-q", "run", *cut, "resume=true")
@@ -111,14 +117,15 @@ def test_grad_sync_sets_the_learning_rate_of_a_resumed_optimizer():
     assert opt.param_groups[0]["lr"] == 0.005
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
-def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
+def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers, teacher_cache):
     """The DataLoader path (per-image transforms, ImageNet's) under torchrun: each process
     loads its share of the epoch's order, and together they see the training set once."""
     from tests.helpers import write_image_tree
 
     write_image_tree(tmp_path / "tree", per_class=20, size=16, classes=("a", "b", "c"))
-    _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=1), "method=kd",
+    _torchrun("-m", "kdbench", "-q", "run", *tiny_overrides(tmp_path, epochs=1, teachers=teacher_cache), "method=kd",
               "dataset=imagefolder", "pair.datasets=[imagefolder]", f"data.source.root={tmp_path / 'tree'}",
               "data.image_size=16", "data.pipeline=dataloader", f"data.source.workers={workers}")
     (rec,) = _records(tmp_path / "results")
@@ -129,9 +136,10 @@ def test_dataloader_pipeline_is_sharded_across_two_processes(tmp_path, workers):
     assert round(t["images_per_s"] * t["train_time_s"]) == n  # each image once in the epoch, over both processes
 
 
-def test_a_cohort_under_two_processes_records_what_the_runs_record_one_after_another(tmp_path):
+@pytest.mark.slow
+def test_a_cohort_under_two_processes_records_what_the_runs_record_one_after_another(tmp_path, teacher_cache):
     """Members take turns in the same order on every process, so their collectives line up."""
-    ov = [*tiny_overrides(tmp_path, epochs=1), "suite.methods=[kd,crd]", "suite.seeds=[0]"]
+    ov = [*tiny_overrides(tmp_path, epochs=1, teachers=teacher_cache), "suite.methods=[kd,crd]", "suite.seeds=[0]"]
     _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'cohort'}", "bench.cohort=true")
     _torchrun("-m", "kdbench", "-q", "bench", *ov, f"paths.results={tmp_path / 'solo'}", "bench.cohort=false")
     cohort, solo = _records(tmp_path / "cohort"), _records(tmp_path / "solo")

@@ -81,6 +81,7 @@ def test_folding_needs_eval_mode():
         fold_batchnorm(create_model("resnet8", 10).train(), (3, 32, 32))
 
 
+@pytest.mark.usefixtures("teacher_cache")
 def test_engine_folds_the_teacher_only_and_records_it(make_cfg):
     from kdbench.orchestration.runner import run
 

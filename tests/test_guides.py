@@ -73,6 +73,7 @@ def _commands(text: str, marker: str, **subs: str) -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_importing_teachers_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     import torchvision
 
@@ -121,6 +122,7 @@ def test_reading_a_table_guide_runs_as_written(real_records, tmp_path, monkeypat
     assert "validation" in (tmp_path / "leaderboard-selected" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_cluster_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     """The CRD-on-a-cluster guide: its imports on checkpoints in the authors' format, its plan over the whole
     suite, its bench with Hydra's in-process launcher instead of SLURM on a one-pair cut of the suite, its table."""

@@ -118,6 +118,7 @@ def test_moved_keys_name_their_new_place():
         compose(["dataset=cifar10-jpg", "data.archive=/x.tar.gz"])
 
 
+@pytest.mark.slow
 def test_plan_shows_unchanged_run_ids_when_one_method_gets_an_override(tmp_path):
     from kdbench.orchestration.plan import plan_rows
 

@@ -40,6 +40,7 @@ def stages(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_a_suite_through_the_basic_launcher_trains_teachers_first_and_records_what_bench_does(tmp_path, stages):
     suite = ["suite.methods=[vanilla,kd,takd]", "suite.seeds=[0,1]"]
     assert main(["-q", "bench", "hydra/launcher=basic", *tiny_overrides(tmp_path / "l", epochs=1), *suite]) == 0
@@ -57,8 +58,9 @@ def test_a_suite_through_the_basic_launcher_trains_teachers_first_and_records_wh
     assert stages == []
 
 
-def test_cohort_jobs_hold_one_seed_each_and_record_what_solo_runs_do(tmp_path, stages):
-    suite = ["suite.methods=[vanilla,kd,crd]", "suite.seeds=[0,1]", "bench.cohort=true"]
+def test_cohort_jobs_hold_one_seed_each_and_record_what_solo_runs_do(tmp_path, stages, teacher_cache):
+    suite = ["suite.methods=[vanilla,kd,crd]", "suite.seeds=[0,1]", "bench.cohort=true",
+             f"paths.teachers={teacher_cache}"]
     assert main(["-q", "bench", "hydra/launcher=basic", *tiny_overrides(tmp_path / "l", epochs=1), *suite]) == 0
     assert stages[-1] == ("students", ["cohort vanilla+kd+crd s0 on digits/cnn_wide-cnn_small",
                                        "cohort vanilla+kd+crd s1 on digits/cnn_wide-cnn_small"])
@@ -89,7 +91,7 @@ def test_a_bad_launcher_setting_is_one_message(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
+@pytest.mark.usefixtures("default_signals", "teacher_cache")  # the handlers it relies on (restored after)
 def test_a_requeue_signal_is_handed_on_after_the_step_is_checkpointed(make_cfg):
     """submitit's time-limit signal (SIGUSR2, with its handler installed) stops the run after a checkpointed
     step, then reaches submitit's handler; the requeued run resumes to the uninterrupted record."""
@@ -134,6 +136,7 @@ def _tasks(tag: str) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds submitit's task processes through /proc")
 def test_a_suite_through_submitit_local_resumes_a_job_after_a_simulated_timeout(tmp_path):

@@ -178,6 +178,7 @@ def test_device_and_dataloader_paths_agree_in_order_and_augmentation(tmp_path, n
     assert abs(f_d.float().mean() - f_l.float().mean()) < 0.04 and abs(f_d.float().mean() - 0.5) < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"real CIFAR-10 JPEG archive not found at {SHARED_ARCHIVE}")
 def test_one_epoch_on_real_cifar10_jpeg_subset(tmp_path):
     from kdbench.orchestration.runner import run

@@ -34,6 +34,7 @@ def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad)
     assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").iterdir())
 
 
+@pytest.mark.usefixtures("teacher_cache")
 def test_a_corrupt_checkpoint_is_named_and_stores_no_failure(make_cfg, tmp_path):
     cfg = make_cfg("method=kd", "resume=true", epochs=1)
     from kdbench.orchestration.runner import run_identity

@@ -75,6 +75,7 @@ def _writer(args):
     return str(add_record(root, rec))
 
 
+@pytest.mark.slow
 def test_eight_processes_writing_at_once_lose_no_record(real_records, tmp_path):
     root = tmp_path / "results"
     ctx = mp.get_context("spawn")

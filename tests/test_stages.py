@@ -71,6 +71,7 @@ def test_paper_fitnet_trains_only_hint_helpers_in_its_first_stage(make_cfg, tmp_
     assert res.init_stages == [{"name": "hint", "epochs": 2, "lr": float(cfg.schedule.lr)}]
 
 
+@pytest.mark.usefixtures("teacher_cache")
 @pytest.mark.parametrize("kill_at", [(1, 3), (2, 0)], ids=["inside-stage-1", "first-main-step"])
 def test_a_run_killed_in_or_after_an_init_stage_resumes_exactly(make_cfg, tmp_path, kill_at):
     over = ("method=fitnet", "method.stages=2", "method.init_epochs=2")

@@ -27,14 +27,14 @@ def test_diverged_run_writes_a_record_with_the_step_and_is_not_retried_unless_as
     assert len(load_records(cfg.paths.results)) == 2
 
 
-def test_exception_writes_a_failed_record_and_a_suite_continues(make_cfg, monkeypatch, tmp_path):
+def test_exception_writes_a_failed_record_and_a_suite_continues(monkeypatch, tmp_path, teacher_cache):
     from kdbench.methods import kd as kd_module
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(kd_module, "kd_loss", broken)
-    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=1), "suite.seeds=[0]"]) == 0
+    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=1, teachers=teacher_cache), "suite.seeds=[0]"]) == 0
     recs = {s.record["method"]["name"]: s.record for s in load_records(tmp_path / "results")}
     assert recs["vanilla"]["status"] == "completed"
     assert recs["kd"]["status"] == "failed" and "boom" in recs["kd"]["error"]["message"]
@@ -54,8 +54,8 @@ def test_status_and_plan(tmp_path, capsys):
     assert "TFLOP" in capsys.readouterr().out
 
 
-def test_interrupted_runs_show_as_interrupted_and_the_suite_resumes_them(tmp_path):
-    ov = [*tiny_overrides(tmp_path, epochs=3), "method=kd", "seed=0"]
+def test_interrupted_runs_show_as_interrupted_and_the_suite_resumes_them(tmp_path, teacher_cache):
+    ov = [*tiny_overrides(tmp_path, epochs=3, teachers=teacher_cache), "method=kd", "seed=0"]
 
     class Killed(BaseException):
         pass
@@ -67,7 +67,8 @@ def test_interrupted_runs_show_as_interrupted_and_the_suite_resumes_them(tmp_pat
     with pytest.raises(Killed):
         run(compose(ov), on_step=kill)
     assert run_state(compose(ov))[0] == "interrupted"
-    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=3), "suite.methods=[kd]", "suite.seeds=[0]"]) == 0
+    assert main(["-q", "bench", *tiny_overrides(tmp_path, epochs=3, teachers=teacher_cache), "suite.methods=[kd]",
+                 "suite.seeds=[0]"]) == 0
     (rec,) = [s.record for s in load_records(tmp_path / "results")]
     assert rec["timing"]["resumed_from_epoch"] == 1
 
@@ -98,14 +99,15 @@ def _sweep(tmp_path, *extra, seeds: str = "0,1") -> list[dict]:
     return [s.record for s in load_records(tmp_path / "results")]
 
 
-def test_multirun_sweep_with_the_basic_launcher_is_idempotent(tmp_path):
-    recs = _sweep(tmp_path)
+def test_multirun_sweep_with_the_basic_launcher_is_idempotent(tmp_path, teacher_cache):
+    recs = _sweep(tmp_path, f"paths.teachers={teacher_cache}")
     assert sorted((r["method"]["name"], r["seed"]) for r in recs) == [("kd", 0), ("kd", 1), ("vanilla", 0),
                                                                         ("vanilla", 1)]
     assert all(r["status"] == "completed" for r in recs)
-    assert len(_sweep(tmp_path)) == 4  # re-running the grid skips completed runs
+    assert len(_sweep(tmp_path, f"paths.teachers={teacher_cache}")) == 4  # re-running the grid skips completed runs
 
 
+@pytest.mark.slow
 def test_multirun_in_parallel_trains_the_teacher_once(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     recs = _sweep(tmp_path, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2")
@@ -139,9 +141,11 @@ def test_threads_split_the_available_cores_over_parallel_jobs(monkeypatch):
         resolve_threads("many")
 
 
-def test_multirun_with_submitit_local_executor(tmp_path):
+@pytest.mark.slow
+def test_multirun_with_submitit_local_executor(tmp_path, teacher_cache):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    recs = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", seeds="0")
+    recs = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                  f"paths.teachers={teacher_cache}", seeds="0")
     assert len(recs) == 2 and all(r["status"] == "completed" for r in recs)
 
 

@@ -15,6 +15,7 @@ def test_scalars_flatten_a_row_and_drop_what_is_not_a_finite_number():
     assert set(scalars("hint", row)) == {"hint/loss/ce", "hint/lr", "hint/images_per_s", "hint/student/test/top1"}
 
 
+@pytest.mark.usefixtures("teacher_cache")
 def test_tensorboard_gets_every_epoch_and_the_run_id_does_not_change(make_cfg, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -32,6 +33,7 @@ def test_tensorboard_gets_every_epoch_and_the_run_id_does_not_change(make_cfg, t
     assert [round(e.value, 4) for e in acc] == [round(h["student"]["test"]["top1"], 4) for h in plain["history"]]
 
 
+@pytest.mark.usefixtures("teacher_cache")
 def test_a_plug_in_tracker_gets_each_epoch_and_one_that_fails_costs_nothing(make_cfg, tmp_path):
     calls = []
 

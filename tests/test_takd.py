@@ -7,7 +7,7 @@ from kdbench import KDBenchError
 from kdbench.experiment.identity import assistant_training_config, teacher_config
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.runner import run_identity, spec_of
-from kdbench.orchestration.teacher_cache import teacher_hash, teacher_spec
+from kdbench.orchestration.teacher_cache import recipe_key, teacher_recipe
 
 
 def test_the_assistant_is_the_teacher_and_is_trained_by_kd_from_the_pairs_teacher():
@@ -20,7 +20,7 @@ def test_the_assistant_is_the_teacher_and_is_trained_by_kd_from_the_pairs_teache
     assert (up.pair.teacher, up.pair.student, up.method.name) == ("cnn_wide", "cnn_mid", "kd")
     assert up.seed == cfg.teacher.seed and up.teacher.schedule == cfg.teacher.schedule
     assert up.method.temperature == cfg.method.temperature
-    assert teacher_spec(cfg)["distilled"]["teacher"]["arch"] == "cnn_wide"
+    assert teacher_recipe(cfg)["distilled"]["teacher"]["arch"] == "cnn_wide"
 
 
 def test_a_two_assistant_chain_recurses():
@@ -31,7 +31,7 @@ def test_a_two_assistant_chain_recurses():
     assert (up.method.name, list(up.method.assistants), up.pair.student) == ("takd", ["resnet56"], "resnet32")
     top = assistant_training_config(teacher_config(up))
     assert (top.method.name, top.pair.teacher, top.pair.student) == ("kd", "resnet110", "resnet56")
-    assert teacher_spec(cfg)["distilled"]["teacher"]["distilled"]["teacher"]["arch"] == "resnet110"
+    assert teacher_recipe(cfg)["distilled"]["teacher"]["distilled"]["teacher"]["arch"] == "resnet110"
 
 
 def test_what_makes_the_assistant_is_part_of_the_students_identity():
@@ -71,7 +71,7 @@ def test_a_suite_trains_the_assistant_once_for_every_student_seed(tmp_path, monk
     assert recs[("takd", 0)]["teacher"]["hash"] == recs[("takd", 1)]["teacher"]["hash"]
     assert recs[("takd", 0)]["teacher"]["source"] == "distilled"
     assert res.pairs[0].teacher_top1 == recs[("kd", 0)]["teacher"]["test_top1"]  # the table reports the pair's teacher
-    assert teacher_hash(compose([*tiny_overrides(tmp_path), "method=takd"])) == recs[("takd", 1)]["teacher"]["hash"]
+    assert recipe_key(compose([*tiny_overrides(tmp_path), "method=takd"])) == recs[("takd", 1)]["teacher"]["hash"]
     from kdbench.cli import main
 
     assert main(["teacher", "list", *tiny_overrides(tmp_path)]) == 0

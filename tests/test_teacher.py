@@ -8,7 +8,7 @@ from kdbench.data import load_data
 from kdbench.orchestration import teacher as teacher_mod
 from kdbench.orchestration.runner import run
 from kdbench.orchestration.teacher import ensure_teacher
-from kdbench.orchestration.teacher_cache import find_teacher, get_teacher, list_teachers, load_teacher, teacher_hash
+from kdbench.orchestration.teacher_cache import find_teacher, get_teacher, list_teachers, load_teacher, recipe_key
 
 
 def test_teacher_is_trained_once_and_reused(make_cfg, monkeypatch):
@@ -29,11 +29,11 @@ def test_teacher_is_trained_once_and_reused(make_cfg, monkeypatch):
 
 
 def test_teacher_hash_covers_dataset_arch_schedule_seed_not_paths(make_cfg):
-    base = teacher_hash(make_cfg())
-    assert teacher_hash(make_cfg("paths.results=/elsewhere")) == base
-    assert teacher_hash(make_cfg("schedule.epochs=7")) == base  # the student's schedule
+    base = recipe_key(make_cfg())
+    assert recipe_key(make_cfg("paths.results=/elsewhere")) == base
+    assert recipe_key(make_cfg("schedule.epochs=7")) == base  # the student's schedule
     for changed in ("teacher.seed=1", "teacher.schedule.lr=0.1", "data.val_fraction=0.2", "pair.teacher=cnn_small"):
-        assert teacher_hash(make_cfg(changed)) != base, changed
+        assert recipe_key(make_cfg(changed)) != base, changed
 
 
 def test_corrupted_teacher_weights_fail_their_checksum(make_cfg):

@@ -126,13 +126,13 @@ def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
     """Every distinct network the runs distil from -- TF-KD's student copies, TAKD's assistants (each
     after its own teacher) -- found or trained once, before any student, in the order first needed."""
     from kdbench.experiment.catalog import METHODS
-    from kdbench.orchestration.teacher_cache import teacher_key
+    from kdbench.orchestration.teacher_cache import entry_key
 
     seen: set[str] = set()
     for cfg in cfgs:
         if not METHODS.get(str(cfg.method.name)).obj.uses_teacher:
             continue
-        key = teacher_key(cfg)
+        key = entry_key(cfg)
         if key not in seen:
             seen.add(key)
             ensure_teacher(cfg, data)

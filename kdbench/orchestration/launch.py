@@ -60,7 +60,7 @@ class SuitePlan:
 def plan_suite(overrides: list[str] | tuple[str, ...]) -> SuitePlan:
     """The stages a launcher runs for the suite ``overrides`` name (Hydra's own overrides left out)."""
     from kdbench.experiment.identity import teacher_config
-    from kdbench.orchestration.teacher_cache import find_teacher, teacher_key
+    from kdbench.orchestration.teacher_cache import entry_key, find_teacher
 
     sc = suite_configs(overrides)  # every name checked before anything is launched
     s, runs, cfgs = sc.suite, sc.runs, sc.cfgs
@@ -69,7 +69,7 @@ def plan_suite(overrides: list[str] | tuple[str, ...]) -> SuitePlan:
     needs: list[list[DictConfig]] = []
 
     def want(c: DictConfig, depth: int, ov: list[str], job: list[str], label: str) -> None:
-        key = teacher_key(c)
+        key = entry_key(c)
         if key in seen:
             return
         seen.add(key)

@@ -93,7 +93,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
     the training FLOPs and time (from FLOPs) of those to train."""
     from kdbench.experiment.catalog import METHODS
     from kdbench.experiment.identity import assistant_training_config
-    from kdbench.orchestration.teacher_cache import find_teacher, teacher_key
+    from kdbench.orchestration.teacher_cache import entry_key, find_teacher
 
     configs = (suite or suite_configs(overrides)).cfgs
     if configs and flops_per_s is None:
@@ -104,7 +104,7 @@ def plan_teachers(overrides: list[str] | tuple[str, ...], flops_per_s: float | N
         t = teacher_config(cfg)
         if t.teacher.get("assistant") is not None:
             visit(assistant_training_config(t))  # its own teacher first
-        key = teacher_key(t)
+        key = entry_key(t)
         if key in seen:
             return
         seen.add(key)

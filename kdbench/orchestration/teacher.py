@@ -30,8 +30,8 @@ from kdbench.orchestration.teacher_cache import (
     load_state_strict,
     load_teacher,
     read_entry,
-    teacher_hash,
-    teacher_spec,
+    recipe_key,
+    teacher_recipe,
 )
 from kdbench.training.engine import fit
 
@@ -50,7 +50,7 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     if found is None and ddp.world() > 1:  # one torchrun job: its processes train the teacher together
         return train_teacher(cfg, data)
     if found is None:
-        lock = Path(cfg.paths.teachers) / f"{teacher_hash(cfg)}.lock"
+        lock = Path(cfg.paths.teachers) / f"{recipe_key(cfg)}.lock"
         with file_lock(lock):
             found = find_teacher(cfg)  # another worker may have finished it while we waited
             if found is None:
@@ -66,7 +66,7 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     from kdbench.compute import distributed as ddp
 
     cfg = teacher_config(cfg)
-    key = teacher_hash(cfg)
+    key = recipe_key(cfg)
     final = Path(cfg.paths.teachers) / key
     partial = final.with_name(key + ".partial")
     arch, seed = str(cfg.pair.teacher), int(cfg.teacher.seed)
@@ -129,7 +129,7 @@ def _trained_meta(cfg: DictConfig, data: DataBundle, model: KDModel, weights: Pa
     last = result.last["student"]
     return {
         "arch": str(cfg.pair.teacher), "dataset": data.info.name, "num_classes": data.info.num_classes,
-        "input_shape": list(data.info.input_shape), "spec": teacher_spec(cfg),
+        "input_shape": list(data.info.input_shape), "spec": teacher_recipe(cfg),
         "metrics": {"epoch": result.last["epoch"], "test_top1": last["test"]["top1"], "test_top5": last["test"]["top5"],
                     "val_top1": last["val"]["top1"] if last["val"] else None},
         "selected": result.selected, "params": count_parameters(model),

@@ -39,7 +39,7 @@ class TeacherEntry:
         return self.meta["metrics"]["test_top1"]
 
 
-def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
+def teacher_recipe(cfg: DictConfig) -> dict[str, Any]:
     """The recipe of the teacher a run needs: its cache key (the weights' sha256 identifies the result)."""
     cfg = teacher_config(cfg)
     spec = {
@@ -54,14 +54,15 @@ def teacher_spec(cfg: DictConfig) -> dict[str, Any]:
     return spec
 
 
-def teacher_hash(cfg: DictConfig) -> str:
-    return digest(teacher_spec(cfg))[:16]
+def recipe_key(cfg: DictConfig) -> str:
+    """The cache folder a teacher trained from ``cfg``'s recipe lives in (an imported one has its own key)."""
+    return digest(teacher_recipe(cfg))[:16]
 
 
-def teacher_key(cfg: DictConfig) -> str:
+def entry_key(cfg: DictConfig) -> str:
     """The cache entry ``cfg``'s teacher is (or will be) stored under: its pinned hash, else its recipe's."""
     t = teacher_config(cfg)
-    return str(t.teacher.hash) if t.teacher.get("hash") else teacher_hash(t)
+    return str(t.teacher.hash) if t.teacher.get("hash") else recipe_key(t)
 
 
 def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
@@ -73,7 +74,7 @@ def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
             raise KDBenchError(f"teacher.hash={cfg.teacher.hash} is a {entry.arch} on {entry.meta['dataset']}, "
                                f"but pair {cfg.pair.name} on {cfg.data.name} needs a {cfg.pair.teacher}")
         return entry
-    path = Path(cfg.paths.teachers) / teacher_hash(cfg)
+    path = Path(cfg.paths.teachers) / recipe_key(cfg)
     return read_entry(path) if (path / "teacher.json").exists() else None
 
 

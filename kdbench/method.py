@@ -3,7 +3,7 @@
 Built-in methods (``methods/``) and plug-in packages import from here, so the training package can be
 rearranged without breaking them. See docs/adding-a-method.md.
 """
-from kdbench.experiment.catalog import METHODS, Range, method_defaults
+from kdbench.experiment.catalog import METHODS, Count, Index, Positive, Range, Weight, method_defaults
 from kdbench.experiment.schema import CATEGORIES, SCHEMES
 from kdbench.training.losses import kl_divergence, soft_kl
 from kdbench.training.method import (
@@ -23,6 +23,7 @@ from kdbench.training.method import (
     require,
 )
 
-__all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "InitStage", "Method", "MethodContext", "PartsView",
-           "Range", "StepOutput", "build_method", "create_method", "full_precision", "kl_divergence", "match_sizes",
-           "method_defaults", "method_hparams", "register_method", "register_method_configs", "require", "soft_kl"]
+__all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "Count", "Index", "InitStage", "Method", "MethodContext",
+           "PartsView", "Positive", "Range", "StepOutput", "Weight", "build_method", "create_method", "full_precision",
+           "kl_divergence", "match_sizes", "method_defaults", "method_hparams", "register_method",
+           "register_method_configs", "require", "soft_kl"]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, register_method, require
+from kdbench.method import InitStage, Method, Range, StepOutput, Weight, full_precision, register_method, require
 from kdbench.training.connectors import ConvRegressor
 
 
@@ -61,7 +61,7 @@ def _connector(s, t) -> nn.Module:
 class AB(Method):
     def __init__(self, student, teacher, ctx, *, margin: Annotated[float, Range(gt=0)] = 1.0,
                  init_epochs: Annotated[int, Range(ge=0)] = 30,
-                 ce_weight: float = 1.0) -> None:
+                 ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         ss, ts = ctx.student_spec, ctx.teacher_spec
         require(ss.has_preact and ts.has_preact,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, match_sizes, register_method, require
+from kdbench.method import Method, Positive, StepOutput, Weight, match_sizes, register_method, require
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
@@ -42,8 +42,8 @@ def at_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
                  display="AT", order=3, paper="Zagoruyko & Komodakis, ICLR 2017",
                  code="github.com/HobbitLong/RepDistiller")
 class AT(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 1000.0, p: float = 2.0,
-                 ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 1000.0, p: Positive = 2.0,
+                 ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         n = min(len(ctx.student_spec.stages), len(ctx.teacher_spec.stages)) - 1
         require(n >= 1, "at needs at least one stage feature map beyond the stem on both models")

@@ -36,7 +36,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, PartsView, Range, StepOutput, full_precision, register_method, require, soft_kl
+from kdbench.method import (
+    Method,
+    PartsView,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    register_method,
+    require,
+    soft_kl,
+)
 from kdbench.models import KDModel, ModelOutput, StageSpec
 
 
@@ -97,7 +107,7 @@ class BYOT(Method):
     uses_teacher = False
 
     def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 3.0,
-                 alpha: Annotated[float, Range(ge=0, le=1)] = 0.1, beta: float = 1e-6) -> None:
+                 alpha: Annotated[float, Range(ge=0, le=1)] = 0.1, beta: Weight = 1e-6) -> None:
         super().__init__(student, teacher, ctx)
         spec = ctx.student_spec
         stages = spec.stages

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, register_method
+from kdbench.method import Count, Method, StepOutput, Weight, register_method
 
 
 def cc_loss(v_s: Tensor, v_t: Tensor) -> Tensor:
@@ -31,8 +31,8 @@ def cc_loss(v_s: Tensor, v_t: Tensor) -> Tensor:
                  description="Peng et al. 2019: correlation congruence of embedded features (CRD benchmark form)",
                  display="CC", order=5, paper="Peng et al., ICCV 2019", code="github.com/HobbitLong/RepDistiller")
 class CC(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 0.02, feat_dim: int = 128,
-                 ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 0.02, feat_dim: Count = 128,
+                 ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.embed_s = nn.Linear(ctx.student_spec.embedding_dim, feat_dim)
         self.embed_t = nn.Linear(ctx.teacher_spec.embedding_dim, feat_dim)

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from kdbench.compute.distributed import all_gather_cat, all_reduce_sum, stream, world
 from kdbench.compute.seeding import class_groups, derive_seed
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require, soft_kl
+from kdbench.method import Count, Method, Range, StepOutput, Weight, full_precision, register_method, require, soft_kl
 from kdbench.training.connectors import L2Embed
 
 EPS = 1e-7
@@ -182,11 +182,11 @@ class NegativeSampler(nn.Module):
                  display="CRD", order=13, paper="Tian, Krishnan & Isola, ICLR 2020",
                  code="github.com/HobbitLong/RepDistiller")
 class CRD(Method):
-    def __init__(self, student, teacher, ctx, *, feat_dim: int = 128, nce_k: int = 16384,
+    def __init__(self, student, teacher, ctx, *, feat_dim: Count = 128, nce_k: Count = 16384,
                  nce_t: Annotated[float, Range(gt=0)] = 0.07, nce_m: Annotated[float, Range(ge=0, le=1)] = 0.5,
                  mode: Mode = "exact",  # exact: positive = the anchor itself; relax: a same-class sample
                  negatives: Negatives = "other_class",  # other_class (authors' CIFAR sampler) | uniform (any sample)
-                 beta: float = 0.8, ce_weight: float = 1.0, kd_weight: float = 0.0,
+                 beta: Weight = 0.8, ce_weight: Weight = 1.0, kd_weight: Weight = 0.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.has_indices and ctx.train_labels is not None,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require, soft_kl
+from kdbench.method import Method, Range, StepOutput, Weight, full_precision, register_method, require, soft_kl
 
 
 @register_method("cs-kd", category="response", scheme="self",
@@ -38,7 +38,7 @@ class CSKD(Method):
     paired_batches: ClassVar[bool] = True
 
     def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 lamda: float = 1.0) -> None:
+                 lamda: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.temperature, self.lamda = temperature, lamda
 

@@ -30,7 +30,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, full_precision, kl_divergence, register_method, require, soft_kl
+from kdbench.method import (
+    Method,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    kl_divergence,
+    register_method,
+    require,
+    soft_kl,
+)
 
 
 def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -65,9 +75,9 @@ def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float
                  display="DKD", order=15, paper="Zhao et al., CVPR 2022",
                  code="github.com/megvii-research/mdistiller")
 class DKD(Method):
-    def __init__(self, student, teacher, ctx, *, alpha: float = 1.0, beta: float = 8.0,
+    def __init__(self, student, teacher, ctx, *, alpha: Weight = 1.0, beta: Weight = 8.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0, warmup: Annotated[int, Range(ge=1)] = 20,
-                 ce_weight: float = 1.0) -> None:
+                 ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 3, "dkd needs at least 3 classes (target plus two non-target classes)")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature

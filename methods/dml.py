@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, kl_divergence, register_method, require
+from kdbench.method import Method, StepOutput, Weight, kl_divergence, register_method, require
 from kdbench.models import create_model
 
 
@@ -65,7 +65,7 @@ class DML(Method):
                  peers: list = (None,),  # the other members' architectures; None = the pair's student's
                  # sequential (paper Algorithm 1) | simultaneous (one step for all)
                  update: Literal["sequential", "simultaneous"] = "sequential",
-                 kl_weight: float = 1.0) -> None:
+                 kl_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(len(peers) >= 1, "dml needs at least one peer (method.peers), i.e. a cohort of K >= 2")
         info = ctx.data

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, Range, StepOutput, register_method, require, soft_kl
+from kdbench.method import Index, InitStage, Method, Range, StepOutput, Weight, register_method, require, soft_kl
 from kdbench.training.connectors import ConvRegressor
 
 
@@ -42,12 +42,12 @@ def hint_loss(regressed_student: Tensor, teacher_feature: Tensor) -> Tensor:
                  display="FitNet", order=2, paper="Romero et al., ICLR 2015",
                  code="github.com/HobbitLong/RepDistiller")
 class FitNet(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 100.0, ce_weight: float = 1.0,
-                 hint_layer: int = 2,  # index into features (0 = stem): the middle stage
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 100.0, ce_weight: Weight = 1.0,
+                 hint_layer: Index = 2,  # index into features (0 = stem): the middle stage
                  stages: Literal[1, 2] = 1,  # 1: CE + beta*hint throughout; 2: the paper's hints-then-KD
                  init_epochs: Annotated[int, Range(ge=0)] = 30,  # the hint stage's epochs (RepDistiller --init_epochs)
-                 temperature: Annotated[float, Range(gt=0)] = 4.0, kd_weight: float = 0.9,
-                 kd_ce_weight: float = 0.1) -> None:
+                 temperature: Annotated[float, Range(gt=0)] = 4.0, kd_weight: Weight = 0.9,
+                 kd_ce_weight: Weight = 0.1) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages, ctx.teacher_spec.stages
         require(len(s) > hint_layer and len(t) > hint_layer,

@@ -27,7 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import (
+    InitStage,
+    Method,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    match_sizes,
+    register_method,
+    require,
+)
 
 
 def fsp_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -47,7 +57,7 @@ def fsp_loss(feats_s: list[Tensor], feats_t: list[Tensor]) -> Tensor:
                  display="FSP", order=11, paper="Yim et al., CVPR 2017", code="github.com/HobbitLong/RepDistiller")
 class FSP(Method):
     def __init__(self, student, teacher, ctx, *, init_epochs: Annotated[int, Range(ge=0)] = 30,
-                 ce_weight: float = 1.0) -> None:
+                 ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         s = [x.channels for x in ctx.student_spec.stages]
         t = [x.channels for x in ctx.teacher_spec.stages]

@@ -32,7 +32,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import InitStage, Method, Range, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import (
+    InitStage,
+    Method,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    match_sizes,
+    register_method,
+    require,
+)
 
 # Students whose paraphraser RepDistiller trains at 0.01 (helper/pretrain.py's list of CIFAR ResNets and WRNs).
 _LOW_INIT_LR = re.compile(r"^(resnet(8|14|20|32|44|56|110|8x4|32x4)|wrn_(16|40)_[12])$")
@@ -72,7 +82,7 @@ def ft_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
                  description="Kim et al. 2018: transfer the teacher's paraphrased factors through a translator",
                  display="FT", order=10, paper="Kim et al., NeurIPS 2018", code="github.com/HobbitLong/RepDistiller")
 class FT(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 200.0, ce_weight: float = 1.0,
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 200.0, ce_weight: Weight = 1.0,
                  rate: Annotated[float, Range(gt=0, le=1)] = 0.5, init_epochs: Annotated[int, Range(ge=0)] = 30,
                  init_lr: Annotated[float, Range(gt=0)] | None = None) -> None:
         super().__init__(student, teacher, ctx)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, register_method, soft_kl
+from kdbench.method import Method, Range, StepOutput, Weight, register_method, soft_kl
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -33,7 +33,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
                  code="github.com/HobbitLong/RepDistiller")
 class KD(Method):
     def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 4.0,
-                 ce_weight: float = 0.1, kd_weight: float = 0.9) -> None:
+                 ce_weight: Weight = 0.1, kd_weight: Weight = 0.9) -> None:
         super().__init__(student, teacher, ctx)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import Method, StepOutput, Weight, full_precision, match_sizes, register_method, require
 
 
 def _poly_mmd_term(a: Tensor, b: Tensor) -> Tensor:
@@ -41,7 +41,7 @@ def nst_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
                  display="NST", order=12, paper="Huang & Wang, arXiv:1707.01219, 2017",
                  code="github.com/HobbitLong/RepDistiller")
 class NST(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 50.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 50.0, ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         n = min(len(ctx.student_spec.stages), len(ctx.teacher_spec.stages)) - 1
         require(n >= 1, "nst needs at least one stage feature map beyond the stem on both models")

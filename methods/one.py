@@ -32,7 +32,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, PartsView, Range, StepOutput, full_precision, register_method, require, soft_kl
+from kdbench.method import (
+    Method,
+    PartsView,
+    Positive,
+    Range,
+    StepOutput,
+    full_precision,
+    register_method,
+    require,
+    soft_kl,
+)
 from kdbench.models import KDModel, ModelOutput, create_model
 
 
@@ -69,7 +79,7 @@ class ONE(Method):
     uses_teacher = False
 
     def __init__(self, student, teacher, ctx, *, branches: Annotated[int, Range(ge=2)] = 3,
-                 temperature: Annotated[float, Range(gt=0)] = 3.0, rampup: float = 80 / 300) -> None:
+                 temperature: Annotated[float, Range(gt=0)] = 3.0, rampup: Positive = 80 / 300) -> None:
         super().__init__(student, teacher, ctx)
         require(bool(getattr(student, "TAIL", ())),
                 f"one needs a student that splits into a shared trunk and a tail; {ctx.student_arch or 'this model'} "

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method
+from kdbench.method import Method, StepOutput, Weight, full_precision, register_method
 
 EPS = 1e-7
 
@@ -45,7 +45,7 @@ def pkt_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
                  display="PKT", order=8, paper="Passalis & Tefas, ECCV 2018",
                  code="github.com/HobbitLong/RepDistiller")
 class PKT(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 30000.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 30000.0, ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.beta, self.ce_weight = beta, ce_weight
 

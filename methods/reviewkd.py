@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, full_precision, register_method, require
+from kdbench.method import Count, Method, Range, StepOutput, Weight, full_precision, register_method, require
 
 
 class ABF(nn.Module):
@@ -88,9 +88,9 @@ def _levels(feats: list[Tensor], embedding: Tensor) -> list[Tensor]:
                  display="ReviewKD", order=16, paper="Chen et al., CVPR 2021",
                  code="github.com/megvii-research/mdistiller")
 class ReviewKD(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 1.0, warmup: Annotated[int, Range(ge=1)] = 20,
-                 ce_weight: float = 1.0,
-                 max_mid_channels: int = 512) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 1.0, warmup: Annotated[int, Range(ge=1)] = 20,
+                 ce_weight: Weight = 1.0,
+                 max_mid_channels: Count = 512) -> None:
         super().__init__(student, teacher, ctx)
         ss, ts = ctx.student_spec, ctx.teacher_spec
         require(ts.has_preact, f"reviewkd reads the teacher's pre-activation features; {ctx.teacher_arch} has none")

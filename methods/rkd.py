@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method
+from kdbench.method import Method, StepOutput, Weight, full_precision, register_method
 
 
 def pairwise_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -62,8 +62,8 @@ def rkd_angle_loss(s: Tensor, t: Tensor) -> Tensor:
                  display="RKD", order=7, paper="Park, Kim, Lu & Cho, CVPR 2019",
                  code="github.com/HobbitLong/RepDistiller")
 class RKD(Method):
-    def __init__(self, student, teacher, ctx, *, distance_weight: float = 25.0, angle_weight: float = 50.0,
-                 beta: float = 1.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, distance_weight: Weight = 25.0, angle_weight: Weight = 50.0,
+                 beta: Weight = 1.0, ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self.beta, self.ce_weight = beta, ce_weight

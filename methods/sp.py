@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, register_method, require
+from kdbench.method import Method, StepOutput, Weight, full_precision, register_method, require
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
@@ -37,7 +37,7 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
                  description="Tung & Mori 2019: preserve the batch's pairwise similarities of the last stage",
                  display="SP", order=4, paper="Tung & Mori, ICCV 2019", code="github.com/HobbitLong/RepDistiller")
 class SP(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 3000.0, ce_weight: float = 1.0) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 3000.0, ce_weight: Weight = 1.0) -> None:
         super().__init__(student, teacher, ctx)
         require(len(ctx.student_spec.stages) > 1 and len(ctx.teacher_spec.stages) > 1,
                 "sp needs a stage feature map beyond the stem on both models")

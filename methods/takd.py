@@ -28,7 +28,7 @@ from typing import Annotated, ClassVar
 
 from kdbench.methods.kd import KD
 
-from kdbench.method import Range, register_method, require
+from kdbench.method import Range, Weight, register_method, require
 
 
 @register_method("takd", category="response", scheme="offline",
@@ -39,8 +39,8 @@ class TAKD(KD):
     teacher_arch: ClassVar[str] = "assistant"  # the teacher is the chain's last assistant (identity.teacher_config)
 
     def __init__(self, student, teacher, ctx, *, assistants: list = (),
-                 temperature: Annotated[float, Range(gt=0)] = 4.0, ce_weight: float = 0.1,
-                 kd_weight: float = 0.9) -> None:
+                 temperature: Annotated[float, Range(gt=0)] = 4.0, ce_weight: Weight = 0.1,
+                 kd_weight: Weight = 0.9) -> None:
         require(len(assistants) > 0, "takd needs a teacher assistant: set method.assistants=[ARCH] (architectures "
                                      "between the teacher and the student, teacher side first); this pair "
                                      "declares none")

@@ -34,7 +34,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, Range, StepOutput, full_precision, kl_divergence, register_method, require, soft_kl
+from kdbench.method import (
+    Method,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    kl_divergence,
+    register_method,
+    require,
+    soft_kl,
+)
 
 
 def virtual_teacher(labels: Tensor, num_classes: int, correct_prob: float, temperature: float) -> Tensor:
@@ -52,7 +62,7 @@ class TFKDReg(Method):
     uses_teacher = False
 
     def __init__(self, student, teacher, ctx, *, alpha: Annotated[float, Range(ge=0, le=1)] = 0.1,
-                 temperature: Annotated[float, Range(gt=0)] = 20.0, multiplier: float = 100.0,
+                 temperature: Annotated[float, Range(gt=0)] = 20.0, multiplier: Weight = 100.0,
                  correct_prob: Annotated[float, Range(gt=0, lt=1)] = 0.99) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 2, "tf-kd-reg needs at least 2 classes")
@@ -76,7 +86,7 @@ class TFKDSelf(Method):
     teacher_arch: ClassVar[str] = "student"  # a trained copy of the student's architecture
 
     def __init__(self, student, teacher, ctx, *, alpha: Annotated[float, Range(ge=0, le=1)] = 0.95,
-                 temperature: Annotated[float, Range(gt=0)] = 6.0, multiplier: float = 50.0) -> None:
+                 temperature: Annotated[float, Range(gt=0)] = 6.0, multiplier: Weight = 50.0) -> None:
         super().__init__(student, teacher, ctx)
         self.alpha, self.temperature, self.multiplier = alpha, temperature, multiplier
 

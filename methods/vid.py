@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, full_precision, match_sizes, register_method, require
+from kdbench.method import Method, Positive, StepOutput, Weight, full_precision, match_sizes, register_method, require
 
 
 class VariationalRegressor(nn.Module):
@@ -55,8 +55,8 @@ def vid_nll(mu: Tensor, var: Tensor, t: Tensor) -> Tensor:
                  description="Ahn et al. 2019: maximise a variational bound on student-teacher mutual information",
                  display="VID", order=6, paper="Ahn et al., CVPR 2019", code="github.com/HobbitLong/RepDistiller")
 class VID(Method):
-    def __init__(self, student, teacher, ctx, *, beta: float = 1.0, ce_weight: float = 1.0, init_var: float = 5.0,
-                 eps: float = 1e-5) -> None:
+    def __init__(self, student, teacher, ctx, *, beta: Weight = 1.0, ce_weight: Weight = 1.0, init_var: Positive = 5.0,
+                 eps: Positive = 1e-5) -> None:
         super().__init__(student, teacher, ctx)
         s, t = ctx.student_spec.stages[1:], ctx.teacher_spec.stages[1:]
         require(len(s) >= 1 and len(t) >= 1, "vid needs at least one stage feature map beyond the stem on both models")

@@ -76,3 +76,11 @@ def test_teacher_train_list_show(capsys, tmp_path):
     assert main(["teacher", "show", h[:8], *ov]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["hash"] == h and shown["weights"]["sha256"] and shown["spec"]["arch"] == "cnn_wide"
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"kdbench {version('kdbench')}"

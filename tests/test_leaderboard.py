@@ -15,7 +15,7 @@ from kdbench import KDBenchError
 from kdbench.cli import main
 from kdbench.report import build_leaderboard, check_leaderboard, render
 from tests.conftest import write_records
-from tests.helpers import relabel
+from tests.helpers import relabel, set_top1
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 
@@ -152,7 +152,7 @@ def test_repeats_of_a_seed_count_once_and_the_newest_wins(real_records, tmp_path
     for i, acc in enumerate((11.0, 12.0)):
         r = copy.deepcopy(kd0)
         r["created"] = f"2099-01-0{i + 1}T00:00:00+00:00"
-        r["metrics"]["last"]["student"]["test"]["top1"] = acc
+        set_top1(r, acc)
         again.append(r)
     files = render(_store(tmp_path, real_records + again))
     (kd,) = _kd(_csv(files["aggregate.csv"]))
@@ -263,10 +263,10 @@ def test_speed_records_become_a_table(real_records, tmp_path):
 
 
 def test_cost_rows_say_where_and_how_steadily_they_were_measured(real_records, tmp_path):
-    recs = copy.deepcopy(real_records)
+    # KD's runs given three epochs to judge steadiness by
+    recs = [relabel(r, epochs=3) if r["method"]["name"] == "kd" else copy.deepcopy(r) for r in real_records]
     kd = [r for r in recs if r["method"]["name"] == "kd"]
-    kd[0]["history"][-1]["time_s"] = 10 * kd[0]["history"][0]["time_s"] + 1  # an epoch paused or shared
-    kd[0]["history"] = kd[0]["history"] + [dict(kd[0]["history"][0])]  # three epochs to judge by
+    kd[0]["history"][1]["time_s"] = 10 * kd[0]["history"][0]["time_s"] + 1  # an epoch paused or shared
     kd[1]["environment"]["hardware"] = "Other CPU x8"
     rows = {r["method_id"]: r for r in _csv(render(_store(tmp_path, recs))["cost.csv"])}
     assert rows["kd"]["timing"] == "1 of 3 runs unsteady" and rows["vanilla"]["timing"] == "steady"
@@ -297,6 +297,41 @@ def test_out_never_deletes_files_it_did_not_write(real_records, tmp_path):
     build_leaderboard(root, out)
     assert (out / "notes.md").read_text() == "someone's notes" and not (out / "old_plot.png").exists()
     assert any("did not write: notes.md" in p for p in check_leaderboard(root, out))
+
+
+def test_a_foreign_manifest_is_not_taken_for_ours(real_records, tmp_path):
+    """Another tool's manifest.json once made `--out` delete the files it named."""
+    root, site = _store(tmp_path, real_records), tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("theirs")
+    (site / "manifest.json").write_text(json.dumps({"version": 3, "files": {"index.html": "0" * 64}}))
+    with pytest.raises(KDBenchError, match="not written by `kdbench leaderboard`"):
+        build_leaderboard(root, site)
+    assert (site / "index.html").read_text() == "theirs"
+    assert any("not written by" in p for p in check_leaderboard(root, site))
+
+
+def test_an_interrupted_build_is_finished_by_the_next(real_records, tmp_path, monkeypatch):
+    """An interrupted first `--out NEW` used to leave a folder the next build refused as not its own."""
+    import kdbench.report.build as build
+
+    root, out, written = _store(tmp_path, real_records), tmp_path / "new", []
+    real_write = build.atomic_write_bytes
+
+    def ctrl_c_on_third(path, data, *a):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        real_write(path, data, *a)
+
+    monkeypatch.setattr(build, "atomic_write_bytes", ctrl_c_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_leaderboard(root, out)
+    monkeypatch.setattr(build, "atomic_write_bytes", real_write)
+    assert any("unfinished build" in p for p in check_leaderboard(root, out))
+    build_leaderboard(root, out)  # recognised as ours, finished
+    assert check_leaderboard(root, out) == []
+    assert "unfinished" not in json.loads((out / "manifest.json").read_text())
 
 
 def test_a_damaged_manifest_says_to_rebuild(real_records, tmp_path):
@@ -497,7 +532,7 @@ def test_methods_are_in_the_crd_tables_order_with_display_names_and_every_table_
 def test_against_kd_marks_each_cell_up_or_down_as_the_crd_table_does(real_records, tmp_path):
     variants = [relabel(r, temperature=1.0) for r in real_records if r["method"]["name"] == "kd"]
     for r in variants:  # a variant that is clearly below KD on every seed
-        r["metrics"]["last"]["student"]["test"]["top1"] -= 5
+        set_top1(r, r["metrics"]["last"]["student"]["test"]["top1"] - 5)
     files = render(_store(tmp_path, real_records + variants), against="kd")
     rows = {r["method"]: r for r in _csv(files["benchmark.csv"])}
     pair = "digits/cnn_wide-cnn_small"

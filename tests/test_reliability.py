@@ -26,12 +26,60 @@ def _records(cfg) -> list:
 
 @pytest.mark.parametrize("bad", ["schedule.batch_size=0", "method.temperature=abc", "schedule.lr=abc", "seed=abc",
                                  "seed=[1,2]", "schedule.epochs=abc", "schedule.epochs=0", "schedule.epochs=-1",
-                                 "+schedule.epoch=1", "engine.device=gpu0", "engine.compile=maybe"])
+                                 "+schedule.epoch=1", "engine.device=gpu0", "engine.compile=maybe",
+                                 # runtime keys are typed too: each of these used to fail mid-run, store a
+                                 # failed record under the real run id and so block the corrected command
+                                 "engine.eval_batch_size=0", "engine.log_every=abc", "engine.threads=0",
+                                 "engine.keep_model=maybe", "bench.cohort=maybe", "resume=maybe", "speed.steps=0",
+                                 "method.kd_weight=-1", "method.temperature=0"])
 def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad):
     assert main(["run", *tiny_overrides(tmp_path), "method=kd", bad]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("kdbench: error:")
     assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").iterdir())
+
+
+def test_a_method_count_out_of_range_is_refused_before_anything_runs(capsys, tmp_path):
+    assert main(["run", *tiny_overrides(tmp_path), "method=crd", "method.nce_k=-5"]) == 2
+    err = capsys.readouterr().err
+    assert "method.nce_k=-5 must be >= 1" in err and "Traceback" not in err
+    assert not (tmp_path / "work" / "teachers").exists()  # refused before a teacher trained
+
+
+@pytest.mark.usefixtures("teacher_cache")
+def test_a_failure_before_the_first_training_step_never_blocks_the_run(make_cfg, monkeypatch):
+    from kdbench.training import engine
+
+    cfg = make_cfg("method=kd", epochs=1)
+    original = engine._Loop._restore
+
+    def broken(self, resume):
+        raise RuntimeError("the data pipeline could not start")
+
+    monkeypatch.setattr(engine._Loop, "_restore", broken)
+    with pytest.raises(RuntimeError, match="could not start"):
+        run(cfg)
+    assert _records(cfg) == []  # set-up failed: nothing stored
+    monkeypatch.setattr(engine._Loop, "_restore", original)
+    assert run(cfg)["status"] == "completed"  # the same command, no retry_failed=true needed
+
+
+@pytest.mark.usefixtures("teacher_cache")
+def test_a_failure_in_training_is_recorded_and_the_setup_failure_of_a_suite_is_shown(make_cfg, monkeypatch):
+    from kdbench.training import engine
+
+    cfg = make_cfg("method=kd", epochs=1)
+    monkeypatch.setattr(engine._Loop, "_restore", lambda self, resume: (_ for _ in ()).throw(OSError("no")))
+    rec = run(cfg, on_error="record")
+    assert rec["status"] == "failed" and rec["error"]["message"] == "no" and _records(cfg) == []
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "train_one_step", boom)  # fails inside the first step: training, recorded
+    assert run(cfg, on_error="record")["status"] == "failed"
+    assert [r["status"] for r in _records(cfg)] == ["failed"]
 
 
 @pytest.mark.usefixtures("teacher_cache")
@@ -182,6 +230,104 @@ def test_overrides_may_follow_a_commands_options(tmp_path):
 def test_print_config_with_a_sweep_is_a_message(tmp_path):
     p = _cli("run", "-m", "method=kd", "--cfg", "hydra", f"paths.work={tmp_path}")
     assert p.returncode == 2 and "Traceback" not in p.stderr and "kdbench config" in p.stderr
+
+
+@pytest.mark.parametrize("content", ['{"status": "completed"}', "[1, 2]", "{not json", '{"status": "failed"}'])
+def test_a_file_that_is_not_a_valid_record_is_not_the_runs_outcome(make_cfg, caplog, content):
+    """A file is not trusted by its name: status, bench and run skip it with a warning naming it."""
+    from kdbench.orchestration.runner import run_identity
+    from kdbench.orchestration.suite import run_state
+
+    cfg = make_cfg("method=vanilla", epochs=1)
+    runs = Path(cfg.paths.results) / "runs"
+    runs.mkdir(parents=True)
+    (runs / f"{run_identity(cfg)}.json").write_text(content)
+    assert run_state(cfg)[0] == "missing"
+    assert "is not a valid record" in caplog.text and run_identity(cfg) in caplog.text
+    assert run(cfg)["status"] == "completed"  # neither skipped as done nor blocked as failed
+    assert run_state(cfg)[0] == "done"
+
+
+@pytest.mark.parametrize("argv,said,expected", [
+    (["list", "methods"], None, "nothing was changed"),
+    (["run", "method=kd"], None, "no training step was under way"),
+    (["run", "method=kd"], "stopped after epoch 1, step 3; checkpoint x/checkpoint.pt",
+     "stopped after epoch 1, step 3; checkpoint x/checkpoint.pt (resume=true continues)"),
+    (["results", "import", "b.tar.gz"], None, "nothing was imported"),
+    (["results", "import", "b.tar.gz"], "interrupted after the import finished: 3 record(s) were added to r",
+     "interrupted after the import finished: 3 record(s) were added to r"),
+    (["results", "export", "b.tar.gz"], None, "no bundle was written"),
+    (["leaderboard", "--out", "x"], None, "marked unfinished"),
+    (["leaderboard", "--check"], None, "nothing was changed"),
+    (["teacher", "import", "t.pth", "--arch", "resnet8", "--dataset", "cifar10"], None, "whole or not at all"),
+])
+def test_ctrl_c_messages_say_what_is_true(monkeypatch, capsys, argv, said, expected):
+    import kdbench.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt(*([said] if said else []))
+
+    monkeypatch.setattr(cli, "dispatch", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("kdbench: interrupted; ") and expected in err, err
+    if argv[0] not in ("run", "bench"):
+        assert "checkpoint" not in err
+
+
+def test_no_eval_import_of_a_digits_teacher(make_cfg, tmp_path, capsys):
+    """kdbench's own digits checkpoint (1 input channel) used to be refused: 3 channels were assumed."""
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher
+
+    cfg = make_cfg("method=kd", epochs=1)
+    trained = ensure_teacher(cfg, load_data(cfg))
+    assert main(["teacher", "import", str(trained.path / "model.pt"), "--arch", str(cfg.pair.teacher),
+                 "--dataset", "digits", "--no-eval", f"paths.work={tmp_path / 'other'}"]) == 0
+    out = capsys.readouterr().out
+    (entry,) = [p for p in (tmp_path / "other" / "teachers").iterdir() if (p / "teacher.json").exists()]
+    meta = json.loads((entry / "teacher.json").read_text())
+    assert meta["input_shape"] == trained.meta["input_shape"] and meta["input_shape"][0] == 1, out
+    assert meta["metrics"]["test_top1"] is None  # not evaluated, as asked
+
+
+def test_concurrent_imports_of_one_teacher_both_succeed(make_cfg, tmp_path, monkeypatch):
+    """Two `teacher import`s of one checkpoint at once: one stores it, the other finds it (no
+    FileNotFoundError); the import's writes never run side by side."""
+    import kdbench.orchestration.teacher as teacher
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher, import_teacher
+
+    cfg = make_cfg("method=kd", epochs=1)
+    weights = ensure_teacher(cfg, load_data(cfg)).path / "model.pt"
+    target = make_cfg("method=kd", "paths.teachers=" + str(tmp_path / "imported"))
+    inside, both_inside, real_meta = threading.Barrier(2, timeout=3), [], teacher._imported_meta
+
+    def meet_inside(*a, **k):
+        try:
+            inside.wait()
+            both_inside.append(True)  # two imports in the critical section at once
+        except threading.BrokenBarrierError:
+            pass
+        return real_meta(*a, **k)
+
+    monkeypatch.setattr(teacher, "_imported_meta", meet_inside)
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(import_teacher(weights, str(cfg.pair.teacher), target, None))
+        except BaseException as exc:  # noqa: BLE001 -- any error of either import fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and not both_inside
+    assert len({r.hash for r in results}) == 1 and len(results) == 2
+    assert [p.name for p in (tmp_path / "imported").iterdir() if p.is_dir()] == [results[0].hash]
 
 
 def test_ctrl_c_outside_training_does_not_claim_a_checkpoint(monkeypatch, capsys):

@@ -5,6 +5,7 @@ import copy
 import json
 import multiprocessing as mp
 import os
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from kdbench.cli import main
 from kdbench.experiment.results import add_record, export_bundle, import_bundle, load_records, valid_records
 from kdbench.experiment.schema import validate_record
 from tests.conftest import write_records
-from tests.helpers import relabel
+from tests.helpers import relabel, set_top1
 
 
 def test_real_records_are_valid(real_records):
@@ -43,6 +44,36 @@ def test_validation_names_the_bad_field(real_records, mutate, field):
     mutate(r)
     problems = validate_record(r)
     assert any(field in p for p in problems), problems
+
+
+def _claim_top1(r, value):
+    r["metrics"]["last"]["student"]["test"]["top1"] = value
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda r: _claim_top1(r, 99.99), "metrics.last: differs from the history's last epoch"),
+    (lambda r: r["metrics"]["selected"].update(epoch=3 - r["metrics"]["selected"]["epoch"]), "metrics.selected"),
+    (lambda r: r["history"].pop(), "history: its epochs are not"),
+    (lambda r: r["schedule"].update(epochs=r["schedule"]["epochs"] + 1), "schedule.epochs"),
+    (lambda r: r.update(teacher=None), "teacher: missing"),
+    (lambda r: r["dataset"].update(name="cifar10"), "dataset.name"),
+])
+def test_a_record_that_contradicts_its_own_history_is_invalid(real_records, mutate, field):
+    kd = next(r for r in real_records if r["method"]["name"] == "kd")
+    r = copy.deepcopy(kd)
+    assert len(r["history"]) == 2  # the mutations assume the fixture's two epochs
+    mutate(r)
+    problems = validate_record(r)
+    assert any(field in p for p in problems), problems
+
+
+def test_an_imported_record_whose_metrics_contradict_its_history_is_refused(real_records, tmp_path):
+    r = copy.deepcopy(real_records[0])
+    _claim_top1(r, 99.99)
+    bundle = _bundle(tmp_path / "b.tar.gz", {f"records/{r['run_id']}.json": json.dumps(r).encode()})
+    with pytest.raises(KDBenchError, match="metrics.last: differs from the history"):
+        import_bundle(bundle, tmp_path / "store")
+    assert not (tmp_path / "store" / "runs").exists() or not list((tmp_path / "store" / "runs").glob("*.json"))
 
 
 def test_validate_command_names_each_bad_file_and_field(real_records, tmp_path, capsys):
@@ -158,7 +189,7 @@ def test_import_refuses_a_changed_copy_of_a_stored_run(real_records, tmp_path):
     """A bundle once changed a stored KD run's top-1 to 100.0 and moved the table's mean."""
     store = write_records(tmp_path / "store", real_records)
     forged = copy.deepcopy(real_records[0])
-    forged["metrics"]["last"]["student"]["test"]["top1"] = 100.0
+    set_top1(forged, 100.0)
     bundle = _bundle(tmp_path / "b.tar.gz", {f"records/{forged['run_id']}.json": _rec_bytes(forged)})
     with pytest.raises(KDBenchError, match="conflicts with records"):
         import_bundle(bundle, store)
@@ -188,6 +219,76 @@ def test_two_imports_of_one_bundle_at_once_add_each_record_once(real_records, tm
         added = pool.map(_import, [(bundle, store)] * 2)
     assert sorted(added) == [0, len(real_records)]
     assert len(load_records(store)) == len(real_records)
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing of the importing process's own clean-up runs after it."""
+
+
+def test_an_import_killed_while_publishing_is_finished_by_the_next_read(real_records, tmp_path, monkeypatch):
+    import kdbench.experiment.results as results
+
+    bundle = export_bundle(write_records(tmp_path / "mine", real_records[:4]), tmp_path / "b.tar.gz")
+    store, real_link, moved = tmp_path / "store", os.link, []
+
+    def dies_after_two(src, dst, **kw):
+        if Path(dst).parent.name == "runs":  # publishing (staging writes use links too, into the stage)
+            if len(moved) == 2:
+                raise _Killed
+            moved.append(dst)
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(results.os, "link", dies_after_two)
+    with pytest.raises(_Killed):
+        import_bundle(bundle, store)
+    monkeypatch.setattr(results.os, "link", real_link)
+    assert len(list((store / "runs").glob("*.json"))) == 2 and (store / ".import-journal.json").exists()
+    stored = load_records(store)  # any command that reads the store finishes the import first
+    assert sorted(s.record["run_id"] for s in stored) == sorted(r["run_id"] for r in real_records[:4])
+    assert all(not s.errors for s in stored)
+    assert not (store / ".import-journal.json").exists() and not list(store.glob(".import-*"))
+    assert import_bundle(bundle, store) == []  # all of it is there
+
+
+def test_ctrl_c_while_publishing_waits_for_the_last_record_and_says_so(real_records, tmp_path, monkeypatch):
+    import signal
+
+    import kdbench.experiment.results as results
+
+    bundle = export_bundle(write_records(tmp_path / "mine", real_records[:3]), tmp_path / "b.tar.gz")
+    real_link, sent = os.link, []
+
+    def ctrl_c_on_first(src, dst, **kw):
+        if not sent and Path(dst).parent.name == "runs":  # the first record moved into the store
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(results.os, "link", ctrl_c_on_first)
+    with pytest.raises(KeyboardInterrupt, match=r"after the import finished: 3 record\(s\) were added"):
+        import_bundle(bundle, tmp_path / "store")
+    assert len(load_records(tmp_path / "store")) == 3
+
+
+def test_an_import_that_cannot_stage_changes_nothing(real_records, tmp_path, monkeypatch):
+    import errno
+
+    import kdbench.experiment.results as results
+
+    store = write_records(tmp_path / "store", real_records[:1])
+    bundle = export_bundle(write_records(tmp_path / "mine", real_records[1:4]), tmp_path / "b.tar.gz")
+    real_write, writes = results.write_json_atomic, []
+
+    def full_disk_on_second(path, obj, overwrite=True):
+        writes.append(path)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, obj, overwrite)
+
+    monkeypatch.setattr(results, "write_json_atomic", full_disk_on_second)
+    with pytest.raises(KDBenchError, match="nothing was imported.*No space left"):
+        import_bundle(bundle, store)
+    assert [s.record["run_id"] for s in load_records(store)] == [real_records[0]["run_id"]]
+    assert not list(store.glob(".import-*")) and not (store / ".import-journal.json").exists()
 
 
 def test_import_reads_only_listed_members_and_caps_their_size(real_records, tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 """Sweeps: idempotent runs, failure records, plan/status, Hydra multirun with real launchers."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kdbench import KDBenchError
@@ -27,7 +29,7 @@ def test_diverged_run_writes_a_record_with_the_step_and_is_not_retried_unless_as
     assert len(load_records(cfg.paths.results)) == 2
 
 
-def test_exception_writes_a_failed_record_and_a_suite_continues(monkeypatch, tmp_path, teacher_cache):
+def test_exception_writes_a_failed_record_and_a_suite_continues(monkeypatch, tmp_path, teacher_cache, capsys):
     from kdbench.methods import kd as kd_module
 
     def broken(*a, **k):
@@ -39,6 +41,36 @@ def test_exception_writes_a_failed_record_and_a_suite_continues(monkeypatch, tmp
     assert recs["vanilla"]["status"] == "completed"
     assert recs["kd"]["status"] == "failed" and "boom" in recs["kd"]["error"]["message"]
     assert "RuntimeError" in recs["kd"]["error"]["traceback"]
+    table = capsys.readouterr().out
+    assert re.search(r"^kd +failed +0 *$", table, re.M), table  # no "nan ± nan" row
+    assert "kd seed 0 failed: boom" in table
+
+
+def test_the_bench_table_counts_completed_seeds_and_names_the_others():
+    from kdbench.orchestration.bench import BenchResult, format_bench, summarise
+
+    def rec(method, seed, top1=None, status="completed", message=""):
+        r = {"method": {"name": method}, "seed": seed, "status": status}
+        if status == "completed":
+            r["metrics"] = {"primary_model": "student", "last": {"student": {"test": {"top1": top1}}}}
+        else:
+            r["error"] = {"type": "RunDiverged", "message": message}
+        return r
+
+    cfg = compose(["schedule.epochs=1"])
+    recs = [rec("vanilla", 0, 50.0), rec("vanilla", 1, 52.0), rec("kd", 0, 55.0),
+            rec("kd", 1, status="diverged", message="loss is nan at epoch 1, step 3"),
+            rec("dkd", 0, status="diverged", message="loss is inf at epoch 1, step 1")]
+    pair = summarise(cfg, 60.0, ["vanilla", "kd", "dkd", "at"], [0, 1], recs)
+    rows = {r["method"]: r for r in pair.rows}
+    assert rows["kd"]["n"] == 1 and rows["kd"]["mean"] == 55.0 and rows["kd"]["gain"] == pytest.approx(4.0)
+    assert rows["dkd"]["mean"] is None and rows["at"]["mean"] is None
+    text = format_bench(BenchResult("digits", [pair], recs, 1.0))
+    assert "nan ±" not in text and "nan " not in text.split("not counted:")[0]
+    assert re.search(r"^kd +55\.00 ± 0\.00 +1 +\+4\.00  \(1 failed\)$", text, re.M), text
+    assert re.search(r"^dkd +failed +0", text, re.M) and re.search(r"^at +missing +0", text, re.M)
+    assert "kd seed 1 diverged: loss is nan at epoch 1, step 3" in text
+    assert "dkd seed 0 diverged: loss is inf at epoch 1, step 1" in text
 
 
 def test_status_and_plan(tmp_path, capsys):

@@ -262,6 +262,31 @@ COMMANDS = {"list": _cmd_list, "show": _cmd_show, "config": _cmd_config, "run": 
             "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher, "eval": _cmd_eval}
 
 
+def interrupted_state(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """What is true after Ctrl-C, by command: what the interrupted code said it had done (a training step
+    checkpointed, an import finished or not), else what the command can have left."""
+    said = str(exc.args[0]) if exc.args and exc.args[0] else ""
+    sub = getattr(args, "results_command", None) or getattr(args, "teacher_command", None)
+    trains = args.command in ("run", "bench") or (args.command == "teacher" and sub == "train")
+    if trains:
+        return (f"{said} (resume=true continues)" if said else
+                "no training step was under way: finished runs are stored, and a run that had begun resumes "
+                "from its last checkpoint (resume=true)")
+    if said:
+        return said
+    return {
+        ("results", "import"): "nothing was imported",
+        ("results", "migrate"): "the records migrated so far are in place; `kdbench results migrate` again finishes "
+                                "(a second run only does what is left)",
+        ("results", "export"): "no bundle was written",
+        ("teacher", "import"): "a teacher enters the cache whole or not at all: `kdbench teacher list` shows "
+                               "whether it did",
+        ("leaderboard", None): "a folder being built is marked unfinished (`kdbench leaderboard --check` says so); "
+                               "the same command again finishes it",
+    }.get((args.command, ("check" if args.check else None) if args.command == "leaderboard" else sub),
+          "nothing was changed")
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command: one small function per command (``COMMANDS``)."""
     return COMMANDS[args.command](args)
@@ -294,10 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        trains = args.command in ("run", "bench") or (args.command == "teacher" and args.teacher_command == "train")
-        print("kdbench: interrupted; " + ("the last step is checkpointed (resume=true continues)" if trains
-                                          else "nothing was changed"), file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"kdbench: interrupted; {interrupted_state(args, exc)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `kdbench list pairs | head`: the reader left; not an error of ours
         _quiet_stdout()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from kdbench import __version__
+
 LISTABLE = ("methods", "models", "datasets", "pairs")
 
 
@@ -11,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdbench", description="Benchmark knowledge-distillation methods.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    p.add_argument("--version", action="version", version=f"kdbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ls = sub.add_parser("list", help="list registered methods, models, datasets or pairs")

@@ -1,4 +1,5 @@
-"""Advisory file locks (fcntl.flock): one worker trains a teacher or runs a run at a time."""
+"""Advisory file locks (fcntl.flock): one worker trains a teacher or runs a run at a time; and a block that
+Ctrl-C cannot split."""
 from __future__ import annotations
 
 import contextlib
@@ -34,3 +35,26 @@ def is_locked(path: Path) -> bool:
         return False
     with file_lock(path, blocking=False) as got:
         return not got
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Hold Ctrl-C and SIGTERM until the block ends, for a few renames that must happen all together; yields
+    the signals that arrived meanwhile, for the caller to act on after the block (say what it completed).
+    Outside the main thread (where handlers cannot be set) the block runs unguarded."""
+    import signal
+    import threading
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    before = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

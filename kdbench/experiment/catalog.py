@@ -14,7 +14,7 @@ import inspect
 import math
 import pkgutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from kdbench.core.errors import KDBenchError
 from kdbench.core.registry import Registry, load_plugins
@@ -128,3 +128,10 @@ class Range:
         """Refuse ``value`` for ``key`` (``method.alpha``), saying the interval it must lie in."""
         if value not in self:
             raise KDBenchError(f"{key}={value!r} must be {self}")
+
+
+# The ranges most hyper-parameters have, by what they are (``beta: Weight = 1000.0``).
+Weight = Annotated[float, Range(ge=0)]  # a loss term's weight: 0 switches the term off
+Positive = Annotated[float, Range(gt=0)]  # a temperature, a norm's power, a variance
+Count = Annotated[int, Range(ge=1)]  # a dimension, a number of negatives or channels
+Index = Annotated[int, Range(ge=0)]  # a position in a list (a stage, a layer)

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdbench.core.errors import KDBenchError
 from kdbench.core.hashing import digest
+from kdbench.experiment.values import Leaf, type_node
 
 EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
 RUNTIME = ("engine", "paths", "speed", "bench", "suite", "resume", "force", "retry_failed", "note", "hydra")
@@ -48,87 +49,25 @@ def check_partition(cfg: DictConfig) -> None:
 
 # -- typing --------------------------------------------------------------------------------
 
-class _Type:
-    """A leaf's type and range: coerces what a command line can give (``'1'``, ``4``) or says why not."""
-
-    def __init__(self, kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-                 nullable: bool = False, choices: tuple | None = None) -> None:
-        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
-        self.nullable, self.choices = nullable, choices
-
-    def __call__(self, value: Any, key: str) -> Any:
-        if value is None:
-            if self.nullable:
-                return None
-            raise KDBenchError(f"{key} must be set (got null)")
-        v = _coerce(value, self.kind, key)
-        if self.choices is not None and v not in self.choices:
-            raise KDBenchError(f"{key}={value!r} is not one of: {', '.join(map(str, self.choices))}")
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            raise KDBenchError(f"{key}={value!r} must be {'>' if self.lo_open else '>='} {self.lo}")
-        if self.hi is not None and v > self.hi:
-            raise KDBenchError(f"{key}={value!r} must be <= {self.hi}")
-        return v
-
-
-def _coerce(value: Any, kind: type, key: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise KDBenchError(f"{key}={value!r} must be true or false")
-    if kind in (int, float):
-        if isinstance(value, bool) or isinstance(value, (list, dict)) or OmegaConf.is_config(value):
-            raise KDBenchError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
-        try:
-            num = float(value) if kind is float else _to_int(value)
-        except (TypeError, ValueError):
-            raise KDBenchError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
-        if num != num or num in (float("inf"), float("-inf")):
-            raise KDBenchError(f"{key}={value!r} must be a finite number")
-        return num
-    if kind is str:
-        if isinstance(value, (list, dict)) or OmegaConf.is_config(value):
-            raise KDBenchError(f"{key}={value!r} must be a string")
-        return str(value)
-    return value
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    f = float(value)
-    if f != int(f):
-        raise ValueError(value)
-    return int(f)
-
-
-FRACTION = _Type(float, 0, 1, lo_open=True)
+FRACTION = Leaf(float, 0, 1, lo_open=True)
 SCHEDULE_TYPES = {
-    "name": _Type(str), "epochs": _Type(int, 1), "batch_size": _Type(int, 1), "optimizer": _Type(str, choices=("sgd",)),
-    "lr": _Type(float, 0, lo_open=True), "momentum": _Type(float, 0, 1), "nesterov": _Type(bool),
-    "weight_decay": _Type(float, 0), "lr_schedule": _Type(str, choices=("multistep", "cosine")),
-    "gamma": _Type(float, 0, 1, lo_open=True),
+    "name": Leaf(str), "epochs": Leaf(int, 1), "batch_size": Leaf(int, 1), "optimizer": Leaf(str, choices=("sgd",)),
+    "lr": Leaf(float, 0, lo_open=True), "momentum": Leaf(float, 0, 1), "nesterov": Leaf(bool),
+    "weight_decay": Leaf(float, 0), "lr_schedule": Leaf(str, choices=("multistep", "cosine")),
+    "gamma": Leaf(float, 0, 1, lo_open=True),
 }
 DATA_TYPES = {
-    "name": _Type(str), "val_fraction": _Type(float, 0, 0.99), "test_fraction": _Type(float, 0, 0.99, lo_open=True),
-    "split_seed": _Type(int, 0), "image_size": _Type(int, 1), "crop_padding": _Type(int, 0),
-    "max_per_class": _Type(int, 1, nullable=True), "max_test_per_class": _Type(int, 1, nullable=True),
-    "pipeline": _Type(str, choices=("device", "dataloader")), "test_split": _Type(str),
+    "name": Leaf(str), "val_fraction": Leaf(float, 0, 0.99), "test_fraction": Leaf(float, 0, 0.99, lo_open=True),
+    "split_seed": Leaf(int, 0), "image_size": Leaf(int, 1), "crop_padding": Leaf(int, 0),
+    "max_per_class": Leaf(int, 1, nullable=True), "max_test_per_class": Leaf(int, 1, nullable=True),
+    "pipeline": Leaf(str, choices=("device", "dataloader")), "test_split": Leaf(str),
 }
-PROTOCOL_TYPES = {"name": _Type(str, choices=PROTOCOLS), "precision": _Type(str, choices=PRECISIONS)}
-SEED = _Type(int, 0)
-
-
-def _type_node(node: DictConfig, types: dict[str, _Type], prefix: str) -> None:
-    for key, t in types.items():
-        if key in node:
-            node[key] = t(node[key], f"{prefix}.{key}")
+PROTOCOL_TYPES = {"name": Leaf(str, choices=PROTOCOLS), "precision": Leaf(str, choices=PRECISIONS)}
+SEED = Leaf(int, 0)
 
 
 def _type_schedule(node: DictConfig, prefix: str) -> None:
-    _type_node(node, SCHEDULE_TYPES, prefix)
+    type_node(node, SCHEDULE_TYPES, prefix)
     ms = node.get("milestones")
     if ms is None:
         node.milestones = []
@@ -151,7 +90,7 @@ class _Declared:
     """A method hyper-parameter as its annotation declares it: the type (with its choices, for a ``Literal``),
     then every :class:`~kdbench.experiment.catalog.Range` of an ``Annotated`` hint."""
 
-    def __init__(self, kind: _Type, ranges: tuple = ()) -> None:
+    def __init__(self, kind: Leaf, ranges: tuple = ()) -> None:
         self.kind, self.ranges = kind, ranges
 
     def __call__(self, value: Any, key: str) -> Any:
@@ -187,9 +126,9 @@ def _method_types(name: str) -> dict[str, _Declared]:
             choices = typing.get_args(hint)
             kinds = {type(c) for c in choices}
             if len(kinds) == 1 and kinds <= {int, str}:
-                out[pname] = _Declared(_Type(kinds.pop(), nullable=nullable, choices=choices), ranges)
+                out[pname] = _Declared(Leaf(kinds.pop(), nullable=nullable, choices=choices), ranges)
         elif hint in (int, float, bool, str):
-            out[pname] = _Declared(_Type(hint, nullable=nullable), ranges)
+            out[pname] = _Declared(Leaf(hint, nullable=nullable), ranges)
     return out
 
 
@@ -205,8 +144,8 @@ def type_config(cfg: DictConfig) -> None:
     """Type and range-check every experiment leaf in place, before anything is hashed or run."""
     check_partition(cfg)
     cfg.seed = SEED(cfg.seed, "seed")
-    _type_node(cfg.protocol, PROTOCOL_TYPES, "protocol")
-    _type_node(cfg.data, DATA_TYPES, "data")
+    type_node(cfg.protocol, PROTOCOL_TYPES, "protocol")
+    type_node(cfg.data, DATA_TYPES, "data")
     _type_schedule(cfg.schedule, "schedule")
     _type_schedule(cfg.teacher.schedule, "teacher.schedule")
     cfg.teacher.seed = SEED(cfg.teacher.seed, "teacher.seed")
@@ -215,7 +154,7 @@ def type_config(cfg: DictConfig) -> None:
         if not re.fullmatch(r"[0-9a-f]{16}", cfg.teacher.hash):
             raise KDBenchError(f"teacher.hash={cfg.teacher.hash!r}: give the full 16-digit cache key of a teacher "
                                "(`kdbench teacher list` shows them)")
-    _type_node(cfg.method, _method_types(str(cfg.method.name)), "method")
+    type_node(cfg.method, _method_types(str(cfg.method.name)), "method")
     if cfg.protocol.name == "paper":
         if float(cfg.data.val_fraction) != 0.0 or cfg.protocol.precision != "fp32":
             raise KDBenchError("protocol=paper trains on the whole training set in fp32: it does not combine with "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.core.errors import KDBenchError
-from kdbench.experiment.records import environment, now_iso, write_json_atomic
+from kdbench.experiment.records import environment, now_iso, read_json, write_json_atomic
 from kdbench.experiment.schema import validate_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,16 +57,41 @@ def add_record(results_root: str | Path, record: dict[str, Any]) -> Path:
 
 def records_of_run(results_root: str | Path, run_id: str) -> list[dict[str, Any]]:
     """Every stored record of one run identity, oldest first (a failed try, then its retry...)."""
+    recover_store(results_root)
     folder = runs_dir(results_root)
     paths = [folder / f"{run_id}.json", *sorted(folder.glob(f"{run_id}__*.json"))]
     out = []
     for p in paths:
         if p.exists():
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
+                rec = json.loads(p.read_text(), parse_constant=_refuse_constant)
+            except (OSError, ValueError) as exc:
+                _not_counted(p, [f"not valid JSON: {exc}"])
                 continue
+            errors = validate_record(rec, p.name)
+            if errors:
+                _not_counted(p, errors)
+                continue
+            out.append(rec)
     return sorted(out, key=lambda r: r.get("created", ""))
+
+
+def _not_counted(path: Path, errors: list[str]) -> None:
+    """A file in the store that is not a valid record is never taken as a run's outcome: named, and skipped."""
+    log.warning("%s is not a valid record (%s): not counted; `kdbench results validate` lists every problem",
+                path, errors[0])
+
+
+def counted_records(results_root: str | Path) -> list[dict[str, Any]]:
+    """Every valid record of the store; each invalid file is named in a warning and skipped (what status, plan
+    and eval read: one bad file neither stops them nor counts as a run)."""
+    out = []
+    for s in load_records(results_root):
+        if s.errors:
+            _not_counted(s.path, s.errors)
+        else:
+            out.append(s.record)
+    return out
 
 
 def completed_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,6 +100,7 @@ def completed_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def load_records(results_root: str | Path) -> list[StoredRecord]:
     """Every ``*.json`` under ``runs/``, parsed and validated (sorted by file name)."""
+    recover_store(results_root)
     out = []
     for path in sorted(runs_dir(results_root).glob("*.json")):
         try:
@@ -209,6 +238,8 @@ def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
     if problems:
         raise KDBenchError(f"{bundle} was not imported; its records have problems:\n  - " + "\n  - ".join(problems))
     with store_lock(results_root):
+        if Path(results_root).is_dir():
+            _recover_locked(Path(results_root))
         existing: dict[str, set[str]] = {}
         for s in load_records(results_root):
             if s.record:
@@ -229,7 +260,108 @@ def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
             raise KDBenchError(f"{bundle} was not imported; it conflicts with records in {runs_dir(results_root)} "
                                "(a run id is one experiment and seed: keep one record of it):\n  - "
                                + "\n  - ".join(conflicts))
-        return [add_record(results_root, rec) for rec in new]
+        return _publish(Path(results_root), new)
+
+
+# An import is staged in a folder of its own beside runs/, then published under a journal: killed while
+# staging, nothing was added (the next command removes the stage); killed while publishing, the next command
+# that reads the store finishes it. Ctrl-C and SIGTERM wait for the publishing renames.
+_JOURNAL = ".import-journal.json"
+_STAGE = ".import-"
+
+
+def _publish(root: Path, records: list[dict[str, Any]]) -> list[Path]:
+    import shutil
+    import tempfile
+
+    from kdbench.core.locks import deferred_interrupts
+
+    if not records:
+        return []
+    journaled = False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE, dir=root))
+    except OSError as exc:
+        raise KDBenchError(f"nothing was imported: could not stage the records in {root}: {exc.strerror or exc}"
+                           ) from None
+    try:
+        names = []
+        for i, rec in enumerate(records):
+            names.append(f"{rec['run_id']}__import{i}.json")
+            write_json_atomic(stage / names[-1], rec, overwrite=False)
+        runs_dir(root).mkdir(parents=True, exist_ok=True)
+        with deferred_interrupts() as caught:
+            write_json_atomic(root / _JOURNAL, {"stage": stage.name, "files": names})
+            journaled = True
+            added = _finish_import(root)
+    except OSError as exc:
+        if journaled:
+            raise KDBenchError(f"the import stopped while adding its records ({exc.strerror or exc}); the next "
+                               f"kdbench command that reads {root} finishes it") from None
+        raise KDBenchError(f"nothing was imported: could not write to {root} ({exc.strerror or exc}); the store "
+                           "is as it was") from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("nothing was imported: interrupted before the records were added") from None
+    finally:
+        if not journaled:
+            shutil.rmtree(stage, ignore_errors=True)
+    if caught:
+        raise KeyboardInterrupt(f"interrupted after the import finished: {len(added)} record(s) were added to "
+                                f"{runs_dir(root)}")
+    return added
+
+
+def _finish_import(root: Path) -> list[Path]:
+    """Move a journaled import's staged records into runs/ (each under a free name), then drop the journal and
+    the stage. Run again after a kill, it moves what is left: a record is in runs/ or in the stage, never lost."""
+    import shutil
+
+    journal = read_json(root / _JOURNAL)
+    stage, folder, added = root / journal["stage"], runs_dir(root), []
+    for name in journal["files"]:
+        src = stage / name
+        if not src.exists():
+            continue  # moved before the kill
+        run_id = name.split("__import")[0]
+        for dst in [folder / f"{run_id}.json", *(folder / f"{run_id}__imported_{i}.json" for i in range(1000))]:
+            try:
+                os.link(src, dst)  # never overwrites: a name a local run took meanwhile is skipped
+                break
+            except FileExistsError:
+                continue
+        src.unlink()
+        added.append(dst)
+    (root / _JOURNAL).unlink()
+    shutil.rmtree(stage, ignore_errors=True)
+    return added
+
+
+def recover_store(results_root: str | Path) -> None:
+    """Finish an import a kill interrupted while publishing, and remove the stage of one killed while staging.
+    Only when no import is running (the store's lock is free); a store that cannot be written is left as is."""
+    root = Path(results_root)
+    journal, stages = root / _JOURNAL, list(root.glob(_STAGE + "*")) if root.is_dir() else []
+    if not journal.exists() and not stages:
+        return
+    from kdbench.core.locks import file_lock
+
+    try:
+        with file_lock(root / ".store.lock", blocking=False) as mine:
+            if mine:  # else an import is running: it finishes its own work
+                _recover_locked(root)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("could not finish an interrupted import in %s: %s", root, exc)
+
+
+def _recover_locked(root: Path) -> None:
+    import shutil
+
+    if (root / _JOURNAL).exists():
+        log.warning("finishing an import that was interrupted (%s)", root / _JOURNAL)
+        _finish_import(root)
+    for stage in root.glob(_STAGE + "*"):
+        shutil.rmtree(stage, ignore_errors=True)  # staged, never published: nothing was added
 
 
 def _canonical(rec: dict[str, Any]) -> str:

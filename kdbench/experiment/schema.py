@@ -228,6 +228,44 @@ def validate_record(record: Any, filename: str | None = None) -> list[str]:
         errs.append("experiment.spec.method.peers: expected a list of architecture names or nulls")
     if not failed:
         errs += _primary_model_errors(record)
+        errs += [] if errs else _consistency_errors(record)
+    return errs
+
+
+def _consistency_errors(record: dict[str, Any]) -> list[str]:
+    """A completed record must agree with itself: its history is the schedule's epochs, its final and selected
+    metrics are the rows of that history the runner picks, and its facts repeat the experiment's."""
+    spec, history, metrics = record["experiment"]["spec"], record["history"], record["metrics"]
+    epochs, primary = spec["schedule"]["epochs"], metrics["primary_model"]
+    errs = []
+    if record["schedule"]["epochs"] != epochs:
+        errs.append(f"schedule.epochs: {record['schedule']['epochs']} differs from the experiment's {epochs}")
+    if [row["epoch"] for row in history] != list(range(1, epochs + 1)):
+        errs.append(f"history: its epochs are not 1..{epochs} of the schedule")
+        return errs
+    if record["dataset"]["name"] != spec["data"]["name"]:
+        errs.append(f"dataset.name: {record['dataset']['name']!r} differs from the experiment's")
+    if (record["teacher"] is None) != (spec["teacher"] is None):
+        errs.append("teacher: " + ("missing, but the experiment distils from one" if record["teacher"] is None
+                                   else "given, but the experiment has no teacher"))
+    models = [k for k in metrics["last"] if k != "epoch"]
+
+    def row_summary(i: int) -> dict[str, Any]:
+        row = history[i]
+        return {"epoch": row["epoch"], **{m: {"val": (row.get(m) or {}).get("val"), "test": (row.get(m) or {}).get(
+            "test")} for m in models}}
+
+    if metrics["last"] != row_summary(epochs - 1):
+        errs.append(f"metrics.last: differs from the history's last epoch ({epochs})")
+    val = [(row.get(primary) or {}).get("val") for row in history]
+    if all(isinstance(v, dict) and isinstance(v.get("top1"), (int, float)) for v in val):
+        best = max(range(epochs), key=lambda i: (val[i]["top1"], -i))  # the runner's rule: earliest on ties
+        expected = row_summary(best)
+    else:
+        expected = None
+    if metrics["selected"] != expected:
+        errs.append("metrics.selected: is not the history's epoch of best validation top-1 "
+                    f"({'none: no validation split' if expected is None else expected['epoch']})")
     return errs
 
 

@@ -117,7 +117,7 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
     """Evaluate a run's kept student (``target`` = a run id, or a unique prefix of one) with its record's
     config, or a model file (a kdbench artifact, or a state dict with ``arch``) with the config the
     overrides compose (``dataset=... pair=...``). With a run, the record's numbers come back beside."""
-    from kdbench.experiment.results import load_records
+    from kdbench.experiment.results import counted_records
     from kdbench.orchestration.config import compose
 
     path = Path(target)
@@ -131,9 +131,8 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
         return {**out, "model": str(path), "arch": facts["arch"], "run_id": facts.get("run_id"), "record": None}
     base = compose(overrides, check=False)
     matches = {}
-    for st in load_records(base.paths.results):
-        r = st.record
-        if r and r.get("status") == "completed" and r["run_id"].startswith(target):
+    for r in counted_records(base.paths.results):
+        if r.get("status") == "completed" and r["run_id"].startswith(target):
             matches.setdefault(r["run_id"], []).append(r)
     if len(matches) != 1:
         what = "no completed run" if not matches else f"{len(matches)} runs ({', '.join(sorted(matches)[:5])} ...)"

@@ -28,7 +28,7 @@ class PairResult:
     epochs: int
     seeds: list[int]
     teacher_top1: float | None
-    rows: list[dict[str, Any]]  # method, mean, std, n, gain
+    rows: list[dict[str, Any]]  # method, mean, std, n, gain (None: no completed seed), failed (reasons)
 
 
 @dataclass
@@ -113,10 +113,10 @@ def cohort_size(cfg: DictConfig, device) -> int:
         return positive_count(setting, "bench.cohort_max")
     if getattr(device, "type", "cpu") != "cuda":
         return 1 << 30
-    from kdbench.experiment.results import load_records
+    from kdbench.experiment.results import counted_records
 
-    peaks = [r["memory"]["bytes"] for st in load_records(cfg.paths.results) if (r := st.record)
-             and r.get("status") == "completed" and r["pair"]["name"] == str(cfg.pair.name)
+    peaks = [r["memory"]["bytes"] for r in counted_records(cfg.paths.results)
+             if r.get("status") == "completed" and r["pair"]["name"] == str(cfg.pair.name)
              and str(r["memory"].get("kind", "")).startswith("cuda")]
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, int(0.8 * free // max(max(peaks, default=0), 2 << 30)))
@@ -139,27 +139,36 @@ def ensure_run_teachers(cfgs: list[DictConfig], data) -> None:
 
 
 def summarise(cfg: DictConfig, teacher_top1, methods, seeds, records) -> PairResult:
+    """Each method's mean over its completed seeds; the seeds that failed or diverged are listed with the
+    reason, never averaged (a diverged run has no accuracy to average)."""
     by_method: dict[str, list[float]] = {}
+    failures: dict[str, list[str]] = {}
     for rec in records:
+        name = rec["method"]["name"]
         if rec["status"] != "completed":
+            err = rec.get("error") or {}
+            failures.setdefault(name, []).append(f"seed {rec.get('seed', '?')} {rec['status']}: "
+                                                 f"{err.get('message') or err.get('type') or 'no reason given'}")
             continue
-        by_method.setdefault(rec["method"]["name"], []).append(
+        by_method.setdefault(name, []).append(
             rec["metrics"]["last"][rec["metrics"]["primary_model"]]["test"]["top1"])
     base_mean = statistics.fmean(by_method[VANILLA]) if VANILLA in by_method else None
     rows = []
     for method in methods:
-        accs = by_method.get(method)
+        accs, failed = by_method.get(method), failures.get(method, [])
         if not accs:
-            rows.append({"method": method, "mean": float("nan"), "std": float("nan"), "n": 0, "gain": None})
+            rows.append({"method": method, "mean": None, "std": None, "n": 0, "gain": None, "failed": failed})
             continue
         mean = statistics.fmean(accs)
         rows.append({"method": method, "mean": mean, "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                     "n": len(accs), "gain": None if base_mean is None or method == VANILLA else mean - base_mean})
+                     "n": len(accs), "gain": None if base_mean is None or method == VANILLA else mean - base_mean,
+                     "failed": failed})
     return PairResult(str(cfg.pair.name), str(cfg.data.name), int(cfg.schedule.epochs), seeds, teacher_top1, rows)
 
 
 def format_bench(res: BenchResult) -> str:
-    """Plain-text tables: teacher accuracy, each method's mean ± sample std, gain over vanilla."""
+    """Plain-text tables: teacher accuracy, each method's mean ± sample std over its completed seeds, gain
+    over vanilla; a method with no completed seed shows as failed, and every failed seed's reason follows."""
     lines = []
     for p in res.pairs:
         teacher = f"{p.teacher_top1:>16.2f}" if p.teacher_top1 is not None else f"{'n/a':>16}"
@@ -167,9 +176,19 @@ def format_bench(res: BenchResult) -> str:
                   f"seeds {','.join(map(str, p.seeds))} (mean ± sample std)",
                   f"{'model':<10} {'top-1':>16} {'n':>3} {'gain':>7}",
                   f"{'teacher':<10} {teacher} {1:>3} {'':>7}"]
+        reasons = []
         for r in p.rows:
             gain = "" if r["gain"] is None else f"{r['gain']:+.2f}"
-            lines.append(f"{r['method']:<10} {r['mean']:>8.2f} ± {r['std']:<5.2f} {r['n']:>3} {gain:>7}")
+            failed = r.get("failed") or []
+            if r["mean"] is None:
+                cell = "failed" if failed else "missing"
+                lines.append(f"{r['method']:<10} {cell:>16} {0:>3} {'':>7}")
+            else:
+                more = f"  ({len(failed)} failed)" if failed else ""
+                lines.append(f"{r['method']:<10} {r['mean']:>8.2f} ± {r['std']:<5.2f} {r['n']:>3} {gain:>7}{more}")
+            reasons += [f"  {r['method']} {f}" for f in failed]
+        if reasons:
+            lines += ["not counted:", *reasons]
         lines.append("")
     lines.append(f"suite {res.suite}: {len(res.records)} runs, wall time {res.wall_time_s:.0f} s")
     return "\n".join(lines)

@@ -52,13 +52,15 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
 
 def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
     """What every composed config goes through (compose API and Hydra's own entry point alike):
-    per-pair and per-suite settings applied, then every experiment value typed and range-checked."""
+    per-pair and per-suite settings applied, then every experiment and runtime value typed and range-checked."""
     from kdbench.experiment.identity import type_config
+    from kdbench.experiment.values import type_runtime
 
     check_additions(cfg, overrides)
     _apply_pair_method_overrides(cfg, overrides)
     _apply_teacher_choice(cfg, overrides)
     type_config(cfg)
+    type_runtime(cfg)
     if check:
         check_config(cfg)
     return cfg

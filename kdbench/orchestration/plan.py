@@ -36,12 +36,11 @@ def measured_throughput(results_root) -> tuple[float | None, int]:
     """(training FLOP/s, records): the median over this store's completed records of the FLOPs a step
     does per image (3 x the student's forward, per cohort member, + the teacher's forward) times the
     images per second the record measured. What `kdbench plan` estimates unmeasured runs with."""
-    from kdbench.experiment.results import load_records
+    from kdbench.experiment.results import counted_records
 
     rates = []
-    for st in load_records(results_root):
-        r = st.record
-        if not r or r.get("status") != "completed" or not (r.get("params") or {}).get("student_flops"):
+    for r in counted_records(results_root):
+        if r.get("status") != "completed" or not (r.get("params") or {}).get("student_flops"):
             continue
         members = 1 + len(r["experiment"]["spec"]["method"].get("peers") or [])
         per_image = 3 * r["params"]["student_flops"] * members + (r["params"].get("teacher_flops") or 0)
@@ -55,16 +54,15 @@ def plan_rows(overrides: list[str] | tuple[str, ...], flops_per_s: float | None 
     pair and method on this store where there are some ("measured"), else from its FLOPs at
     ``flops_per_s`` (given, or the store's :func:`measured_throughput`)."""
     from kdbench.experiment.catalog import METHODS
-    from kdbench.experiment.results import load_records
+    from kdbench.experiment.results import counted_records
     from kdbench.orchestration.runner import run_identity
 
     rows, flops = [], FlopsPerImage()
     configs = (suite or suite_configs(overrides)).cfgs
     speeds: dict[tuple[str, str], float] = {}
     if configs:
-        for st in load_records(configs[0].paths.results):
-            r = st.record
-            if r and r.get("status") == "completed":
+        for r in counted_records(configs[0].paths.results):
+            if r.get("status") == "completed":
                 speeds[(r["pair"]["name"], r["method"]["name"])] = r["timing"]["images_per_s"]
         if flops_per_s is None:
             flops_per_s = measured_throughput(configs[0].paths.results)[0]

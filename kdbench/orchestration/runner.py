@@ -285,6 +285,17 @@ def _record_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
     return rec
 
 
+def _setup_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,
+                   exc: BaseException, on_error: str) -> dict[str, Any]:
+    """A run that failed before its first training step (set-up: a checkpoint, the data pipeline, the fast path)
+    stores nothing, so the corrected command runs it; a suite gets the unstored record to show and goes on."""
+    log.error("run %s failed before its first training step: %s: %s (nothing stored: the same command runs it "
+              "again once the cause is fixed)", run_id, type(exc).__name__, exc)
+    if on_error == "raise":
+        raise exc
+    return _failure_record(cfg, run_id, spec, method, data, started, exc)
+
+
 def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Path, data: DataBundle | None,
                 on_step: Callable[[int, int], None] | None, on_error: str, member: Any = None
                 ) -> Steps[dict[str, Any]]:
@@ -313,15 +324,19 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     from kdbench.training.tracking import Trackers
 
     trackers = Trackers(run_id, cfg) if ddp.is_main() else None  # named before training when one cannot start
+    training = []
     try:
         result = yield from fit_steps(
             method, data, cfg.schedule, cfg.engine, seed, run_dir, resume=bool(cfg.resume),
             label=f"{cfg.method.name} s{seed} ", on_step=on_step, precision=str(cfg.protocol.precision),
             on_epoch=trackers if trackers is not None and trackers.active else None,
-            batches=member.batches(data) if member is not None else None, pacer=member)
+            batches=member.batches(data) if member is not None else None, pacer=member,
+            on_start=lambda: training.append(True))
     except (RunDiverged, Exception) as exc:
         if isinstance(exc, KDBenchError) and not isinstance(exc, RunDiverged):
             raise  # a user mistake found late: nothing ran, so nothing to record
+        if not training:
+            return _setup_failure(cfg, run_id, spec, method, data, started, exc, on_error)
         return _record_failure(cfg, run_id, spec, method, data, started, exc, run_dir, on_error)
     finally:
         if trackers is not None:

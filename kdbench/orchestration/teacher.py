@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from kdbench.compute.device import run_environment
 from kdbench.core.errors import KDBenchError
 from kdbench.core.hashing import digest, file_sha256
+from kdbench.core.locks import file_lock
 from kdbench.data import DataBundle
 from kdbench.experiment.identity import assistant_training_config, data_spec, teacher_config
 from kdbench.experiment.records import git_state, now_iso, write_json_atomic
@@ -44,7 +46,6 @@ def ensure_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     trains it instead of training duplicates.
     """
     from kdbench.compute import distributed as ddp
-    from kdbench.core.locks import file_lock
 
     found = find_teacher(cfg)
     if found is None and ddp.world() > 1:  # one torchrun job: its processes train the teacher together
@@ -146,8 +147,6 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     Provenance records the source file's name and sha256; accuracy is measured
     on our test split when the data is available.
     """
-    from kdbench.training.metrics import evaluate
-
     path = Path(path)
     if not path.is_file():
         raise KDBenchError(f"no checkpoint file at {path}")
@@ -160,16 +159,39 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KDBenchError(f"{path} holds no state dict (expected a dict with a 'model' entry, or a state dict)")
-    num_classes = data.info.num_classes if data is not None else _num_classes(cfg)
-    model = create_model(arch, num_classes=num_classes, in_channels=3 if data is None else data.info.input_shape[0])
+    if data is not None:
+        num_classes, shape = data.info.num_classes, list(data.info.input_shape)
+    else:  # --no-eval: the classes and the input shape (its channels too) from the dataset named
+        num_classes, shape = _static_shape(cfg)
+    model = create_model(arch, num_classes=num_classes, in_channels=shape[0])
     load_state_strict(model, state, str(path), arch)
     key = digest({"imported": source_sha, "arch": arch, "dataset": cfg.data.name})[:16]
-    final = Path(cfg.paths.teachers) / key
-    if (final / "teacher.json").exists():
-        return read_entry(final)
-    partial = final.with_name(key + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    weights = partial / "model.pt"
+    root = Path(cfg.paths.teachers)
+    # Locked like training (two imports of one checkpoint: one writes, the other finds it), staged in a
+    # folder of this process's own, and published by one rename: an entry is whole or absent.
+    with file_lock(root / f"{key}.lock"):
+        final = root / key
+        if (final / "teacher.json").exists():
+            return read_entry(final)
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".partial", dir=root))
+        try:
+            meta = _imported_meta(path, key, arch, cfg, data, model, staging, source_sha, num_classes, shape)
+            write_json_atomic(staging / "teacher.json", meta)
+            os.rename(staging, final)
+        except OSError as exc:
+            raise KDBenchError(f"could not store teacher {key} in {root}: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return read_entry(final)
+
+
+def _imported_meta(path: Path, key: str, arch: str, cfg: DictConfig, data: DataBundle | None, model: KDModel,
+                   staging: Path, source_sha: str, num_classes: int, shape: list[int]) -> dict[str, Any]:
+    """An imported teacher's weights written into ``staging``, and its teacher.json (measured on our test
+    split when the data is there)."""
+    from kdbench.training.metrics import evaluate
+
+    weights = staging / "model.pt"
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     metrics: dict[str, Any] = {"epoch": None, "test_top1": None, "test_top5": None, "val_top1": None}
     if data is not None:
@@ -177,28 +199,22 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
         test = evaluate(model, data, "test", int(cfg.engine.eval_batch_size), lambda: contextlib.nullcontext(),
                         False)
         metrics.update(test_top1=test["top1"], test_top5=test["top5"])
-    meta = {
+    return {
         "schema_version": SCHEMA_VERSION, "hash": key, "source": "imported", "arch": arch,
-        "dataset": str(cfg.data.name), "num_classes": num_classes,
-        "input_shape": list(data.info.input_shape) if data is not None else [3, 32, 32],
+        "dataset": str(cfg.data.name), "num_classes": num_classes, "input_shape": shape,
         "spec": {"imported_from": path.name, "source_sha256": source_sha, "arch": arch, "seed": None,
                  "dataset": data_spec(cfg.data), "schedule": {"epochs": None}},
         "metrics": metrics, "selected": None, "params": count_parameters(model),
         "weights": {"file": "model.pt", "sha256": file_sha256(weights)},
         "created": now_iso(), "git": git_state(), "environment": run_environment(None),
     }
-    write_json_atomic(partial / "teacher.json", meta)
-    try:
-        os.rename(partial, final)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
-    return read_entry(final)
 
 
-def _num_classes(cfg: DictConfig) -> int:
+def _static_shape(cfg: DictConfig) -> tuple[int, list[int]]:
     from kdbench.data import static_shape
 
     known = static_shape(cfg.data)
     if known is None:
-        raise KDBenchError(f"cannot tell the class count of dataset {cfg.data.name!r} without loading it")
-    return known[0]
+        raise KDBenchError(f"cannot tell the classes and input shape of dataset {cfg.data.name!r} without loading "
+                           "it: import with the data present (without --no-eval)")
+    return known[0], list(known[1])

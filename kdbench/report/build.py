@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .speed import speed_tables
 from .tables import COST_COLUMNS, MEMBER_COLUMNS, Table, benchmark, cost_table, members_table, runs_table
 
 LEADERBOARD_VERSION = 3
+MANIFEST_FORMAT = "kdbench-leaderboard"  # marks a folder as ours: only then are files its manifest lists removed
 
 
 
@@ -130,7 +132,23 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise KDBenchError(f"{path} is damaged ({exc}; truncated?): delete {out}/ and rebuild it with "
                            f"`kdbench leaderboard --out {out}`") from None
+    if not _is_ours(manifest):  # another tool's manifest.json: its file list is not ours
+        raise KDBenchError(f"{path} was not written by `kdbench leaderboard` (no \"format\": \"{MANIFEST_FORMAT}\"): "
+                           f"refusing to touch {out}/; give --out a new or empty folder (or delete an old "
+                           "kdbench build and rebuild it)")
     return manifest
+
+
+def _is_ours(manifest: dict[str, Any]) -> bool:
+    """Our marker, or the exact shape of a manifest this command wrote before it had one (version 3)."""
+    if manifest.get("format") == MANIFEST_FORMAT:
+        return True
+    hex64 = re.compile(r"[0-9a-f]{64}")
+    return (set(manifest) == {"version", "options", "inputs_sha256", "files"} and manifest["version"] == 3
+            and isinstance(manifest["options"], dict)
+            and set(manifest["options"]) == {"metric", "compare_short", "against"}
+            and isinstance(manifest["inputs_sha256"], str) and hex64.fullmatch(manifest["inputs_sha256"]) is not None
+            and all(isinstance(v, str) and hex64.fullmatch(v) for v in manifest["files"].values()))
 
 
 def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
@@ -152,6 +170,12 @@ def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
     files = render(results_root, metric, compare_short, against)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # Claim the folder first: an interrupted build leaves a manifest that lists every file it may have
+        # written, so the next build recognises the folder as its own and --check calls it unfinished.
+        claimed = sorted({*(previous or {}).get("files", {}), *files})
+        write_json_atomic(out / "manifest.json", {"format": MANIFEST_FORMAT, "version": LEADERBOARD_VERSION,
+                                                  "options": options,
+                                                  "unfinished": True, "files": {n: None for n in claimed}})
         for name in (previous or {}).get("files", {}):
             if name not in files and "/" not in name and (out / name).is_file():
                 (out / name).unlink()  # ours, from an earlier build, no longer produced
@@ -159,7 +183,7 @@ def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
         for name, data in files.items():
             atomic_write_bytes(out / name, data)
             written.append(out / name)
-        manifest = {"version": LEADERBOARD_VERSION, "options": options,
+        manifest = {"format": MANIFEST_FORMAT, "version": LEADERBOARD_VERSION, "options": options,
                     "inputs_sha256": _inputs_digest(results_root, options),
                     "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())}}
         write_json_atomic(out / "manifest.json", manifest)
@@ -184,6 +208,8 @@ def check_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
         return [str(exc)]
     if manifest is None:
         return [f"{out}/manifest.json is missing: run `kdbench leaderboard`"]
+    if manifest.get("unfinished"):
+        return [f"{out}/ is an unfinished build (interrupted): run `kdbench leaderboard --out {out}` to finish it"]
     problems = []
     options = {"metric": metric, "compare_short": compare_short, "against": against}
     if manifest.get("options") != options:

@@ -113,17 +113,20 @@ def fit_steps(method: Method, data: DataBundle, sched: DictConfig, engine: DictC
               run_dir: Path, resume: bool, label: str = "",
               on_step: Callable[[int, int], None] | None = None, precision: str = "auto",
               on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None,
-              batches: Callable[..., Iterator] | None = None, pacer: Pacer | None = None) -> Steps[FitResult]:
+              batches: Callable[..., Iterator] | None = None, pacer: Pacer | None = None,
+              on_start: Callable[[], None] | None = None) -> Steps[FitResult]:
     """:func:`fit` as a generator that yields after every optimisation step, so that whoever drives it decides
     what runs in between: a cohort (:mod:`kdbench.orchestration.cohort`) takes one step of each member in
     turn, on one thread. ``batches(batch_size, seed, data_epoch, paired=...)`` replaces the data's own
     training batches (a cohort's shared stream: the same batches, cut once); ``pacer`` is the run's place
-    among the others. The arithmetic is the solo run's."""
+    among the others. ``on_start()`` is called once, as the first optimisation step of this call begins: what
+    fails before it is set-up (a checkpoint, the data pipeline, the fast path), not training. The arithmetic
+    is the solo run's."""
     fast = resolve_fast_path(engine, data.device, precision)
     with compile_context(fast):
         loop = _Loop(method, data, sched, engine, seed, Path(run_dir) / CHECKPOINT, label, on_step, fast,
                      batches, pacer)
-        loop.on_epoch = on_epoch
+        loop.on_epoch, loop.on_start = on_epoch, on_start
         return (yield from loop.steps(resume))
 
 
@@ -163,6 +166,7 @@ class _Loop:
         self.stop = StopOnInterrupt() if pacer is None else pacer.stop
         self.teacher_test_logits = None
         self.on_epoch: Callable[[int, str, dict[str, Any]], None] | None = None
+        self.on_start: Callable[[], None] | None = None
         self.batch_source: Callable[..., Iterator] = batches if batches is not None else data.train_batches
         self.waited: Callable[[], float] = pacer.waited if pacer is not None else (lambda: 0.0)
         self.cohort_size: int | None = pacer.members if pacer is not None else None
@@ -264,6 +268,9 @@ class _Loop:
                                                        paired=self.method.paired_batches)):
             if step < tally.first_step:
                 continue  # cut and augmented again so the random streams line up; not trained on
+            if self.on_start is not None:
+                self.on_start()
+                self.on_start = None
             out = train_one_step(self.method, batch, at.local, optimizer, self.autocast, self.channels_last)
             self.watch.push(at.local, step, out.losses, state.history)
             tally.add(out, batch)

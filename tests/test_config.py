@@ -135,3 +135,40 @@ def test_bad_suite_seeds_are_a_clear_error():
 
     with pytest.raises(KDBenchError, match="suite.seeds"):
         load_suite(["suite.seeds=[a]"])
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["method=kd", "seed=3", "paths.work=/w", "schedule.epochs=7", "schedule.milestones=[0.5]"],
+    ["pair=cifar100/resnet32x4-resnet8x4", "dataset=cifar100", "method=crd", "method.nce_k=64", "paths.results=/r"],
+    ["suite=crd-cifar100", "suite.seeds=[0,1]", "schedule@teacher.schedule=cosine", "teacher.schedule.epochs=3"],
+    ["method=kd", "+pair.method_overrides.kd.temperature=2", "note=hello", "engine.threads=1", "resume=true"],
+    ["protocol=paper", "data.val_fraction=0.0", "paths.data=/d", "+data.source.archive=/a.tar.gz"],
+])
+def test_a_kept_tree_composes_exactly_what_hydra_composes(overrides):
+    """compose keeps Hydra's merged tree per config-choosing overrides and applies plain values to a copy: the
+    result must equal Hydra composing every override itself."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from kdbench.orchestration.config import CONFIG_MODULE, finalize
+
+    for _ in range(2):  # the second time from the kept tree
+        ours = compose(overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        theirs = hydra_compose("config", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    OmegaConf.resolve(theirs)
+    theirs = finalize(theirs, overrides)
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(theirs)
+
+
+def test_a_kept_tree_is_never_changed_by_what_a_caller_does_with_its_config():
+    a = compose(["method=kd"])
+    a.method.temperature = 99.0
+    a.schedule.epochs = 1
+    b = compose(["method=kd"])
+    assert b.method.temperature != 99.0 and b.schedule.epochs != 1

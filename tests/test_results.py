@@ -185,6 +185,15 @@ def _rec_bytes(rec) -> bytes:
     return json.dumps(rec).encode()
 
 
+def test_a_stores_repeats_of_a_run_import_into_an_empty_store(real_records, tmp_path):
+    """A store with a force=true repeat once could not be imported anywhere: the bundle conflicted with itself."""
+    again = set_top1(copy.deepcopy(real_records[0]), 50.0)
+    again["created"] = "2099-01-01T00:00:00+00:00"
+    bundle = export_bundle(write_records(tmp_path / "mine", [*real_records, again]), tmp_path / "b.tar.gz")
+    assert len(import_bundle(bundle, tmp_path / "store")) == len(real_records) + 1
+    assert import_bundle(bundle, tmp_path / "store") == []
+
+
 def test_import_refuses_a_changed_copy_of_a_stored_run(real_records, tmp_path):
     """A bundle once changed a stored KD run's top-1 to 100.0 and moved the table's mean."""
     store = write_records(tmp_path / "store", real_records)

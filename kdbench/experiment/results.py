@@ -244,17 +244,17 @@ def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
         for s in load_records(results_root):
             if s.record:
                 existing.setdefault(str(s.record.get("run_id")), set()).add(_canonical(s.record))
-        new, conflicts = [], []
+        new, conflicts, seen = [], [], set()
         for rec in records:
             text = _canonical(rec)
             have = existing.get(rec["run_id"], set())
-            if text in have:
+            if text in have or text in seen:
                 continue
             if have:
                 conflicts.append(f"{rec['run_id']}: the store holds this run (same experiment and seed) with other "
                                  "content")
                 continue
-            existing[rec["run_id"]] = {text}
+            seen.add(text)  # the bundle's own repeats of a run (force=true) come from one store: all kept
             new.append(rec)
         if conflicts:
             raise KDBenchError(f"{bundle} was not imported; it conflicts with records in {runs_dir(results_root)} "

@@ -6,6 +6,9 @@ messages for malformed overrides and unknown group options are re-raised as
 """
 from __future__ import annotations
 
+import collections
+import copy
+
 from omegaconf import DictConfig, OmegaConf
 
 from kdbench.core.errors import KDBenchError
@@ -37,17 +40,76 @@ def compose(overrides: list[str] | tuple[str, ...] = (), check: bool = True) -> 
     check_names(overrides)
     check_moved(overrides)
     register_method_configs()
-    GlobalHydra.instance().clear()
+    structural, values = _split_overrides(overrides)
+    key = (tuple(structural), _method_configs_digest())
     try:
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            cfg = hydra_compose("config", overrides=list(overrides))
+        tree = _COMPOSED.get(key)
+        if tree is None:
+            GlobalHydra.instance().clear()
+            try:
+                with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+                    tree = hydra_compose("config", overrides=list(structural))
+            finally:
+                GlobalHydra.instance().clear()
+            _COMPOSED[key] = tree
+            while len(_COMPOSED) > 256:
+                _COMPOSED.popitem(last=False)
+        else:
+            _COMPOSED.move_to_end(key)
+        cfg = copy.deepcopy(tree)
+        _apply_values(values, cfg)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         msg = str(exc).split("\nConfig search path:")[0].strip()
         raise KDBenchError(f"invalid config or override: {msg}") from None
-    finally:
-        GlobalHydra.instance().clear()
     return finalize(cfg, overrides, check)
+
+
+# Hydra reads and merges some 60 YAML files per composition (about 0.3 s); a suite composes one config per run,
+# the tests thousands. The merged tree depends only on the overrides that choose config files (groups,
+# additions, deletions), the package's files and the registered methods' defaults; it is kept per those, and the
+# overrides of plain values are applied to a copy as Hydra itself applies them, after the merge.
+# tests/test_config.py::test_a_kept_tree_composes_exactly_what_hydra_composes holds the two paths equal.
+_COMPOSED: collections.OrderedDict[tuple, DictConfig] = collections.OrderedDict()
+
+
+def _split_overrides(overrides) -> tuple[list[str], list]:
+    """(overrides that choose or change the tree, parsed overrides of plain values)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # Hydra's own composition reports the syntax error
+        return list(overrides), []
+    structural, values = [], []
+    for line, o in zip(overrides, parsed):
+        key = o.key_or_group
+        plain = (o.type == OverrideType.CHANGE and o.package is None and not o.is_sweep_override()
+                 and not key.startswith("hydra") and ("." in key or key in _TOP_VALUES))
+        if plain:
+            values.append(o)
+        else:
+            structural.append(line)
+    return structural, values
+
+
+# Top-level keys that hold a value (every other undotted key names a config group: method=kd, pair=...).
+_TOP_VALUES = ("seed", "resume", "force", "retry_failed", "note")
+
+
+def _apply_values(values: list, cfg: DictConfig) -> None:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    if values:
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+
+
+def _method_configs_digest() -> str:
+    from kdbench.core.hashing import digest
+    from kdbench.experiment.catalog import METHODS, method_defaults
+
+    return digest({entry.name: method_defaults(entry.name) for entry in METHODS})
 
 
 def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:

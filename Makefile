@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv if missing, install kdbench, run the default benchmark
-#   make test   - the same set-up, then the test suite
+#   make test   - the same set-up, then the linter, the layer contracts and the test suite (all but `slow`)
+#   make slow   - the slow tier: end-to-end runs through launchers, torchrun, the browser (CI runs it too)
 #   make numerics - the tests held to floating-point tolerances again, on one thread (CI runs it after make test)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdbench-installed
 
-.PHONY: demo test numerics install clean
+.PHONY: demo test slow numerics install clean
 
 install: $(STAMP)
 
@@ -23,7 +24,12 @@ demo: install
 test: install
 	$(BIN)/ruff check kdbench methods tests
 	PYTHONPATH=. $(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Everything `make test` leaves out: the same contracts end to end (multi-process, launchers, the page in Chromium,
+# the largest models). CI runs both tiers.
+slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 # A tolerance tuned to one thread count (another summation order) shows up here.
 numerics: install

@@ -35,6 +35,24 @@ def test_eval_of_a_runs_kept_student_reproduces_its_record_exactly(kept, capsys)
     assert json.loads(target.read_text())["metrics"]["top1"] == rec["metrics"]["last"]["student"]["test"]["top1"]
 
 
+def test_a_kept_model_of_another_run_is_refused(kept, tmp_path):
+    """Another run's kept student, copied into this run's place, was evaluated and reported as this run's."""
+    import shutil
+
+    from kdbench.experiment.results import add_record
+    from tests.helpers import relabel
+
+    tmp, rec = kept
+    store = tmp_path / "results"
+    shutil.copytree(tmp / "results", store)
+    other = relabel(rec, seed=7)
+    add_record(store, other)
+    shutil.copy(store / "models" / f"{rec['run_id']}.pt", store / "models" / f"{other['run_id']}.pt")
+    with pytest.raises(KDBenchError, match=f"kept student of {rec['run_id']}, not of run {other['run_id']}"):
+        eval_target(other["run_id"], [f"paths.results={store}", f"paths.models={store / 'models'}",
+                                      f"paths.work={tmp / 'work'}"])
+
+
 def test_a_plain_state_dict_is_evaluated_with_its_architecture(kept, tmp_path):
     tmp, rec = kept
     model, facts = load_model(tmp / "results" / "models" / f"{rec['run_id']}.pt")

@@ -58,6 +58,7 @@ def _visible_rows(driver, table_id):
     return [r for r in driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr") if r.is_displayed()]
 
 
+@pytest.mark.slow
 def test_page_loads_without_console_errors(page):
     driver, _ = page
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

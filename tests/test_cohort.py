@@ -55,6 +55,7 @@ def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path, teach
 
 @pytest.mark.usefixtures("default_signals")  # installs the handlers it relies on, restores them
 @pytest.mark.parametrize("signame,methods", [("SIGINT", ["kd", "crd", "dml"]), ("SIGTERM", ["kd", "vanilla"])])
+@pytest.mark.slow
 def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch, signame, methods, teacher_cache):
     """Ctrl-C, or a scheduler's SIGTERM: every member checkpoints after its next step."""
     import _thread
@@ -83,6 +84,7 @@ def test_an_interrupted_cohort_resumes_to_the_solo_records(tmp_path, monkeypatch
         _same(a, b)
 
 
+@pytest.mark.slow
 def test_bench_decides_on_cohorts_and_can_be_told(tmp_path, monkeypatch, teacher_cache):
     import kdbench.orchestration.cohort as cohort_mod
     from kdbench.orchestration.bench import run_bench

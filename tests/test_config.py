@@ -38,6 +38,7 @@ def test_overrides_reach_the_config():
     assert cfg.teacher.schedule.epochs == compose().teacher.schedule.epochs
 
 
+@pytest.mark.slow
 def test_every_registered_method_composes_from_its_class_defaults():
     from kdbench.method import method_defaults
 

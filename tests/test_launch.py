@@ -58,6 +58,7 @@ def test_a_suite_through_the_basic_launcher_trains_teachers_first_and_records_wh
     assert stages == []
 
 
+@pytest.mark.slow
 def test_cohort_jobs_hold_one_seed_each_and_record_what_solo_runs_do(tmp_path, stages, teacher_cache):
     suite = ["suite.methods=[vanilla,kd,crd]", "suite.seeds=[0,1]", "bench.cohort=true",
              f"paths.teachers={teacher_cache}"]

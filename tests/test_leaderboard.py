@@ -444,6 +444,40 @@ def test_notes_cannot_inject_html_or_spreadsheet_formulas(real_records, tmp_path
     assert "<img src=x" not in md
 
 
+# One text per output format's special characters: HTML, Markdown links and images, a spreadsheet formula,
+# mathtext (an unbalanced one would crash matplotlib), LaTeX, table pipes and a newline.
+HOSTILE = '=HYPERLINK("http://x") <b>bold</b> ![i](http://x/i.png) [a](javascript:alert(1)) $\\frac{$ %&_#{}~^ |\n'
+
+
+def test_nothing_from_a_record_is_live_in_any_output(real_records, tmp_path):
+    """A dataset name, a hardware string, a note or a hyper-parameter value from a record is inert in the
+    Markdown, HTML, LaTeX, CSV and figures (it once was live HTML in README.md, a formula in the CSVs, a
+    matplotlib crash)."""
+    import csv
+    import io
+
+    recs = [relabel(r, dataset="cifar10" + HOSTILE, mode=HOSTILE) if r["method"]["name"] == "kd"
+            else copy.deepcopy(r) for r in real_records]
+    for r in recs:
+        r["environment"]["hardware"] = HOSTILE
+        r["note"] = HOSTILE
+    files = render(_store(tmp_path, recs))
+    md = files["README.md"].decode()
+    for live in ("<b>", "[a](javascript", "![i](http://x/i.png)"):  # escaped, they read \[a\](...
+        assert live not in md, live
+    page = files["index.html"].decode()
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    for name, data in files.items():
+        if name.endswith(".csv"):
+            for row in csv.reader(io.StringIO(data.decode())):
+                for cell in row:
+                    assert not cell.startswith(("=", "@")) and not (cell[:1] in "+-" and cell[1:2].isalpha()), \
+                        (name, cell)
+        if name.endswith(".tex"):
+            assert "$\\frac{$" not in data.decode()  # the record's mathtext is escaped, never typeset
+    assert any(n.endswith(".png") for n in files)  # the figures rendered with the hostile labels
+
+
 def test_the_reporting_layer_never_imports_torch():
     import subprocess
     import sys

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_overrides
 
 PLUGIN = '''
@@ -46,6 +48,7 @@ def _kdbench(site: Path, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_an_installed_plugin_method_runs_with_no_extra_flags(tmp_path):
     site = tmp_path / "site"
     _install(site)

@@ -98,6 +98,83 @@ def test_a_corrupt_checkpoint_is_named_and_stores_no_failure(make_cfg, tmp_path)
     assert not _records(cfg)  # a damaged file is not a failed run: nothing blocks the run id
 
 
+@pytest.mark.usefixtures("teacher_cache")
+def test_another_runs_checkpoint_is_never_resumed(make_cfg):
+    """A checkpoint of seed 1 copied into seed 0's folder was resumed and recorded under seed 0's id."""
+    import shutil
+
+    from kdbench.orchestration.runner import run_identity
+
+    other = make_cfg("method=kd", "seed=1", "engine.keep_checkpoint=true", epochs=1)
+    run(other)
+    cfg = make_cfg("method=kd", "seed=0", "resume=true", epochs=1)
+    mine = Path(cfg.paths.runs) / run_identity(cfg)
+    mine.mkdir(parents=True)
+    shutil.copy(Path(other.paths.runs) / run_identity(other) / "checkpoint.pt", mine / "checkpoint.pt")
+    with pytest.raises(KDBenchError, match=f"belongs to {run_identity(other)}, not to {run_identity(cfg)}"):
+        run(cfg)
+    assert [r["seed"] for r in _records(cfg)] == [1]
+
+
+def test_a_teacher_of_nan_weights_is_not_imported(make_cfg, tmp_path, capsys):
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher
+
+    cfg = make_cfg("method=kd", epochs=1)
+    state = torch.load(ensure_teacher(cfg, load_data(cfg)).path / "model.pt", weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    assert main(["teacher", "import", str(tmp_path / "nan.pt"), "--arch", str(cfg.pair.teacher), "--dataset",
+                 "digits", "--no-eval", f"paths.work={tmp_path / 'other'}"]) == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err and key in err and "Traceback" not in err
+    assert not list((tmp_path / "other").rglob("teacher.json"))
+
+
+@pytest.mark.parametrize("how", ["absolute", "parent", "symlink"])
+def test_teacher_weights_outside_their_entry_are_never_read(make_cfg, how):
+    from kdbench.data import load_data
+    from kdbench.orchestration.teacher import ensure_teacher
+    from kdbench.orchestration.teacher_cache import find_teacher, load_teacher
+
+    cfg = make_cfg("method=kd", epochs=1)
+    entry = ensure_teacher(cfg, load_data(cfg))
+    meta = json.loads((entry.path / "teacher.json").read_text())
+    if how == "symlink":
+        (entry.path / "link.pt").symlink_to("/dev/zero")
+    meta["weights"]["file"] = {"absolute": "/dev/zero", "parent": "../model.pt", "symlink": "link.pt"}[how]
+    (entry.path / "teacher.json").write_text(json.dumps(meta))
+    with pytest.raises(KDBenchError, match="not a file (of|inside)"):
+        load_teacher(find_teacher(cfg), torch.device("cpu"))
+
+
+def test_a_diverging_teacher_is_one_message_and_caches_nothing(make_cfg, capsys, tmp_path):
+    ov = ["method=kd", "teacher.schedule.lr=1e12", "engine.progress=false", f"paths.work={tmp_path / 'w'}",
+          "teacher.schedule.epochs=1", "teacher.schedule.milestones=[1.0]"]
+    assert main(["teacher", "train", *ov]) == 2
+    err = capsys.readouterr().err
+    assert "diverged while training" in err and "teacher.schedule.lr" in err and "Traceback" not in err
+    assert not list((tmp_path / "w").rglob("teacher.json")) and not list((tmp_path / "w").rglob("*.partial"))
+
+
+def test_a_read_only_store_is_one_message(monkeypatch, capsys, tmp_path):
+    import errno
+
+    import kdbench.experiment.results as results
+
+    def read_only(root):
+        raise OSError(errno.EROFS, "Read-only file system", str(Path(root) / ".store.lock"))
+
+    monkeypatch.setattr(results, "store_lock", read_only)
+    bundle = tmp_path / "b.tar.gz"
+    bundle.write_bytes(b"")
+    monkeypatch.setattr(results, "_read_bundle", lambda b: ({"records": {}}, {}))
+    assert main(["results", "import", str(bundle), f"paths.results={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and ".store.lock" in err and "Traceback" not in err
+
+
 def _failing(errno: int, text: str):
     def write(path, *args, **kwargs):
         raise OSError(errno, text, str(path))

@@ -194,6 +194,19 @@ def test_a_stores_repeats_of_a_run_import_into_an_empty_store(real_records, tmp_
     assert import_bundle(bundle, tmp_path / "store") == []
 
 
+def test_import_never_races_a_run_that_is_training_here(real_records, tmp_path):
+    """Importing run X while a local bench trained X once kept one of the two records silently."""
+    from kdbench.core.locks import file_lock
+
+    bundle = export_bundle(write_records(tmp_path / "mine", real_records[:2]), tmp_path / "b.tar.gz")
+    runs = tmp_path / "work" / "runs"
+    with file_lock(runs / f"{real_records[1]['run_id']}.lock"):  # what a training run holds
+        with pytest.raises(KDBenchError, match=f"being trained here by another process \\({real_records[1]['run_id']}"):
+            import_bundle(bundle, tmp_path / "store", runs)
+        assert load_records(tmp_path / "store") == []
+    assert len(import_bundle(bundle, tmp_path / "store", runs)) == 2  # once that run has ended
+
+
 def test_import_refuses_a_changed_copy_of_a_stored_run(real_records, tmp_path):
     """A bundle once changed a stored KD run's top-1 to 100.0 and moved the table's mean."""
     store = write_records(tmp_path / "store", real_records)

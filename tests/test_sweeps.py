@@ -131,6 +131,7 @@ def _sweep(tmp_path, *extra, seeds: str = "0,1") -> list[dict]:
     return [s.record for s in load_records(tmp_path / "results")]
 
 
+@pytest.mark.slow
 def test_multirun_sweep_with_the_basic_launcher_is_idempotent(tmp_path, teacher_cache):
     recs = _sweep(tmp_path, f"paths.teachers={teacher_cache}")
     assert sorted((r["method"]["name"], r["seed"]) for r in recs) == [("kd", 0), ("kd", 1), ("vanilla", 0),

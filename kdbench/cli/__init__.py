@@ -163,7 +163,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
     from kdbench.experiment import results as store
     from kdbench.orchestration.config import compose
 
-    root = compose(args.overrides, check=False).paths.results
+    cfg = compose(args.overrides, check=False)
+    root = cfg.paths.results
     if args.results_command == "validate":
         stored = store.load_records(root)
         bad = [r for r in stored if r.errors]
@@ -185,7 +186,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
     elif args.results_command == "export":
         print(f"wrote {store.export_bundle(root, args.bundle)}")
     else:
-        print(f"added {len(store.import_bundle(args.bundle, root))} record(s) to {store.runs_dir(root)}")
+        added = store.import_bundle(args.bundle, root, cfg.paths.runs)
+        print(f"added {len(added)} record(s) to {store.runs_dir(root)}")
     return 0
 
 
@@ -257,16 +259,28 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from kdbench.orchestration.config import compose
+    from kdbench.orchestration.doctor import clean, find_leftovers, format_leftovers
+
+    found = find_leftovers(compose(args.overrides, check=False))
+    if args.clean:
+        clean(found)
+    print(format_leftovers(found, args.clean))
+    return 0
+
+
 COMMANDS = {"list": _cmd_list, "show": _cmd_show, "config": _cmd_config, "run": _cmd_run, "bench": _cmd_bench,
             "speed": _cmd_speed, "plan": _cmd_plan, "status": _cmd_plan, "results": _cmd_results,
-            "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher, "eval": _cmd_eval}
+            "leaderboard": _cmd_leaderboard, "teacher": _cmd_teacher, "eval": _cmd_eval, "doctor": _cmd_doctor}
 
 
 def interrupted_state(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     """What is true after Ctrl-C, by command: what the interrupted code said it had done (a training step
     checkpointed, an import finished or not), else what the command can have left."""
     said = str(exc.args[0]) if exc.args and exc.args[0] else ""
-    sub = getattr(args, "results_command", None) or getattr(args, "teacher_command", None)
+    sub = getattr(args, "results_command", None) or getattr(args, "teacher_command", None) or (
+        "clean" if getattr(args, "clean", False) else None)
     trains = args.command in ("run", "bench") or (args.command == "teacher" and sub == "train")
     if trains:
         return (f"{said} (resume=true continues)" if said else
@@ -279,6 +293,7 @@ def interrupted_state(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
         ("results", "migrate"): "the records migrated so far are in place; `kdbench results migrate` again finishes "
                                 "(a second run only does what is left)",
         ("results", "export"): "no bundle was written",
+        ("doctor", "clean"): "some leftovers may have been removed; `kdbench doctor` lists what is left",
         ("teacher", "import"): "a teacher enters the cache whole or not at all: `kdbench teacher list` shows "
                                "whether it did",
         ("leaderboard", None): "a folder being built is marked unfinished (`kdbench leaderboard --check` says so); "
@@ -325,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `kdbench list pairs | head`: the reader left; not an error of ours
         _quiet_stdout()
         return 0
+    except OSError as exc:  # a full or read-only disk, a missing folder: one message naming the path
+        logging.getLogger(__name__).debug("the traceback", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"kdbench: error: {exc.strerror or exc}{where}; what was written before is whole (writes are atomic); "
+              "free space or fix permissions and run the command again (-v shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def _quiet_stdout() -> None:

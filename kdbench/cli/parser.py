@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _results_parser(sub)
     _output_parsers(sub)
     _teacher_parser(sub)
+    _doctor_parser(sub)
     return p
 
 
@@ -83,6 +84,13 @@ def _output_parsers(sub) -> None:
                     help="mark each benchmark cell ↑/↓ against this method on the same pair and teacher, as the CRD "
                          "table does against KD (--against kd)")
     lb.add_argument("overrides", nargs="*")
+
+
+def _doctor_parser(sub) -> None:
+    """``kdbench doctor [--clean]``."""
+    dr = sub.add_parser("doctor", help="list what kills left in the store and work folder that no record explains")
+    dr.add_argument("--clean", action="store_true", help="remove the leftovers that are provably unused")
+    dr.add_argument("overrides", nargs="*")
 
 
 def _teacher_parser(sub) -> None:

@@ -6,6 +6,7 @@ bundle and adds its records.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.core.errors import KDBenchError
+from kdbench.core.locks import deferred_interrupts, file_lock
 from kdbench.experiment.records import environment, now_iso, read_json, write_json_atomic
 from kdbench.experiment.schema import validate_record
 
@@ -139,8 +141,6 @@ _MEMBER = re.compile(r"^records/[A-Za-z0-9_.+-]+\.json$")
 
 def store_lock(results_root: str | Path):
     """The store's lock: one import (or migration) at a time."""
-    from kdbench.core.locks import file_lock
-
     return file_lock(Path(results_root) / ".store.lock")
 
 
@@ -208,14 +208,9 @@ def _read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, data
 
 
-def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
-    """Validate every record of a bundle first; then add them all, or nothing.
-
-    Records already in the store (the same content) are skipped. A record whose run id the store
-    holds with other content is a conflict and the bundle is refused: importing must never change
-    a table cell that local runs filled. One import runs at a time (the store's lock).
-    """
-    bundle = Path(bundle)
+def _bundle_records(bundle: Path) -> list[dict[str, Any]]:
+    """Every record the bundle's manifest lists, each checked against its digest and validated; or one error
+    naming every problem."""
     if not bundle.is_file():
         raise KDBenchError(f"no bundle at {bundle}")
     manifest, members = _read_bundle(bundle)
@@ -237,6 +232,18 @@ def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
         records.append(rec)
     if problems:
         raise KDBenchError(f"{bundle} was not imported; its records have problems:\n  - " + "\n  - ".join(problems))
+    return records
+
+
+def import_bundle(bundle: str | Path, results_root: str | Path, runs: str | Path | None = None) -> list[Path]:
+    """Validate every record of a bundle first; then add them all, or nothing.
+
+    Records already in the store (the same content) are skipped. A record whose run id the store
+    holds with other content is a conflict and the bundle is refused: importing must never change
+    a table cell that local runs filled. One import runs at a time (the store's lock).
+    """
+    bundle = Path(bundle)
+    records = _bundle_records(bundle)
     with store_lock(results_root):
         if Path(results_root).is_dir():
             _recover_locked(Path(results_root))
@@ -260,7 +267,15 @@ def import_bundle(bundle: str | Path, results_root: str | Path) -> list[Path]:
             raise KDBenchError(f"{bundle} was not imported; it conflicts with records in {runs_dir(results_root)} "
                                "(a run id is one experiment and seed: keep one record of it):\n  - "
                                + "\n  - ".join(conflicts))
-        return _publish(Path(results_root), new)
+        with contextlib.ExitStack() as held:  # each new run's lock (``runs``: paths.runs), as a training run holds it
+            busy = [rec["run_id"] for rec in new if runs is not None and not held.enter_context(
+                file_lock(Path(runs) / f"{rec['run_id']}.lock", blocking=False))]
+            if busy:
+                raise KDBenchError(f"{bundle} was not imported: {len(busy)} of its runs are being trained here by "
+                                   f"another process ({', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}); "
+                                   "import it when they have ended (their records and the bundle's are then "
+                                   "compared: the same content is skipped, other content is a conflict)")
+            return _publish(Path(results_root), new)
 
 
 # An import is staged in a folder of its own beside runs/, then published under a journal: killed while
@@ -273,8 +288,6 @@ _STAGE = ".import-"
 def _publish(root: Path, records: list[dict[str, Any]]) -> list[Path]:
     import shutil
     import tempfile
-
-    from kdbench.core.locks import deferred_interrupts
 
     if not records:
         return []
@@ -344,8 +357,6 @@ def recover_store(results_root: str | Path) -> None:
     journal, stages = root / _JOURNAL, list(root.glob(_STAGE + "*")) if root.is_dir() else []
     if not journal.exists() and not stages:
         return
-    from kdbench.core.locks import file_lock
-
     try:
         with file_lock(root / ".store.lock", blocking=False) as mine:
             if mine:  # else an import is running: it finishes its own work

@@ -149,6 +149,10 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
         raise KDBenchError(f"run {run_id} kept no model at {file} (engine.keep_model was off, or the run predates "
                            "kept models): run it again with force=true to keep one")
     model, facts = load_model(file)
+    if facts.get("run_id") != run_id:  # a kept model copied or renamed into this run's place
+        raise KDBenchError(f"{file} is the kept student of {facts.get('run_id') or 'no kdbench run'}, not of run "
+                           f"{run_id}: its numbers would be reported as this run's; delete it (run {run_id} again "
+                           "with force=true to keep its own)")
     out = evaluate_model(cfg, model, split)
     primary = record["metrics"]["primary_model"]
     recorded = record["metrics"]["last"][primary].get(split) if split in ("val", "test") else None

@@ -173,6 +173,8 @@ def run_steps(cfg: DictConfig, data: DataBundle | None = None,
     uses_teacher = METHODS.get(cfg.method.name).obj.uses_teacher
     prior = _prior_outcome(cfg, run_id, uses_teacher, data, on_error)
     if prior is not None:
+        if prior["status"] == "completed":
+            _drop_finished_folder(cfg, run_id)
         return prior
     paths = RunPaths.of(cfg, run_id)
     run_dir, lock = paths.work, paths.lock
@@ -283,6 +285,16 @@ def _record_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
             raise KDBenchError(f"run {run_id} diverged: {exc} (record: {out})") from None
         raise exc
     return rec
+
+
+def _drop_finished_folder(cfg: DictConfig, run_id: str) -> None:
+    """A run killed between writing its record and removing its folder leaves the folder (its checkpoint): the
+    next command that finds the run done removes it, unless told to keep it or another process holds it."""
+    from kdbench.core.locks import is_locked
+
+    paths = RunPaths.of(cfg, run_id)
+    if paths.work.is_dir() and not cfg.engine.get("keep_checkpoint") and not is_locked(paths.lock):
+        shutil.rmtree(paths.work, ignore_errors=True)
 
 
 def _setup_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,

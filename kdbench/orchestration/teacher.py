@@ -28,6 +28,7 @@ from kdbench.experiment.schema import SCHEMA_VERSION, VANILLA
 from kdbench.models import KDModel, count_parameters, create_model, seeded_model
 from kdbench.orchestration.teacher_cache import (
     TeacherEntry,
+    check_finite,
     find_teacher,
     load_state_strict,
     load_teacher,
@@ -36,6 +37,7 @@ from kdbench.orchestration.teacher_cache import (
     teacher_recipe,
 )
 from kdbench.training.engine import fit
+from kdbench.training.signals import RunDiverged
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,14 @@ def train_teacher(cfg: DictConfig, data: DataBundle) -> TeacherEntry:
     trainer = _trainer(cfg, data, model, upper, upper_entry)
     t0 = time.time()
     # A partial teacher's checkpoint is always resumed: it is ours, not the user's run.
-    result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",
-                 precision=str(cfg.protocol.precision))
+    try:
+        result = fit(trainer, data, cfg.teacher.schedule, cfg.engine, seed, partial, resume=True, label="teacher ",
+                     precision=str(cfg.protocol.precision))
+    except RunDiverged as exc:
+        shutil.rmtree(partial, ignore_errors=True)  # resuming would diverge again
+        raise KDBenchError(f"the {'teacher' if upper is None else 'assistant'} {arch} (seed {seed}) diverged while "
+                           f"training: {exc}; nothing was cached. Lower its learning rate (its schedule's lr is "
+                           f"{float(cfg.teacher.schedule.lr):g}: teacher.schedule.lr) or check the data") from None
     if not ddp.is_main():  # rank 0 stores the teacher; the others wait, then read it
         ddp.barrier()
         return read_entry(final)
@@ -164,6 +172,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     else:  # --no-eval: the classes and the input shape (its channels too) from the dataset named
         num_classes, shape = _static_shape(cfg)
     model = create_model(arch, num_classes=num_classes, in_channels=shape[0])
+    check_finite(state, str(path))
     load_state_strict(model, state, str(path), arch)
     key = digest({"imported": source_sha, "arch": arch, "dataset": cfg.data.name})[:16]
     root = Path(cfg.paths.teachers)

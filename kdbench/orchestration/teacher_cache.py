@@ -83,6 +83,9 @@ def read_entry(path: Path) -> TeacherEntry:
         meta = read_json(path / "teacher.json")
         if not isinstance(meta, dict) or not {"arch", "weights", "metrics"} <= set(meta):
             raise ValueError("fields missing")
+        name = meta["weights"].get("file") if isinstance(meta["weights"], dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"its weights file {name!r} is not a file of the entry")
     except (OSError, ValueError) as exc:
         raise KDBenchError(f"{path / 'teacher.json'} is damaged ({exc}): delete {path} to retrain this teacher"
                            ) from None
@@ -139,6 +142,14 @@ def get_teacher(root: Path, prefix: str) -> TeacherEntry:
     return matches[0]
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity: a teacher trained from them would teach nothing but NaN."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise KDBenchError(f"{source} holds weights that are not finite (NaN or infinity) in "
+                           f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a diverged or damaged checkpoint")
+
+
 def load_state_strict(model: KDModel, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """``model.load_state_dict(state, strict=True)`` with a message that names what differs."""
     own = model.state_dict()
@@ -158,6 +169,9 @@ def load_state_strict(model: KDModel, state: dict[str, torch.Tensor], source: st
 def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:
     """Rebuild the cached teacher, verifying its checksum; frozen and in eval mode."""
     weights = entry.path / entry.meta["weights"]["file"]
+    if weights.is_symlink() or not weights.is_file() or weights.resolve().parent != entry.path.resolve():
+        raise KDBenchError(f"teacher weights {weights} are not a file inside {entry.path} (a link, a device or "
+                           f"missing): delete {entry.path} to retrain it, or import it again")
     actual = file_sha256(weights)
     if actual != entry.meta["weights"]["sha256"]:
         raise KDBenchError(f"teacher weights {weights} fail their checksum (expected "
@@ -172,6 +186,7 @@ def load_teacher(entry: TeacherEntry, device: torch.device) -> KDModel:
                            f"delete {entry.path} to retrain it, or import it again") from None
     if not isinstance(state, dict):
         raise KDBenchError(f"teacher weights {weights} are not a state dict: delete {entry.path} to retrain it")
+    check_finite(state, str(weights))
     load_state_strict(model, state, str(weights), entry.arch)
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -15,7 +15,7 @@ from kdbench.experiment.schema import validate_speed_record
 from .frame import Setting, aggregate, runs_frame, settings
 from .papers import PAPER_COLUMNS, load_reference, paper_comparison, survey_tables
 from .plots import _slug, plots
-from .render import Section, csv_rows, csv_text, latex_table, markdown, page
+from .render import Section, csv_rows, csv_safe, latex_table, markdown, page
 from .speed import speed_tables
 from .tables import COST_COLUMNS, MEMBER_COLUMNS, Table, benchmark, cost_table, members_table, runs_table
 
@@ -101,17 +101,16 @@ def render(results_root: str | Path, metric: str = "last", compare_short: bool =
     files: dict[str, bytes] = {name: data for sec in sections for name, data in sec.images.items()}
 
     def csv(rows) -> bytes:
-        return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n").encode()
+        return csv_safe(pd.DataFrame(rows)).to_csv(index=False, lineterminator="\n").encode()
 
     for kind, rows in csvs.items():
         files[f"{kind}.csv"] = csv(rows)
     for sec in sections:  # each table as LaTeX (booktabs), for a paper
         for t in sec.tables:
             files[f"{t.id}.tex"] = latex_table(t).encode()
-    files["aggregate.csv"] = agg.to_csv(index=False, lineterminator="\n").encode()
+    files["aggregate.csv"] = csv_safe(agg).to_csv(index=False, lineterminator="\n").encode()
     runs = df.drop(columns=["curve"])
-    runs["note"] = [csv_text(n) for n in runs["note"]]
-    files["runs.csv"] = runs.to_csv(index=False, lineterminator="\n").encode()
+    files["runs.csv"] = csv_safe(runs).to_csv(index=False, lineterminator="\n").encode()
     files["speed.csv"] = csv(speed_history.rows)  # every measurement; the tables show the latest first
     extra = [runs_table(df), speed, speed_history]
     files["README.md"] = markdown(sections, [speed], metric).encode()

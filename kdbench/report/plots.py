@@ -24,9 +24,16 @@ def _png(fig) -> bytes:
 
 
 def plots(agg, df, setting: Setting) -> dict[str, bytes]:
+    """The setting's figures. Every text in them may come from records (pair, dataset and method names,
+    hyper-parameter values): mathtext is off, so a ``$`` is a dollar sign, never markup or a crash."""
     import matplotlib
 
     matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _plots(agg, df, setting)
+
+
+def _plots(agg, df, setting: Setting) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     a = agg[agg["setting"] == setting.id]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -26,9 +27,24 @@ class Section:
     images: dict[str, bytes]
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?( ?[↑↓%])?")  # +6.55 ↑, a gain: stays as it is
+
+
 def csv_text(s: str) -> str:
-    """Free text for a CSV cell: a leading = + - @ would make spreadsheets run it as a formula."""
-    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+    """Text for a CSV cell: a leading = + - @ (or tab, CR) would make spreadsheets run it as a formula; a
+    signed number stays as it is."""
+    if s[:1] in ("=", "@", "\t", "\r") or (s[:1] in ("+", "-") and not _NUMBER.fullmatch(s)):
+        return "'" + s
+    return s
+
+
+def csv_safe(df):
+    """Every text cell of a table about to be written as CSV made inert (:func:`csv_text`); numbers untouched."""
+    out = df.copy()
+    for col in out.columns:
+        if any(isinstance(v, str) for v in out[col]):  # object or string dtype alike
+            out[col] = [csv_text(v) if isinstance(v, str) else v for v in out[col]]
+    return out
 
 
 def csv_rows(table: Table, **extra: Any) -> list[dict[str, Any]]:
@@ -39,8 +55,10 @@ def csv_rows(table: Table, **extra: Any) -> list[dict[str, Any]]:
 # -- Markdown ---------------------------------------------------------------------------------
 
 def _md_escape(s: Any) -> str:
-    # Markdown renders raw HTML: text from records (notes) is escaped like the page escapes it.
-    return html.escape(str(s), quote=False).replace("|", "\\|").replace("\n", " ")
+    # Markdown renders raw HTML, links and images: text that may come from records is escaped like the page
+    # escapes it, and its brackets so that [x](url) and ![x](url) stay text.
+    return (html.escape(str(s), quote=False).replace("|", "\\|").replace("\n", " ")
+            .replace("[", "\\[").replace("]", "\\]"))
 
 
 def md_table(table: Table) -> str:
@@ -57,8 +75,8 @@ def md_table(table: Table) -> str:
 
 # -- LaTeX ------------------------------------------------------------------------------------
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_SPECIAL = {"\n": " ", "\r": " ", "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _TEX_SYMBOLS = {"±": r"$\pm$", "→": r"$\rightarrow$", "⇄": r"$\leftrightarrows$", "↑": r"$\uparrow$",
                 "↓": r"$\downarrow$", "†": r"\textsuperscript{\dag}", "‖": r"$\|$", "—": "---", "–": "--"}
 
@@ -100,13 +118,14 @@ def markdown(sections: list[Section], extra: list[Table], metric: str) -> str:
              "Open `index.html` for sortable, filterable tables.", ""]
     for sec in sections:
         s = sec.setting
-        parts += [f"## {heading(s)}", "", f"*{s.caption()}*", ""]
+        parts += [f"## {_md_escape(heading(s))}", "", f"*{_md_escape(s.caption())}*", ""]
         for t in sec.tables:
-            parts += [f"### {t.title}", "", md_table(t), ""] + ([t.note, ""] if t.note else [])
+            parts += [f"### {_md_escape(t.title)}", "", md_table(t), ""] + ([_md_escape(t.note), ""] if t.note else [])
         parts += [f"![{name}]({name})" for name in sec.images] + [""]
     for t in extra:
         if t.rows:
-            parts += [f"## {t.title}", ""] + ([f"*{t.note}*", ""] if t.note else []) + [md_table(t), ""]
+            parts += [f"## {_md_escape(t.title)}", ""] + ([f"*{_md_escape(t.note)}*", ""] if t.note else []) + [
+                md_table(t), ""]
     return "\n".join(parts)
 
 

@@ -34,7 +34,8 @@ class RunState:
 
     def save(self, path: Path, method: Method, optimizer, epoch: int, partial: dict[str, Any] | None = None,
              stage: str = MAIN_STAGE) -> None:
-        state = {"epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
+        state = {"owner": Path(path).parent.name,  # the run id (or teacher key) whose folder it was written in
+                 "epoch": epoch, "method": method.checkpoint_state(), "optimizer": optimizer.state_dict(),
                  "optimizer_stage": stage, "init_history": self.init_history,
                  "history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
         save_checkpoint(path, {**state, "partial": partial} if partial is not None else state)
@@ -49,6 +50,10 @@ class RunState:
             raise KDBenchError(f"the checkpoint {path} cannot be read ({type(exc).__name__}; truncated or "
                                "not written by kdbench): delete it to start this run over, or pass force=true"
                                ) from None
+        owner, here = state.get("owner"), Path(path).parent.name
+        if owner is not None and owner != here:  # written for another run and copied here: never resumed
+            raise KDBenchError(f"the checkpoint {path} belongs to {owner}, not to {here}: resuming it would record "
+                               f"another run's training under this run's id; delete it to start {here} over")
         method.load_checkpoint_state(state["method"])
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
         if partial is not None and len(partial["ranks"]) != n_proc:

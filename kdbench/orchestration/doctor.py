@@ -1,0 +1,105 @@
+"""``kdbench doctor``: what kills and crashes left in the store and the work folder that no record explains.
+
+Every kind of leftover is named by the command that makes it, so each one is recognisably ours: temp files of
+atomic writes (``.NAME.*.tmp``), an import's stage (``results/.import-*``), a run's folder (its checkpoint) kept
+after its record was written, a teacher training's ``KEY.partial`` folder, a teacher import's stage, a cache
+entry without its ``teacher.json``, a kept model without a record. ``--clean`` removes only what is provably
+dead: nothing that a running process holds a lock on, nothing a later command could still use (an interrupted
+run's checkpoint is resumed by ``resume=true``; a file that is not a valid record is the user's to read).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kdbench.core.locks import is_locked
+from kdbench.experiment.results import load_records, recover_store
+
+STALE_TMP_S = 3600.0  # a temp file of an atomic write lives for milliseconds; an hour old, its writer is gone
+
+
+@dataclass(frozen=True)
+class Leftover:
+    path: Path
+    what: str
+    removable: bool  # --clean removes it: provably ours and provably unused
+
+
+def find_leftovers(cfg: DictConfig) -> list[Leftover]:
+    """Everything under ``paths.results`` and ``paths.work`` that no record or cache entry explains."""
+    results, runs, teachers = Path(cfg.paths.results), Path(cfg.paths.runs), Path(cfg.paths.teachers)
+    recover_store(results)  # an interrupted import: finished, or its stage removed
+    out: list[Leftover] = []
+    stored = load_records(results)
+    # finished runs, and whether each was told to keep its folder (engine.keep_checkpoint=true)
+    done = {s.record["run_id"]: bool(((s.record.get("config") or {}).get("engine") or {}).get("keep_checkpoint"))
+            for s in stored if not s.errors and s.record.get("status") == "completed"}
+    known = {s.record["run_id"] for s in stored if not s.errors}
+    out += [Leftover(s.path, f"not a valid record ({s.errors[0]}): not counted anywhere", False)
+            for s in stored if s.errors]
+    models = Path(cfg.paths.models)
+    if models.is_dir():
+        out += [Leftover(p, "a kept model of no stored run", False) for p in sorted(models.glob("*.pt"))
+                if p.stem not in known]
+    if runs.is_dir():
+        for d in sorted(p for p in runs.iterdir() if p.is_dir()):
+            if is_locked(d.with_name(d.name + ".lock")):
+                continue  # being trained now
+            if d.name in done:
+                if not done[d.name]:
+                    out.append(Leftover(d, "a finished run's folder (checkpoint), left when the run was killed "
+                                           "after writing its record", True))
+            elif (d / "checkpoint.pt").exists():
+                out.append(Leftover(d, "an interrupted run: `resume=true` (or the suite) continues it", False))
+    if teachers.is_dir():
+        out += _teacher_leftovers(teachers)
+    now = time.time()
+    for root in {results, Path(cfg.paths.work)}:
+        if root.is_dir():
+            out += [Leftover(p, "the temp file of a write that was killed", True) for p in sorted(root.rglob(".*.tmp"))
+                    if p.is_file() and now - p.stat().st_mtime > STALE_TMP_S]
+    return out
+
+
+def _teacher_leftovers(teachers: Path) -> list[Leftover]:
+    out = []
+    for d in sorted(p for p in teachers.iterdir() if p.is_dir()):
+        if d.name.endswith(".partial"):
+            key = d.name.split(".")[0]
+            if is_locked(teachers / f"{key}.lock"):
+                continue  # a training or an import under way
+            if d.name == f"{key}.partial":
+                out.append(Leftover(d, "an interrupted teacher training: resumed when the teacher is next needed",
+                                    False))
+            else:
+                out.append(Leftover(d, "the stage of a teacher import that was killed", True))
+        elif not (d / "teacher.json").exists() and not is_locked(teachers / f"{d.name}.lock"):
+            out.append(Leftover(d, "a cache entry without teacher.json (never usable): it is retrained or "
+                                   "imported again when needed", True))
+    return out
+
+
+def clean(leftovers: list[Leftover]) -> list[Leftover]:
+    """Remove the removable ones; the list of what was removed."""
+    gone = []
+    for item in leftovers:
+        if item.removable:
+            if item.path.is_dir():
+                shutil.rmtree(item.path, ignore_errors=True)
+            else:
+                item.path.unlink(missing_ok=True)
+            gone.append(item)
+    return gone
+
+
+def format_leftovers(leftovers: list[Leftover], cleaned: bool) -> str:
+    if not leftovers:
+        return "nothing left over: every file is a record, a kept model of a stored run, or a cache entry"
+    lines = [f"{'removed' if cleaned and x.removable else 'kept' if cleaned else '-'} {x.path}: {x.what}"
+             + ("" if cleaned or not x.removable else " [--clean removes it]") for x in leftovers]
+    return "\n".join(lines)
+

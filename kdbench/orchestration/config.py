@@ -79,8 +79,11 @@ def _split_overrides(overrides) -> tuple[list[str], list]:
     from hydra.core.override_parser.types import OverrideType
 
     try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        ConfigLoaderImpl._apply_overrides_to_config  # noqa: B018 -- Hydra 1.3's; without it Hydra does everything
         parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception:  # Hydra's own composition reports the syntax error
+    except Exception:  # another Hydra, or a syntax error Hydra's own composition reports
         return list(overrides), []
     structural, values = [], []
     for line, o in zip(overrides, parsed):

@@ -80,6 +80,18 @@ def test_a_partial_extraction_is_never_taken_as_complete(tmp_path):
     assert archive.exists()
 
 
+def test_a_killed_extractions_partial_folder_goes_with_the_next_extraction(tmp_path):
+    """A killed extraction's partial folder stayed beside the complete tree that a later extraction made."""
+    archive = write_cifar10_jpg_archive(tmp_path / "cifar10-jpg.tar.gz", per_class=2)
+    cfg = _data_cfg(tmp_path, "cifar10-jpg", "data.val_fraction=0.25")
+    build_dataset(cfg)
+    (out,) = [p for p in (tmp_path / "work" / "data-extract").iterdir() if p.is_dir()]
+    killed = out.with_name(f"{out.name}.partial-99999")  # what kill -9 mid-extraction leaves
+    (killed / "cifar10-jpg" / "train" / "cat").mkdir(parents=True)
+    build_dataset(cfg)  # the tree is complete: used as it is, and the dead partial removed under the lock
+    assert not killed.exists() and (out / ".complete.json").is_file() and archive.exists()
+
+
 _KILL_DURING_EXTRACTION = """
 import os, signal, sys, tarfile
 from kdbench.orchestration.config import compose

@@ -106,7 +106,7 @@ def extract_verified(archive: Path, out: Path, top: str) -> Path:
     match (a killed extraction, files deleted since), is extracted again.
     """
     marker = out / ".complete.json"
-    if marker.is_file():
+    if marker.is_file() and not any(out.parent.glob(f"{out.name}.partial-*")):  # else: clear those first, locked
         try:
             if json.loads(marker.read_text()) == _tree_counts(out, top):
                 return out / top
@@ -114,10 +114,12 @@ def extract_verified(archive: Path, out: Path, top: str) -> Path:
             pass
         log.warning("%s is incomplete or damaged; extracting %s again", out, archive)
     with file_lock(out.with_name(out.name + ".lock")):
+        # Holding the lock, no other extraction of this archive runs: any partial folder is a killed one's.
+        for stale in out.parent.glob(f"{out.name}.partial-*") if out.parent.is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
         if marker.is_file() and json.loads(marker.read_text()) == _tree_counts(out, top):
             return out / top  # another process finished it while we waited
         tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             with tarfile.open(archive) as tar:

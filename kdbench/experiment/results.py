@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,13 +285,10 @@ def import_bundle(bundle: str | Path, results_root: str | Path, runs: str | Path
 # staging, nothing was added (the next command removes the stage); killed while publishing, the next command
 # that reads the store finishes it. Ctrl-C and SIGTERM wait for the publishing renames.
 _JOURNAL = ".import-journal.json"
-_STAGE = ".import-"
+_STAGE = ".import-stage-"  # never matches the journal
 
 
 def _publish(root: Path, records: list[dict[str, Any]]) -> list[Path]:
-    import shutil
-    import tempfile
-
     if not records:
         return []
     journaled = False
@@ -328,8 +328,6 @@ def _publish(root: Path, records: list[dict[str, Any]]) -> list[Path]:
 def _finish_import(root: Path) -> list[Path]:
     """Move a journaled import's staged records into runs/ (each under a free name), then drop the journal and
     the stage. Run again after a kill, it moves what is left: a record is in runs/ or in the stage, never lost."""
-    import shutil
-
     journal = read_json(root / _JOURNAL)
     stage, folder, added = root / journal["stage"], runs_dir(root), []
     for name in journal["files"]:
@@ -337,7 +335,8 @@ def _finish_import(root: Path) -> list[Path]:
         if not src.exists():
             continue  # moved before the kill
         run_id = name.split("__import")[0]
-        for dst in [folder / f"{run_id}.json", *(folder / f"{run_id}__imported_{i}.json" for i in range(1000))]:
+        names = itertools.chain([f"{run_id}.json"], (f"{run_id}__imported_{i}.json" for i in itertools.count()))
+        for dst in (folder / n for n in names):
             try:
                 os.link(src, dst)  # never overwrites: a name a local run took meanwhile is skipped
                 break
@@ -366,8 +365,6 @@ def recover_store(results_root: str | Path) -> None:
 
 
 def _recover_locked(root: Path) -> None:
-    import shutil
-
     if (root / _JOURNAL).exists():
         log.warning("finishing an import that was interrupted (%s)", root / _JOURNAL)
         _finish_import(root)

@@ -1,7 +1,7 @@
 """``kdbench doctor``: what kills and crashes left in the store and the work folder that no record explains.
 
 Every kind of leftover is named by the command that makes it, so each one is recognisably ours: temp files of
-atomic writes (``.NAME.*.tmp``), an import's stage (``results/.import-*``), a run's folder (its checkpoint) kept
+atomic writes (``.NAME.*.tmp``), an import's stage (``results/.import-stage-*``), a run's folder (its checkpoint) kept
 after its record was written, a teacher training's ``KEY.partial`` folder, a teacher import's stage, a cache
 entry without its ``teacher.json``, a kept model without a record. ``--clean`` removes only what is provably
 dead: nothing that a running process holds a lock on, nothing a later command could still use (an interrupted
@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kdbench.core.locks import is_locked
-from kdbench.experiment.results import load_records, recover_store
+from kdbench.experiment.results import load_records
 
 STALE_TMP_S = 3600.0  # a temp file of an atomic write lives for milliseconds; an hour old, its writer is gone
 
@@ -32,9 +32,8 @@ class Leftover:
 def find_leftovers(cfg: DictConfig) -> list[Leftover]:
     """Everything under ``paths.results`` and ``paths.work`` that no record or cache entry explains."""
     results, runs, teachers = Path(cfg.paths.results), Path(cfg.paths.runs), Path(cfg.paths.teachers)
-    recover_store(results)  # an interrupted import: finished, or its stage removed
     out: list[Leftover] = []
-    stored = load_records(results)
+    stored = load_records(results)  # finishes an interrupted import first, or removes its stage
     # finished runs, and whether each was told to keep its folder (engine.keep_checkpoint=true)
     done = {s.record["run_id"]: bool(((s.record.get("config") or {}).get("engine") or {}).get("keep_checkpoint"))
             for s in stored if not s.errors and s.record.get("status") == "completed"}

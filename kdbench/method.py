@@ -3,9 +3,9 @@
 Built-in methods (``methods/``) and plug-in packages import from here, so the training package can be
 rearranged without breaking them. See docs/adding-a-method.md.
 """
-from kdbench.experiment.catalog import METHODS, Count, Index, Positive, Range, Weight, method_defaults
+from kdbench.experiment.catalog import METHODS, Count, Index, Modifier, Positive, Range, Weight, method_defaults
 from kdbench.experiment.schema import CATEGORIES, SCHEMES
-from kdbench.training.losses import kl_divergence, soft_kl
+from kdbench.training.losses import kl_divergence, soft_kl, standardize
 from kdbench.training.method import (
     MAIN_STAGE,
     InitStage,
@@ -24,6 +24,6 @@ from kdbench.training.method import (
 )
 
 __all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "Count", "Index", "InitStage", "Method", "MethodContext",
-           "PartsView", "Positive", "Range", "StepOutput", "Weight", "build_method", "create_method", "full_precision",
-           "kl_divergence", "match_sizes", "method_defaults", "method_hparams", "register_method",
-           "register_method_configs", "require", "soft_kl"]
+           "Modifier", "PartsView", "Positive", "Range", "StepOutput", "Weight", "build_method", "create_method",
+           "full_precision", "kl_divergence", "match_sizes", "method_defaults", "method_hparams", "register_method",
+           "register_method_configs", "require", "soft_kl", "standardize"]

@@ -18,6 +18,13 @@
 - The warm-up is in epochs, as the authors' code; suites with short schedules set it for
   their length (digits: 2 of 24 epochs, cifar10-mini: 1 of 10, i.e. 20/240 rounded up).
 - Extra trainable parameters: none.
+- Modifier ``logit_stand`` (Sun et al., CVPR 2024; github.com/sunshangquan/logit-standardization-KD):
+  both sets of logits z-scored per sample before both terms (see the KD card); CE keeps the raw
+  logits. Off by default, and then not part of a run's identity. Their DKD+LS multiplies alpha and
+  beta by their ``--kd-weight`` (9) and sets T to their ``--base-temp`` (2): ``method.logit_stand=true
+  method.temperature=2 method.alpha=9 method.beta=72`` (beta 8 x 9 where the pair's beta is 8).
+  Reported (their README, CIFAR-100): resnet32x4->resnet8x4 77.01, vgg13->vgg8 74.81. Parity
+  fixture: their ``dkd_loss`` (commit f6e5aa5) on stored inputs, tests/data/parity/logit-stand.json.
 - Reported (DKD paper / mdistiller, CIFAR-100, 240 epochs): resnet56->resnet20 71.97,
   resnet32x4->resnet8x4 76.32, wrn_40_2->wrn_16_2 76.23, vgg13->vgg8 74.68.
 """
@@ -32,6 +39,7 @@ from torch import Tensor
 from kdbench.data import Batch
 from kdbench.method import (
     Method,
+    Modifier,
     Range,
     StepOutput,
     Weight,
@@ -40,6 +48,7 @@ from kdbench.method import (
     register_method,
     require,
     soft_kl,
+    standardize,
 )
 
 
@@ -65,7 +74,10 @@ def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> t
     return tckd, soft_kl(non_target(z_s), non_target(z_t), t, reduction="per_sample")
 
 
-def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float, temperature: float) -> Tensor:
+def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float, temperature: float,
+             logit_stand: bool = False) -> Tensor:
+    if logit_stand:
+        z_s, z_t = standardize(z_s), standardize(z_t)
     tckd, nckd = dkd_terms(z_s, z_t, target, temperature)
     return alpha * tckd.mean() + beta * nckd.mean()
 
@@ -77,16 +89,17 @@ def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float
 class DKD(Method):
     def __init__(self, student, teacher, ctx, *, alpha: Weight = 1.0, beta: Weight = 8.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0, warmup: Annotated[int, Range(ge=1)] = 20,
-                 ce_weight: Weight = 1.0) -> None:
+                 ce_weight: Weight = 1.0, logit_stand: Annotated[bool, Modifier()] = False) -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 3, "dkd needs at least 3 classes (target plus two non-target classes)")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
-        self.warmup, self.ce_weight = warmup, ce_weight
+        self.warmup, self.ce_weight, self.logit_stand = warmup, ce_weight, logit_stand
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         t_logits = self.teacher_forward(batch.images).logits
         logits = self.student(batch.images).logits
         ramp = min((epoch + 1) / self.warmup, 1.0)  # the engine's epochs are 0-based, the authors' 1-based
         with full_precision(batch.images.device):  # probabilities of ~1e-3 and their logs: fp32
-            dkd = dkd_loss(logits.float(), t_logits.float(), batch.labels, self.alpha, self.beta, self.temperature)
+            dkd = dkd_loss(logits.float(), t_logits.float(), batch.labels, self.alpha, self.beta, self.temperature,
+                           self.logit_stand)
         return StepOutput(logits, {"ce": self.ce_weight * F.cross_entropy(logits, batch.labels), "dkd": ramp * dkd})

@@ -14,6 +14,14 @@
   statistics are restored so that re-estimation does not count the batch
   twice). ``update=simultaneous`` computes all predictions once and updates
   every member in one step -- cheaper, common in re-implementations, not the paper's.
+- The authors' released code (github.com/YingZhangDUT/Deep-Mutual-Learning, TensorFlow, its
+  ``kl_loss_compute``) differs from the paper in two ways: it *sums* the K-1 peer terms (the paper's
+  Eq. 10 averages them: equal for K=2) and computes each as
+  ``mean_batch(sum_c p_l * log(1e-8 + p_l / (p_k + 1e-8)))`` instead of the exact KL. We follow the
+  paper by default (``kl_form=paper``); ``kl_form=code`` is the released code's form (a modifier: at
+  its default it is not part of a run's identity). Parity fixture for it: tests/data/parity/dml.json,
+  their ``kl_loss_compute`` at commit 34a2058 run under TensorFlow 2's v1 compatibility layer on
+  stored float64 logits.
 - Defaults: K=2, same architecture, the run's optimiser and schedule for
   every member (the paper uses SGD with Nesterov momentum on CIFAR-100;
   we keep the benchmark's schedule so the student is comparable to the other
@@ -26,21 +34,34 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.data import Batch
-from kdbench.method import Method, StepOutput, Weight, kl_divergence, register_method, require
+from kdbench.method import Method, Modifier, StepOutput, Weight, kl_divergence, register_method, require
 from kdbench.models import create_model
 
+KLForm = Literal["paper", "code"]
 
-def dml_loss(logits: Tensor, peer_logits: list[Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(CE, mean over peers of KL(p_peer || p_self)) for one member; peers are constants."""
-    log_p = F.log_softmax(logits, dim=1)
-    kl = sum(kl_divergence(log_p, F.log_softmax(q.detach(), dim=1)) for q in peer_logits) / len(peer_logits)
+
+def _code_kl(logits: Tensor, peer: Tensor) -> Tensor:
+    """The released code's KL(p_peer || p_self): epsilons inside the log, summed over classes, batch mean."""
+    p, q = F.softmax(logits, dim=1), F.softmax(peer, dim=1)
+    return (q * torch.log(1e-8 + q / (p + 1e-8))).sum(1).mean()
+
+
+def dml_loss(logits: Tensor, peer_logits: list[Tensor], labels: Tensor,
+             kl_form: KLForm = "paper") -> tuple[Tensor, Tensor]:
+    """(CE, the peers' KL(p_peer || p_self)) for one member, peers constants: their mean of exact KLs (paper
+    Eq. 10), or with ``kl_form="code"`` the released code's sum of its epsilon form."""
+    if kl_form == "code":
+        kl = sum(_code_kl(logits, q.detach()) for q in peer_logits)
+    else:
+        log_p = F.log_softmax(logits, dim=1)
+        kl = sum(kl_divergence(log_p, F.log_softmax(q.detach(), dim=1)) for q in peer_logits) / len(peer_logits)
     return F.cross_entropy(logits, labels), kl
 
 
@@ -65,14 +86,14 @@ class DML(Method):
                  peers: list = (None,),  # the other members' architectures; None = the pair's student's
                  # sequential (paper Algorithm 1) | simultaneous (one step for all)
                  update: Literal["sequential", "simultaneous"] = "sequential",
-                 kl_weight: Weight = 1.0) -> None:
+                 kl_weight: Weight = 1.0, kl_form: Annotated[KLForm, Modifier()] = "paper") -> None:
         super().__init__(student, teacher, ctx)
         require(len(peers) >= 1, "dml needs at least one peer (method.peers), i.e. a cohort of K >= 2")
         info = ctx.data
         self.peers = nn.ModuleList(
             create_model(arch or ctx.student_arch, num_classes=info.num_classes, in_channels=info.input_shape[0])
             for arch in peers)
-        self.update, self.kl_weight = update, kl_weight
+        self.update, self.kl_weight, self.kl_form = update, kl_weight, kl_form
 
     @property
     def cohort(self) -> list[nn.Module]:
@@ -82,7 +103,7 @@ class DML(Method):
         return {"student": self.student, **{f"peer{i + 1}": p for i, p in enumerate(self.peers)}}
 
     def _losses(self, k: int, logits: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
-        ce, kl = dml_loss(logits[k], [z for j, z in enumerate(logits) if j != k], labels)
+        ce, kl = dml_loss(logits[k], [z for j, z in enumerate(logits) if j != k], labels, self.kl_form)
         tag = "" if k == 0 else f"_peer{k}"
         return {f"ce{tag}": ce, f"kl{tag}": self.kl_weight * kl}
 

@@ -27,6 +27,7 @@ def test_doctor_names_every_leftover_and_cleans_only_the_dead_ones(make_cfg, tmp
         results / "runs" / "broken.json": "not a valid record",
         results / "models" / "vanilla__nobody__s0__0000000000.pt": "kept model of no stored run",
         teachers / "0123456789abcdef.partial": "interrupted teacher training",
+        tmp_path / "work" / ".teacher.json.a1b2.tmp": "write under way, or killed less than an hour ago",
     }
     for path in [*dead, *kept]:
         if path.suffix in (".tmp", ".json", ".pt"):

@@ -128,3 +128,29 @@ def test_plan_shows_unchanged_run_ids_when_one_method_gets_an_override(tmp_path)
     after = {(r["method"], r["seed"]): r["run_id"] for r in plan_rows([*suite, "pair.method_overrides.at.beta=5"])}
     changed = {k for k in before if before[k] != after[k]}
     assert len(before) == 2 * 23 and changed == {("at", s) for s in (0, 1)}
+
+
+def test_every_committed_record_hashes_to_its_id_today():
+    """A new hyper-parameter (a modifier at its default), a new config key or a refactor must never move a
+    stored run to another id: each committed record's own config, with whatever hyper-parameters its method
+    has gained since at today's defaults (as composing the same command today gives), hashes to its run id."""
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from kdbench.experiment.catalog import method_defaults
+    from kdbench.experiment.identity import run_identity as identity_of
+    from kdbench.experiment.identity import type_config
+
+    store = Path(__file__).parents[1] / "results" / "runs"
+    records = [json.loads(p.read_text()) for p in sorted(store.glob("*.json"))]
+    assert len(records) >= 100
+    moved = []
+    for r in records:
+        cfg = OmegaConf.create(r["config"])
+        cfg.method = {**method_defaults(str(cfg.method.name)), **OmegaConf.to_container(cfg.method)}
+        type_config(cfg)
+        if identity_of(cfg, r["experiment"]["spec"]["protocol"]["precision"]) != r["run_id"]:
+            moved.append(r["run_id"])
+    assert not moved, moved[:5]

@@ -130,6 +130,14 @@ class Range:
             raise KDBenchError(f"{key}={value!r} must be {self}")
 
 
+@dataclass(frozen=True)
+class Modifier:
+    """Marks a hyper-parameter that modifies a method after its records existed -- logit standardisation,
+    a variant of a loss as the authors' code writes it: ``logit_stand: Annotated[bool, Modifier()] = False``.
+    At its default the option is left out of a run's identity, so every stored run of the method keeps its id;
+    set to anything else it is part of the identity (and of the table's label) like any hyper-parameter."""
+
+
 # The ranges most hyper-parameters have, by what they are (``beta: Weight = 1000.0``).
 Weight = Annotated[float, Range(ge=0)]  # a loss term's weight: 0 switches the term off
 Positive = Annotated[float, Range(gt=0)]  # a temperature, a norm's power, a variance

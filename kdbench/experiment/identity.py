@@ -132,6 +132,29 @@ def _method_types(name: str) -> dict[str, _Declared]:
     return out
 
 
+def modifier_defaults(name: str) -> dict[str, Any]:
+    """The method's :class:`~kdbench.experiment.catalog.Modifier` hyper-parameters and their defaults."""
+    from kdbench.experiment.catalog import METHODS, Modifier
+
+    if name not in METHODS.names():
+        return {}
+    init = METHODS.get(name).obj.__init__
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:  # a plug-in's unresolvable annotations: no modifiers declared
+        return {}
+    return {k: p.default for k, p in inspect.signature(init).parameters.items()
+            if typing.get_origin(hints.get(k)) is typing.Annotated
+            and any(isinstance(m, Modifier) for m in hints[k].__metadata__)}
+
+
+def method_spec(method: Any) -> dict[str, Any]:
+    """The method node as a run's identity holds it: its hyper-parameters, less any modifier at its default."""
+    d = OmegaConf.to_container(method, resolve=True) if OmegaConf.is_config(method) else dict(method)
+    neutral = modifier_defaults(str(d.get("name")))
+    return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
+
+
 def check_method_hparams(name: str, hparams: typing.Mapping[str, Any]) -> None:
     """Refuse hyper-parameters that the method's annotations rule out, for a method built from a config that
     was not composed (composition types them first, :func:`type_config`); the values are left as given."""
@@ -255,7 +278,7 @@ def assistant_origin(cfg: DictConfig) -> dict[str, Any] | None:
     top = teacher_config(up)
     choice = teacher_choice(top)
     choice.update({"arch": str(top.pair.teacher)})
-    return {"method": OmegaConf.to_container(up.method, resolve=True), "teacher": choice}
+    return {"method": method_spec(up.method), "teacher": choice}
 
 
 def teacher_choice(cfg: DictConfig) -> dict[str, Any]:
@@ -287,7 +310,7 @@ def experiment_spec(cfg: DictConfig, precision: str, uses_teacher: bool | None =
         "protocol": {"name": str(cfg.protocol.name), "precision": precision},
         "data": data_spec(cfg.data),
         "pair": {"name": str(cfg.pair.name), "teacher": str(cfg.pair.teacher), "student": str(cfg.pair.student)},
-        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "method": method_spec(cfg.method),
         "schedule": schedule_spec(cfg.schedule),
         "teacher": teacher_choice(teacher_config(cfg)) if uses_teacher else None,
     }

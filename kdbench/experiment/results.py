@@ -61,7 +61,8 @@ def add_record(results_root: str | Path, record: dict[str, Any]) -> Path:
 
 
 def records_of_run(results_root: str | Path, run_id: str) -> list[dict[str, Any]]:
-    """Every stored record of one run identity, oldest first (a failed try, then its retry...)."""
+    """Every stored record of one run identity, oldest first (a failed try, then its retry...): what ``run``
+    and ``bench`` ask before training a run. An invalid file is named in a warning and not the run's outcome."""
     recover_store(results_root)
     folder = runs_dir(results_root)
     paths = [folder / f"{run_id}.json", *sorted(folder.glob(f"{run_id}__*.json"))]
@@ -88,8 +89,8 @@ def _not_counted(path: Path, errors: list[str]) -> None:
 
 
 def counted_records(results_root: str | Path) -> list[dict[str, Any]]:
-    """Every valid record of the store; each invalid file is named in a warning and skipped (what status, plan
-    and eval read: one bad file neither stops them nor counts as a run)."""
+    """Every valid record of the store; each invalid file is named in a warning and skipped: what ``status``,
+    ``plan``, ``eval`` and cohort sizing read (one bad file neither stops them nor counts as a run)."""
     out = []
     for s in load_records(results_root):
         if s.errors:
@@ -104,7 +105,8 @@ def completed_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def load_records(results_root: str | Path) -> list[StoredRecord]:
-    """Every ``*.json`` under ``runs/``, parsed and validated (sorted by file name)."""
+    """Every ``*.json`` under ``runs/``, parsed and validated, invalid ones with their errors (sorted by file
+    name): what ``results validate``, ``doctor`` and import read, to show or check every file."""
     recover_store(results_root)
     out = []
     for path in sorted(runs_dir(results_root).glob("*.json")):
@@ -118,7 +120,8 @@ def load_records(results_root: str | Path) -> list[StoredRecord]:
 
 
 def valid_records(results_root: str | Path) -> list[dict[str, Any]]:
-    """All records, or a :class:`KDBenchError` naming every invalid file and field."""
+    """All records, or a :class:`KDBenchError` naming every invalid file and field: what ``leaderboard`` and
+    ``results export`` read, so that a published table or bundle never silently leaves a record out."""
     stored = load_records(results_root)
     bad = [s for s in stored if s.errors]
     if bad:

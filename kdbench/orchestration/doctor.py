@@ -22,6 +22,13 @@ from kdbench.experiment.results import load_records
 STALE_TMP_S = 3600.0  # a temp file of an atomic write lives for milliseconds; an hour old, its writer is gone
 
 
+def is_finished_leftover(run_dir: Path, keep_checkpoint: bool) -> bool:
+    """Whether the folder of a run whose completed record is stored is a leftover: the run was killed between
+    writing its record and removing its folder. Not one if the run was told to keep it or a process holds it.
+    The one rule for both the runner (which removes it when the run is next asked for) and ``doctor``."""
+    return run_dir.is_dir() and not keep_checkpoint and not is_locked(run_dir.with_name(run_dir.name + ".lock"))
+
+
 @dataclass(frozen=True)
 class Leftover:
     path: Path
@@ -46,12 +53,12 @@ def find_leftovers(cfg: DictConfig) -> list[Leftover]:
                 if p.stem not in known]
     if runs.is_dir():
         for d in sorted(p for p in runs.iterdir() if p.is_dir()):
-            if is_locked(d.with_name(d.name + ".lock")):
-                continue  # being trained now
             if d.name in done:
-                if not done[d.name]:
+                if is_finished_leftover(d, done[d.name]):
                     out.append(Leftover(d, "a finished run's folder (checkpoint), left when the run was killed "
                                            "after writing its record", True))
+            elif is_locked(d.with_name(d.name + ".lock")):
+                continue  # being trained now
             elif (d / "checkpoint.pt").exists():
                 out.append(Leftover(d, "an interrupted run: `resume=true` (or the suite) continues it", False))
     if teachers.is_dir():
@@ -59,8 +66,12 @@ def find_leftovers(cfg: DictConfig) -> list[Leftover]:
     now = time.time()
     for root in {results, Path(cfg.paths.work)}:
         if root.is_dir():
-            out += [Leftover(p, "the temp file of a write that was killed", True) for p in sorted(root.rglob(".*.tmp"))
-                    if p.is_file() and now - p.stat().st_mtime > STALE_TMP_S]
+            for p in sorted(root.rglob(".*.tmp")):
+                if p.is_file():
+                    out.append(Leftover(p, "the temp file of a write that was killed", True)
+                               if now - p.stat().st_mtime > STALE_TMP_S else
+                               Leftover(p, "the temp file of a write under way, or killed less than an hour ago "
+                                           "(--clean removes it once it is an hour old)", False))
     return out
 
 

@@ -28,6 +28,7 @@ from kdbench.experiment.records import git_state, now_iso
 from kdbench.experiment.results import add_record, completed_records, records_of_run, runs_dir
 from kdbench.experiment.schema import SCHEMA_VERSION
 from kdbench.models import count_parameters, forward_flops, seeded_model
+from kdbench.orchestration.doctor import is_finished_leftover
 from kdbench.orchestration.teacher import ensure_teacher
 from kdbench.orchestration.teacher_cache import load_teacher
 from kdbench.training.checkpoint import CHECKPOINT
@@ -288,13 +289,10 @@ def _record_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, 
 
 
 def _drop_finished_folder(cfg: DictConfig, run_id: str) -> None:
-    """A run killed between writing its record and removing its folder leaves the folder (its checkpoint): the
-    next command that finds the run done removes it, unless told to keep it or another process holds it."""
-    from kdbench.core.locks import is_locked
-
-    paths = RunPaths.of(cfg, run_id)
-    if paths.work.is_dir() and not cfg.engine.get("keep_checkpoint") and not is_locked(paths.lock):
-        shutil.rmtree(paths.work, ignore_errors=True)
+    """Remove a finished run's leftover folder (doctor.is_finished_leftover) when the run is next asked for."""
+    work = RunPaths.of(cfg, run_id).work
+    if is_finished_leftover(work, bool(cfg.engine.get("keep_checkpoint"))):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _setup_failure(cfg: DictConfig, run_id: str, spec: dict[str, Any], method, data: DataBundle, started: str,

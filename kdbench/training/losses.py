@@ -50,3 +50,11 @@ def soft_kl(student_logits: Tensor, target_logits: Tensor, temperature: float = 
     p = F.log_softmax(target / t, dim=1) if log_target else F.softmax(target / t, dim=1)
     kl = kl_divergence(log_q, p, reduction=reduction, log_target=log_target)
     return kl * t * t if t_squared else kl
+
+
+def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): each row's z-score, ``(z - mean) / (eps + std)`` with
+    the unbiased std, as the authors' code computes it. A softmax of it at a base temperature T is a softmax of
+    the raw logits at a per-sample temperature T * std, so teacher and student need not match in scale."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    return (logits - mean) / (eps + logits.std(dim=-1, keepdim=True))

@@ -22,8 +22,10 @@ from kdbench.training.method import (
     register_method_configs,
     require,
 )
+from kdbench.training.temperature import CurriculumTemperature, TemperatureSchedule
 
-__all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "Count", "Index", "InitStage", "Method", "MethodContext",
-           "Modifier", "PartsView", "Positive", "Range", "StepOutput", "Weight", "build_method", "create_method",
-           "full_precision", "kl_divergence", "match_sizes", "method_defaults", "method_hparams", "register_method",
-           "register_method_configs", "require", "soft_kl", "standardize"]
+__all__ = ["CATEGORIES", "MAIN_STAGE", "METHODS", "SCHEMES", "Count", "CurriculumTemperature", "Index", "InitStage",
+           "Method", "MethodContext", "Modifier", "PartsView", "Positive", "Range", "StepOutput", "Weight",
+           "build_method", "create_method", "full_precision", "kl_divergence", "match_sizes", "method_defaults",
+           "method_hparams", "register_method", "register_method_configs", "require", "soft_kl", "standardize",
+           "TemperatureSchedule"]

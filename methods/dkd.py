@@ -25,6 +25,10 @@
   method.temperature=2 method.alpha=9 method.beta=72`` (beta 8 x 9 where the pair's beta is 8).
   Reported (their README, CIFAR-100): resnet32x4->resnet8x4 77.01, vgg13->vgg8 74.81. Parity
   fixture: their ``dkd_loss`` (commit f6e5aa5) on stored inputs, tests/data/parity/logit-stand.json.
+- Modifier ``temperature_schedule=ctkd`` (Li et al., AAAI 2023; github.com/zhengli97/CTKD, whose DKD
+  takes the learned temperature in both terms): T learned adversarially under a curriculum (see the KD
+  and CTKD cards); ``method.temperature`` is then unused. Off by default, and then not part of a
+  run's identity. Parity fixture: their ``DKDloss`` with their ``Global_T``, tests/data/parity/ctkd.json.
 - Reported (DKD paper / mdistiller, CIFAR-100, 240 epochs): resnet56->resnet20 71.97,
   resnet32x4->resnet8x4 76.32, wrn_40_2->wrn_16_2 76.23, vgg13->vgg8 74.68.
 """
@@ -38,10 +42,12 @@ from torch import Tensor
 
 from kdbench.data import Batch
 from kdbench.method import (
+    CurriculumTemperature,
     Method,
     Modifier,
     Range,
     StepOutput,
+    TemperatureSchedule,
     Weight,
     full_precision,
     kl_divergence,
@@ -52,7 +58,7 @@ from kdbench.method import (
 )
 
 
-def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample (TCKD, NCKD), each times T^2: shapes (B,), (B,).
 
     The binary distribution [p(target), p(others)] is taken in log space (log-softmax, then a
@@ -74,7 +80,7 @@ def dkd_terms(z_s: Tensor, z_t: Tensor, target: Tensor, temperature: float) -> t
     return tckd, soft_kl(non_target(z_s), non_target(z_t), t, reduction="per_sample")
 
 
-def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float, temperature: float,
+def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float, temperature: float | Tensor,
              logit_stand: bool = False) -> Tensor:
     if logit_stand:
         z_s, z_t = standardize(z_s), standardize(z_t)
@@ -89,17 +95,19 @@ def dkd_loss(z_s: Tensor, z_t: Tensor, target: Tensor, alpha: float, beta: float
 class DKD(Method):
     def __init__(self, student, teacher, ctx, *, alpha: Weight = 1.0, beta: Weight = 8.0,
                  temperature: Annotated[float, Range(gt=0)] = 4.0, warmup: Annotated[int, Range(ge=1)] = 20,
-                 ce_weight: Weight = 1.0, logit_stand: Annotated[bool, Modifier()] = False) -> None:
+                 ce_weight: Weight = 1.0, logit_stand: Annotated[bool, Modifier()] = False,
+                 temperature_schedule: Annotated[TemperatureSchedule, Modifier()] = "fixed") -> None:
         super().__init__(student, teacher, ctx)
         require(ctx.data.num_classes >= 3, "dkd needs at least 3 classes (target plus two non-target classes)")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.warmup, self.ce_weight, self.logit_stand = warmup, ce_weight, logit_stand
+        self.curriculum = CurriculumTemperature() if temperature_schedule == "ctkd" else None
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         t_logits = self.teacher_forward(batch.images).logits
         logits = self.student(batch.images).logits
         ramp = min((epoch + 1) / self.warmup, 1.0)  # the engine's epochs are 0-based, the authors' 1-based
         with full_precision(batch.images.device):  # probabilities of ~1e-3 and their logs: fp32
-            dkd = dkd_loss(logits.float(), t_logits.float(), batch.labels, self.alpha, self.beta, self.temperature,
-                           self.logit_stand)
+            dkd = dkd_loss(logits.float(), t_logits.float(), batch.labels, self.alpha, self.beta,
+                           self.temperature if self.curriculum is None else self.curriculum(epoch), self.logit_stand)
         return StepOutput(logits, {"ce": self.ce_weight * F.cross_entropy(logits, batch.labels), "dkd": ramp * dkd})

@@ -18,6 +18,11 @@
   Reported (their README, CIFAR-100): resnet32x4->resnet8x4 76.62, vgg13->vgg8 74.36,
   wrn_40_2->wrn_16_2 76.11, resnet56->resnet20 71.43. Parity fixture: tests/data/parity/logit-stand.json,
   their ``kd_loss`` and ``dkd_loss`` (commit f6e5aa5) run on stored float64 logits, with and without it.
+- Modifier ``temperature_schedule=ctkd`` (Li et al., AAAI 2023; github.com/zhengli97/CTKD): the
+  temperature is learned adversarially under a curriculum instead of fixed
+  (``kdbench.method.CurriculumTemperature``, the authors' defaults; see ``kdbench show method ctkd``,
+  which is this KD with it on); ``method.temperature`` is then unused. Off by default, and then not
+  part of a run's identity.
 - Reported (CRD benchmark, CIFAR-100, 240 epochs): wrn_40_2->wrn_16_2 74.92,
   resnet56->resnet20 70.66, resnet32x4->resnet8x4 73.33, vgg13->vgg8 72.98.
 """
@@ -25,14 +30,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.data import Batch
-from kdbench.method import Method, Modifier, Range, StepOutput, Weight, register_method, soft_kl, standardize
+from kdbench.method import (
+    CurriculumTemperature,
+    Method,
+    Modifier,
+    Range,
+    StepOutput,
+    TemperatureSchedule,
+    Weight,
+    register_method,
+    soft_kl,
+    standardize,
+)
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, logit_stand: bool = False) -> Tensor:
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor,
+            logit_stand: bool = False) -> Tensor:
     """T^2 * KL(p_t^T || p_s^T), summed over classes, mean over the batch; of z-scored logits with
     ``logit_stand``."""
     if logit_stand:
@@ -47,15 +65,27 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float, 
 class KD(Method):
     def __init__(self, student, teacher, ctx, *, temperature: Annotated[float, Range(gt=0)] = 4.0,
                  ce_weight: Weight = 0.1, kd_weight: Weight = 0.9,
-                 logit_stand: Annotated[bool, Modifier()] = False) -> None:
+                 logit_stand: Annotated[bool, Modifier()] = False,
+                 temperature_schedule: Annotated[TemperatureSchedule, Modifier()] = "fixed") -> None:
         super().__init__(student, teacher, ctx)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
         self.logit_stand = logit_stand
+        self.curriculum = CurriculumTemperature() if temperature_schedule == "ctkd" else None
+
+    def temperature_at(self, epoch: int) -> float | Tensor:
+        """This epoch's temperature: the fixed one, or the learned one (a tensor carrying its gradient)."""
+        return self.temperature if self.curriculum is None else self.curriculum(epoch)
+
+    def report(self) -> dict:
+        if self.curriculum is None:
+            return {}
+        with torch.no_grad():  # the learned temperature at the end (lambda does not change the value)
+            return {"final_temperature": float(self.curriculum(0))}
 
     def step(self, batch: Batch, epoch: int) -> StepOutput:
         t_logits = self.teacher_forward(batch.images).logits
         logits = self.student(batch.images).logits
         return StepOutput(logits, {
             "ce": self.ce_weight * F.cross_entropy(logits, batch.labels),
-            "kd": self.kd_weight * kd_loss(logits, t_logits.float(), self.temperature, self.logit_stand),
+            "kd": self.kd_weight * kd_loss(logits, t_logits.float(), self.temperature_at(epoch), self.logit_stand),
         })

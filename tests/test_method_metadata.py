@@ -25,6 +25,7 @@ from kdbench.training.losses import kl_divergence
 
 CRD_TABLE = ["vanilla", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
              "crd+kd", "dkd", "reviewkd", "takd", "dml", "one", "tf-kd-self", "tf-kd-reg", "byot", "cs-kd"]
+LATER = ["dist", "nkd", "wsld", "ickd", "ctkd"]  # issue 25's methods, in the order they register
 
 
 @pytest.fixture
@@ -50,13 +51,13 @@ class _Logits(Method):
 # -- display names and order -----------------------------------------------------------------
 
 def test_display_names_order_and_survey_names_come_from_the_registration():
-    assert method_order() == CRD_TABLE  # the CRD benchmark's table, then the later methods; the baseline first
+    assert method_order() == CRD_TABLE + LATER  # the CRD benchmark's table, then the later methods; baseline first
     assert [display_name(m) for m in ("vanilla", "kd", "fitnet", "crd+kd", "reviewkd", "tf-kd-self", "cs-kd")] == [
         "Student (vanilla)", "KD", "FitNet", "CRD+KD", "ReviewKD", "TF-KD (self)", "CS-KD"]
     assert survey_name("tf-kd-self") == "tf-kd" and survey_name("kd") == "kd"
     assert survey_teacher("one", "resnet32") == "resnet32+one" and survey_teacher("dml", "resnet32") is None
     assert display("kd (temperature=1)", "kd") == "KD (temperature=1)"
-    for name in CRD_TABLE[1:]:
+    for name in CRD_TABLE[1:] + LATER:
         meta = METHODS.get(name).meta
         assert meta["paper"], f"{name} names no paper"
         assert meta["paper"].split()[0].rstrip(",") in METHODS.get(name).obj.card().splitlines()[0], name

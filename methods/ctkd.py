@@ -42,7 +42,8 @@ from kdbench.method import Count, CurriculumTemperature, Positive, Weight, regis
 
 @register_method("ctkd", category="response", scheme="offline",
                  description="Li et al. 2023: KD with a temperature learned adversarially under a curriculum",
-                 display="CTKD", order=31, paper="Li et al., AAAI 2023", code="github.com/zhengli97/CTKD")
+                 display="CTKD", order=31, paper="Li et al., AAAI 2023", code="github.com/zhengli97/CTKD",
+                 survey_name="")  # the survey's "ctkd" rows are collaborative teaching KD (Zhao et al. 2020), not this
 class CTKD(KD):
     def __init__(self, student, teacher, ctx, *, ce_weight: Weight = 0.1, kd_weight: Weight = 0.9,
                  t_start: Positive = 1.0, t_end: Positive = 20.0, loops: Count = 10) -> None:

@@ -12,7 +12,10 @@ from kdbench.orchestration.runner import run
 from tests.conftest import tiny_overrides
 
 # FSP needs equal channel counts, which the digits pair does not have (its declared refusal)
-METHODS_ON_DIGITS = [m for m in METHODS.names() if m != "fsp"]
+# FSP and KDSVD need equal channel counts (the digits pair has none); methods that read the teacher's BatchNorms
+# (OFD) make the cohort keep its teacher unfolded, so they are checked against solo runs that do the same
+READS_TEACHER_BN = [m for m in METHODS.names() if getattr(METHODS.get(m).obj, "reads_teacher_batchnorm", False)]
+METHODS_ON_DIGITS = [m for m in METHODS.names() if m not in ("fsp", "kdsvd", *READS_TEACHER_BN)]
 TIMING = ("time_s", "images_per_s")
 
 
@@ -43,6 +46,16 @@ def test_every_method_in_a_cohort_records_exactly_what_it_records_alone(tmp_path
     for a, b in zip(cohort, solo):
         _same(a, b)
         assert a["engine"]["cohort"] == {"members": len(METHODS_ON_DIGITS)} and "cohort" not in b["engine"]
+
+
+@pytest.mark.slow
+def test_a_cohort_with_a_method_that_reads_the_teachers_batchnorms_keeps_the_teacher_unfolded(tmp_path, teacher_cache):
+    members = ["kd", *READS_TEACHER_BN]  # KD first: it would fold the shared teacher before OFD is built
+    solo_cfgs = _cfgs(tmp_path / "solo", members, "engine.fold_teacher_bn=false", epochs=1, teachers=teacher_cache)
+    data = load_data(solo_cfgs[0])
+    solo = [run(c, data=data) for c in solo_cfgs]
+    for a, b in zip(run_cohort(_cfgs(tmp_path / "cohort", members, epochs=1, teachers=teacher_cache), data), solo):
+        _same(a, b)
 
 
 def test_a_member_that_diverges_is_recorded_and_the_others_go_on(tmp_path, teacher_cache):

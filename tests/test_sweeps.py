@@ -215,3 +215,68 @@ def test_a_suite_composes_once_per_run_but_the_seed_and_gets_what_each_run_would
     assert len(sc.cfgs) == 6 and len(calls) == 1 + 2  # the suite itself, then one per method
     for (_, ov), cfg in zip(sc.runs, sc.cfgs):
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(real(ov)), ov
+
+
+# -- which cells a suite holds: `exclude` and `only` -------------------------------------------------------------
+
+def _cells(s) -> list[tuple[str, str]]:
+    from kdbench.core.overrides import override_value
+    from kdbench.orchestration.suite import suite_runs
+
+    return [(pair, override_value(next(o for o in ov if o.startswith("method=")))) for pair, ov in suite_runs(s, [])]
+
+
+def _suite(**cells):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"name": "t", "pairs": ["cifar100/resnet56-resnet20", "cifar100/vgg13-vgg8"],
+                             "methods": ["vanilla", "kd", "fsp"], "seeds": [0], "overrides": [], **cells})
+
+
+def test_only_runs_each_method_it_names_on_its_pairs_and_exclude_drops_cells():
+    from kdbench.orchestration.suite import check_cells
+
+    a, b = "cifar100/resnet56-resnet20", "cifar100/vgg13-vgg8"
+    s = _suite(only={"kd": [b], "takd": [a]}, exclude={"fsp": [a]})  # takd: not among the methods, not run
+    check_cells(s)
+    assert _cells(s) == [(a, "vanilla"), (b, "vanilla"), (b, "kd"), (b, "fsp")]
+    assert len(_cells(_suite())) == 2 * 3  # neither: every pair x method
+
+
+@pytest.mark.parametrize("key", ["only", "exclude"])
+@pytest.mark.parametrize("cells,message", [
+    ({"kdd": ["cifar100/vgg13-vgg8"]}, r"suite\.{key} \(suite 't'\): unknown method 'kdd'\. Did you mean 'kd'\?.*"
+                                       r"Valid methods: .*vanilla"),
+    ({"kd": ["cifar100/vgg13-vgg9"]}, r"suite\.{key}\.kd \(suite 't'\): unknown pair 'cifar100/vgg13-vgg9'\..*"
+                                      r"Valid pairs: .*cifar100/vgg13-vgg8"),
+    ({"kd": "cifar100/vgg13-vgg8"}, r"suite\.{key}\.kd must be a .*list of pairs"),
+    (["kd"], r"suite\.{key} must be a mapping"),
+])
+def test_a_misspelt_name_in_only_or_exclude_is_one_clear_message(key, cells, message):
+    from kdbench.orchestration.suite import check_cells
+
+    with pytest.raises(KDBenchError, match=message.format(key=key)):
+        check_cells(_suite(**{key: cells}))
+
+
+def test_an_empty_only_is_refused_and_the_command_line_checks_a_suite_file(capsys):
+    from kdbench.orchestration.suite import check_cells, load_suite
+
+    with pytest.raises(KDBenchError, match="suite.only.kd must be a non-empty list"):
+        check_cells(_suite(only={"kd": []}))
+    check_cells(_suite(exclude={"kd": []}))  # excluding nothing is harmless
+    with pytest.raises(KDBenchError, match="unknown pair 'cifar10/nope'"):
+        load_suite(["suite=survey-cifar10", "suite.only.fsp=[cifar10/nope]"])
+    assert main(["plan", "suite=survey-cifar10", "suite.only.sp=[cifar10/nope]"]) == 2
+    assert "unknown pair 'cifar10/nope'" in capsys.readouterr().err
+
+
+def test_a_pair_left_without_cells_is_no_part_of_the_suite():
+    """Narrowing a cell-picked suite's methods on the command line leaves out the pairs none of them runs on (a
+    bench goes pair by pair, teacher first); a suite with no cell at all says so."""
+    from kdbench.orchestration.suite import suite_configs
+
+    sc = suite_configs(["suite=survey-cifar10", "suite.methods=[fsp]", "suite.seeds=[0]"])
+    assert list(sc.suite.pairs) == ["cifar10/resnet26-resnet8"] and len(sc.cfgs) == 1
+    with pytest.raises(KDBenchError, match="has no run"):
+        suite_configs(["suite=survey-cifar10", "suite.methods=[fsp]", "suite.pairs=[cifar10/resnet56-resnet20]"])

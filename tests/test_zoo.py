@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdbench import KDBenchError
 from kdbench.models import MODELS, ModelOutput, count_parameters, create_model
@@ -22,6 +23,81 @@ def test_parameter_counts_match_the_published_ones(name, millions):
     assert round(count_parameters(create_model(name, num_classes=100)) / 1e6, 2) == millions
 
 
+# The networks the survey's rows add (Gou et al. 2021, Tables 5-6; kdbench/conf/suite/survey-*.yaml): published
+# sizes, in millions, each as its source prints it (rounded, or He et al.'s cut to the printed digits), for the
+# class count the source counts with.
+SURVEY_PUBLISHED_M = {
+    # Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (CIFAR tables): WRN-16-8 11.0M, WRN-28-10 36.5M.
+    ("wrn_16_8", 10): 11.0, ("wrn_28_10", 10): 36.5,
+    # Zhang et al., "Deep Mutual Learning", CVPR 2018, Table 1 (CIFAR-100): MobileNet 3.3M, WRN-28-10 36.5M,
+    # ResNet-32 0.46M.
+    ("mobilenet", 100): 3.3, ("wrn_28_10", 100): 36.5,
+    # Xie et al., "Aggregated Residual Transformations", CVPR 2017, Table 7 (CIFAR): ResNeXt-29, 8x64d 34.4M.
+    ("resnext29", 10): 34.4,
+}
+
+
+@pytest.mark.parametrize("name,classes,millions", [(n, c, m) for (n, c), m in SURVEY_PUBLISHED_M.items()])
+def test_survey_networks_have_their_published_sizes(name, classes, millions):
+    assert round(count_parameters(create_model(name, num_classes=classes)) / 1e6, 1) == millions
+
+
+# He et al., "Deep Residual Learning", CVPR 2016, Table 6 (CIFAR-10): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M (DML's
+# Table 1 repeats ResNet-32's 0.46M). Those networks' shortcuts are parameter-free (zero-padded identity, He et
+# al.'s option A); the CRD benchmark's, ours, are 1x1 conv + BN where shapes change: less those, the count rounds
+# to the printed one.
+HE_TABLE_6 = {"resnet20": (0.27, 2), "resnet32": (0.46, 2), "resnet44": (0.66, 2), "resnet56": (0.85, 2),
+              "resnet110": (1.7, 1)}
+
+
+@pytest.mark.parametrize("name,printed", HE_TABLE_6.items())
+def test_cifar_resnets_have_he_et_al_sizes(name, printed):
+    value, digits = printed
+    m = create_model(name, num_classes=10)
+    shortcuts = sum(count_parameters(mod) for n, mod in m.named_modules() if n.endswith("downsample"))
+    assert shortcuts == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)
+    assert round((count_parameters(m) - shortcuts) / 1e6, digits) == value
+
+
+def _cifar_resnet_size(depth: int, widths: tuple[int, int, int, int], classes: int) -> int:
+    """The parameter count of He et al.'s 6n+2 CIFAR ResNet with a 1x1-conv shortcut where shapes change (the
+    CRD benchmark's form), counted from its definition: what the resnets no paper prints a size for must hold."""
+    n, conv_bn = (depth - 2) // 6, lambda cin, cout, k: cin * cout * k * k + 2 * cout  # bias-free conv + BN
+    total, cin = conv_bn(3, widths[0], 3), widths[0]
+    for i, planes in enumerate(widths[1:]):
+        shortcut = conv_bn(cin, planes, 1) if i > 0 or cin != planes else 0  # stride 2 after the first stage
+        total += conv_bn(cin, planes, 3) + conv_bn(planes, planes, 3) + shortcut
+        total += (n - 1) * 2 * conv_bn(planes, planes, 3)
+        cin = planes
+    return total + cin * classes + classes  # the classifier
+
+
+@pytest.mark.parametrize("name,depth,widths", [
+    ("resnet20", 20, (16, 16, 32, 64)), ("resnet110", 110, (16, 16, 32, 64)),
+    # FSP's CIFAR-10 teacher (Yim et al. 2017; 0.37M) and IRG's student (Liu et al. 2019; 0.07M): no printed
+    # size was at hand to check them against, so they are checked against the definition, as resnet20/110 are.
+    ("resnet26", 26, (16, 16, 32, 64)), ("resnet20x0.5", 20, (8, 8, 16, 32))])
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_resnet_sizes_follow_from_their_definition(name, depth, widths, classes):
+    assert count_parameters(create_model(name, num_classes=classes)) == _cifar_resnet_size(depth, widths, classes)
+
+
+def test_the_survey_networks_split_for_one_and_give_ofd_their_batchnorms():
+    """ONE runs on a trunk and its tails, OFD reads each stage's BN before its last ReLU: both work on the new
+    families as on the CRD zoo's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("mobilenet", "resnext29", "resnet26", "wrn_28_10"):
+        m = create_model(name, num_classes=5).eval()
+        out = m(x)
+        torch.testing.assert_close(m.forward_tail(m.forward_trunk(x)), out.logits)
+        for f, pre in zip(out.features[1:], out.preact_features[1:]):
+            if name != "wrn_28_10":  # a pre-activation WRN's stage output is not its own preact's ReLU
+                torch.testing.assert_close(F.relu(pre), f)
+        if hasattr(m, "bn_before_relu"):
+            assert [bn.num_features for bn in m.bn_before_relu()] == [f.shape[1] for f in out.features[1:]]
+
+
 def test_the_whole_crd_zoo_is_registered():
     expected = {"resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
                 "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16",
@@ -39,6 +115,12 @@ SHAPES = {
     "shufflenetv1": ([24, 240, 480, 960], [32, 16, 8, 4], 960),
     "shufflenetv2": ([24, 116, 232, 464], [32, 16, 8, 4], 1024),
     "resnet50": ([64, 256, 512, 1024, 2048], [32, 32, 16, 8, 4], 2048),
+    "resnet26": ([16, 16, 32, 64], [32, 32, 16, 8], 64),
+    "resnet20x0.5": ([8, 8, 16, 32], [32, 32, 16, 8], 32),
+    "wrn_16_8": ([16, 128, 256, 512], [32, 32, 16, 8], 512),
+    "wrn_28_10": ([16, 160, 320, 640], [32, 32, 16, 8], 640),
+    "mobilenet": ([32, 64, 128, 256, 512, 1024], [32, 32, 16, 8, 4, 2], 1024),
+    "resnext29": ([64, 256, 512, 1024], [32, 32, 16, 8], 1024),
 }
 
 
@@ -156,8 +238,8 @@ def test_unknown_timm_model_is_a_clear_error():
 def test_crd_pairs_are_registered_with_their_schedules():
     from kdbench.experiment.pairs import PAIRS
 
-    cifar100 = [n for n in PAIRS.names() if n.startswith("cifar100/")]
-    assert len(cifar100) == 13
+    crd = list(compose(["suite=crd-cifar100"], check=False).suite.pairs)
+    assert len(crd) == 13 and set(crd) <= set(PAIRS.names())
     assert {"imagenet/resnet34-resnet18", "imagenet/resnet50-mobilenetv1"} <= set(PAIRS.names())
     cfg = compose(["pair=cifar100/resnet32x4-shufflenetv2"])
     assert cfg.data.name == "cifar100" and cfg.schedule.name == "crd"

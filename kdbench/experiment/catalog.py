@@ -67,8 +67,10 @@ def display_name(name: str) -> str:
 
 
 def survey_name(name: str) -> str:
-    """The method's id in the survey's reference table (Gou et al. 2021), where it differs from ours."""
-    return _meta(name).get("survey_name") or name
+    """The method's id in the survey's reference table (Gou et al. 2021), where it differs from ours; ``""``
+    for a method the survey does not table under any id (its id there names another method)."""
+    meta = _meta(name)
+    return meta["survey_name"] if meta.get("survey_name") is not None else name
 
 
 def survey_teacher(name: str, student: str) -> str | None:

@@ -19,7 +19,9 @@ import time
 from typing import Any, Callable, Iterator
 
 import torch
+from omegaconf import open_dict
 
+from kdbench.experiment.catalog import METHODS
 from kdbench.orchestration.runner import run_steps
 from kdbench.training.signals import StopOnInterrupt
 
@@ -99,6 +101,12 @@ def run_cohort(cfgs: list, data, workers: int = 1) -> list[dict[str, Any]]:
     """Train the runs ``cfgs`` (one pair and seed, one dataset) in lockstep; their records, in order. Ctrl-C,
     SIGTERM or a scheduler's requeue signal: every member checkpoints after its next step, then the cohort
     stops (and hands a requeue signal on)."""
+    if any(getattr(METHODS.get(str(c.method.name)).obj, "reads_teacher_batchnorm", False) for c in cfgs):
+        # a member that reads the teacher's BatchNorms (OFD's margins) may be built after another member's fast
+        # path folded the shared teacher: the cohort's teacher stays unfolded (a runtime switch, not identity)
+        for c in cfgs:
+            with open_dict(c):
+                c.engine.fold_teacher_bn = False
     stop = StopOnInterrupt()  # one catcher for every member
     cohort = Cohort(len(cfgs), stop)
     members = [Member(cohort) for _ in cfgs]

@@ -1,5 +1,6 @@
-"""Suites: what a suite expands to (pairs x methods x seeds, each run's config composed), the networks each run
-distils from, and the state of each run in the store."""
+"""Suites: what a suite expands to (pairs x methods x seeds, less the cells its ``exclude`` drops and outside the
+cells its ``only`` keeps; each run's config composed), the networks each run distils from, and the state of each
+run in the store."""
 from __future__ import annotations
 
 import logging
@@ -27,22 +28,62 @@ def load_suite(overrides: list[str] | tuple[str, ...]) -> DictConfig:
         if not OmegaConf.is_list(s.get(key)) or not len(s[key]):
             raise KDBenchError(f"suite.{key} must be a non-empty list (suite {s.get('name')!r})")
     s.seeds = [SEED(x, "suite.seeds[]") for x in s.seeds]
+    check_cells(s)
     return s
 
 
+# The keys that pick a suite's cells out of pairs x methods, each a mapping {METHOD: [PAIR, ...]}: ``exclude``
+# drops those cells (a method that cannot serve a pair), ``only`` runs each method it names on those pairs and
+# no other (a table that is a list of (method, pair) cells, like the survey's). A method named in neither runs
+# on every pair; one named in a key but not among the suite's methods is not run (``suite.methods=[...]`` on the
+# command line may narrow a suite).
+CELL_KEYS = ("exclude", "only")
+
+
+def check_cells(s: DictConfig) -> None:
+    """Refuse an ``exclude`` or ``only`` that is not a mapping of registered methods to lists of registered
+    pairs (``only``'s non-empty): a misspelt name would silently run or drop cells."""
+    from kdbench.experiment.catalog import METHODS
+    from kdbench.experiment.pairs import PAIRS
+
+    for key in CELL_KEYS:
+        node = s.get(key)
+        if node is None:
+            continue
+        if not OmegaConf.is_dict(node):
+            raise KDBenchError(f"suite.{key} must be a mapping {{METHOD: [PAIR, ...]}} (suite {s.get('name')!r})")
+        for method, pairs in node.items():
+            if str(method) not in METHODS:
+                raise KDBenchError(f"suite.{key} (suite {s.get('name')!r}): {METHODS.unknown_message(str(method))}")
+            if not OmegaConf.is_list(pairs) or (key == "only" and not len(pairs)):
+                raise KDBenchError(f"suite.{key}.{method} must be a {'non-empty ' if key == 'only' else ''}list of "
+                                   f"pairs (suite {s.get('name')!r})")
+            for pair in pairs:
+                if str(pair) not in PAIRS:
+                    raise KDBenchError(f"suite.{key}.{method} (suite {s.get('name')!r}): "
+                                       f"{PAIRS.unknown_message(str(pair))}")
+
+
+def in_suite(s: DictConfig, method: str, pair: str) -> bool:
+    """Whether the cell (method, pair) of pairs x methods is one of the suite's (:data:`CELL_KEYS`)."""
+    only, exclude = s.get("only") or {}, s.get("exclude") or {}
+    if method in only and pair not in [str(p) for p in only[method]]:
+        return False  # the method runs on the pairs `only` names, and no other
+    return pair not in [str(p) for p in exclude.get(method) or []]  # a method that cannot serve the pair
+
+
 def suite_runs(s: DictConfig, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, list[str]]]:
-    """(pair, overrides) for every run of the suite, in order: pair, then seed, then method; without the
-    cells ``exclude: {METHOD: [PAIR, ...]}`` leaves out.
+    """(pair, overrides) for every run of the suite, in order: pair, then seed, then method; only the
+    cells :func:`in_suite` keeps (``exclude`` and ``only``).
 
     The suite's own overrides come first, so the command line wins over them.
     """
     out = []
-    exclude = s.get("exclude") or {}
     for pair in s.pairs:
         for seed in s.seeds:
             for method in s.methods:
-                if str(pair) in (exclude.get(str(method)) or []):
-                    continue  # a cell the suite leaves out (a method that cannot serve the pair)
+                if not in_suite(s, str(method), str(pair)):
+                    continue
                 # Suites resume interrupted runs from their checkpoints (the command line may say otherwise).
                 out.append((str(pair), [*s.overrides, f"pair={pair}", "resume=true", *overrides,
                                         f"method={method}", f"seed={seed}"]))
@@ -64,6 +105,13 @@ def suite_configs(overrides: list[str] | tuple[str, ...]) -> SuiteConfigs:
 
     s = load_suite(overrides)
     runs = suite_runs(s, overrides)
+    if not runs:
+        raise KDBenchError(f"suite {s.get('name')!r} has no run: its exclude/only leave no cell of "
+                           f"{list(s.pairs)} x {list(s.methods)}")
+    # A pair none of whose cells is kept (the methods narrowed on the command line) is no part of the suite:
+    # benches and launchers go pair by pair and start with the pair's teacher.
+    kept = {pair for pair, _ in runs}
+    s.pairs = [p for p in s.pairs if str(p) in kept]
     memo: dict[tuple[str, ...], DictConfig] = {}
     cfgs = []
     for _, ov in runs:

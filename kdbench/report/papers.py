@@ -32,20 +32,27 @@ SURVEY = "gou2021survey"
 SCHEMES_SHOWN = ("offline", "online", "self")
 
 
-def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
-    """The survey's row for this method and architectures: same student, and the same teacher (offline),
-    peer (online; ONE's teacher is the student's own branch ensemble) or none (self). Never a
-    hyper-parameter variant; the survey's rows for an online cohort's teacher-side network are skipped."""
+def survey_rows(ref, dataset: str | None, r):
+    """The survey's rows for this method and architectures: same student, and the same teacher (offline),
+    peer (online; ONE's teacher is the student's own branch ensemble) or none (self); the rows for an online
+    cohort's teacher-side network are skipped (that network is a member of the same run). None where nothing
+    can match: no dataset, no survey rows, or a hyper-parameter variant (never set beside a reported number)."""
     if dataset is None or ref.empty or "source" not in ref or untagged(r["label"]) != r["method"]:
-        return None  # a hyper-parameter variant is never set beside a reported number
+        return None
     name = survey_name(r["method"])
+    if not name:
+        return None
     other = {"online": survey_teacher(r["method"], r["student"]) or r["peer"], "self": None}.get(
         r["scheme"], r["teacher"])
     hits = ref[(ref["source"] == SURVEY) & (ref["dataset"] == dataset) & (ref["method"] == name)
                & (ref["student"] == r["student"]) & ~ref["notes"].fillna("").str.contains("teacher-side")]
-    if other is not None:
-        hits = hits[hits["teacher"] == other]
-    if hits.empty:
+    return hits if other is None else hits[hits["teacher"] == other]
+
+
+def survey_match(ref, dataset: str | None, r) -> dict[str, Any] | None:
+    """The survey's numbers for this row (:func:`survey_rows`, the first where several match)."""
+    hits = survey_rows(ref, dataset, r)
+    if hits is None or hits.empty:
         return None
     h = hits.iloc[0]
     num = lambda v: None if v != v else float(v)  # noqa: E731  (NaN -> None)

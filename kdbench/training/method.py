@@ -213,7 +213,8 @@ def register_method(name: str, category: str, scheme: str, description: str = ""
     Everything about a method is declared here, once, including how tables show it: ``display`` (the name in
     tables; default the id), ``order`` (the row's position: built-ins follow the CRD benchmark's table, then
     the later methods; a method without one comes after them, alphabetically), ``survey_name`` (its id in
-    the survey's reference table where that differs), ``survey_teacher`` (what that table names as its
+    the survey's reference table where that differs; ``""`` where the survey's row of the same id is another
+    method), ``survey_teacher`` (what that table names as its
     teacher, formatted with ``{student}``, where the records cannot say), and ``paper`` / ``code`` (the
     citation, and the repository whose code the implementation follows). ``description`` defaults to the
     card's first line.
@@ -228,7 +229,8 @@ def register_method(name: str, category: str, scheme: str, description: str = ""
         card = _card_text(cls)
         desc = description or (inspect.cleandoc(card).strip().splitlines()[0] if card and card.strip() else "")
         return METHODS.register(name, desc, category=category, scheme=scheme, display=display or name, order=order,
-                                survey_name=survey_name or name, survey_teacher=survey_teacher, paper=paper,
+                                survey_name=name if survey_name is None else survey_name,
+                                survey_teacher=survey_teacher, paper=paper,
                                 code=code)(cls)
 
     return deco

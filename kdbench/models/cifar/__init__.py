@@ -1,4 +1,5 @@
-"""The CIFAR model zoo of the CRD benchmark (Tian et al., ICLR 2020).
+"""The CIFAR model zoo of the CRD benchmark (Tian et al., ICLR 2020), and the networks the survey's CIFAR rows
+(Gou et al. 2021, Tables 5-6) add to it: resnet26, resnet20x0.5, wrn_16_8, wrn_28_10, mobilenet (v1), resnext29.
 
 Parameter names and shapes follow the benchmark's released code
 (RepDistiller), so the community's CIFAR-100 teacher checkpoints load with
@@ -12,4 +13,13 @@ the next BatchNorm module to build pre-activation features, which updates
 that layer's running statistics a second time per step; we compute the same
 values with batch statistics through ``F.batch_norm`` without touching them.
 """
-from . import mobilenetv2, resnet, resnet_cifar_stem, shufflenet, vgg, wrn  # noqa: F401  (each family registers its models)
+from . import (  # noqa: F401  (each family registers its models)
+    mobilenet,
+    mobilenetv2,
+    resnet,
+    resnet_cifar_stem,
+    resnext,
+    shufflenet,
+    vgg,
+    wrn,
+)

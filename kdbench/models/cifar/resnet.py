@@ -1,4 +1,5 @@
-"""ResNet for CIFAR (resnet8 ... resnet110, resnet8x4, resnet32x4): CRD benchmark CIFAR models."""
+"""ResNet for CIFAR (resnet8 ... resnet110, resnet8x4, resnet32x4): CRD benchmark CIFAR models; resnet26 and
+resnet20x0.5, which the survey's rows (Gou et al. 2021, Tables 5-6) distil from or into, are the same family."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -87,6 +88,13 @@ def resnet20(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(20, (16, 16, 32, 64), num_classes, in_channels)
 
 
+@register_model("resnet26", family="cifar",
+                description="CIFAR ResNet-26 (n=4, widths 16/32/64): FSP's CIFAR-10 teacher (Yim et al. 2017), "
+                            "not a CRD benchmark model")
+def resnet26(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(26, (16, 16, 32, 64), num_classes, in_channels)
+
+
 @register_model("resnet32", family="cifar", description="CIFAR ResNet-32 (widths 16/32/64), CRD benchmark")
 def resnet32(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(32, (16, 16, 32, 64), num_classes, in_channels)
@@ -105,6 +113,13 @@ def resnet56(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
 @register_model("resnet110", family="cifar", description="CIFAR ResNet-110 (widths 16/32/64), CRD benchmark")
 def resnet110(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(110, (16, 16, 32, 64), num_classes, in_channels)
+
+
+@register_model("resnet20x0.5", family="cifar",
+                description="CIFAR ResNet-20 at half width (8/16/32): IRG's student (Liu et al. 2019), "
+                            "not a CRD benchmark model")
+def resnet20x0_5(num_classes: int = 100, in_channels: int = 3) -> CifarResNet:
+    return CifarResNet(20, (8, 8, 16, 32), num_classes, in_channels)
 
 
 @register_model("resnet20x4", family="cifar",

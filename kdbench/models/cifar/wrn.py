@@ -1,4 +1,5 @@
-"""Wide ResNet (wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2): CRD benchmark CIFAR models."""
+"""Wide ResNet (wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2): CRD benchmark CIFAR models; wrn_16_8 and wrn_28_10, which
+the survey's rows (Gou et al. 2021, Tables 5-6) train, are the same family."""
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -99,6 +100,13 @@ def wrn_16_2(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
     return WideResNet(16, 2, num_classes, in_channels)
 
 
+@register_model("wrn_16_8", family="cifar",
+                description="Wide ResNet-16-8 (Zagoruyko & Komodakis 2016): SP's CIFAR-10 student (Tung & Mori 2019), "
+                            "not a CRD benchmark model")
+def wrn_16_8(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    return WideResNet(16, 8, num_classes, in_channels)
+
+
 @register_model("wrn_28_2", family="cifar",
                 description="Wide ResNet-28-2: kdbench's teacher assistant between wrn_40_2 and wrn_16_2/wrn_40_1 "
                             "(not a CRD benchmark model)")
@@ -114,3 +122,10 @@ def wrn_40_1(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
 @register_model("wrn_40_2", family="cifar", description="Wide ResNet-40-2, CRD benchmark")
 def wrn_40_2(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
     return WideResNet(40, 2, num_classes, in_channels)
+
+
+@register_model("wrn_28_10", family="cifar",
+                description="Wide ResNet-28-10 (Zagoruyko & Komodakis 2016): a DML cohort member (Zhang et al. 2018), "
+                            "not a CRD benchmark model")
+def wrn_28_10(num_classes: int = 100, in_channels: int = 3) -> WideResNet:
+    return WideResNet(28, 10, num_classes, in_channels)

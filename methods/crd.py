@@ -33,6 +33,14 @@
 - Total: ``ce_weight * CE + kd_weight * KD(T=4) + beta * CRD``. ``crd``: 1 / 0 / 0.8;
   ``crd+kd``: 1 / 1 / 0.8 (CRD benchmark ``-a 0 -b 0.8`` and ``-a 1 -b 0.8``).
 - Extra trainable parameters: the two heads; the memory banks are buffers.
+- Modifier ``optimizer=dot`` (Zhao et al., "DOT: A Distillation-Oriented Trainer", ICCV 2023;
+  github.com/megvii-research/mdistiller, their ``CRDDOT`` trainer): trained by DOT, one momentum buffer for
+  the CE gradient (``schedule.momentum - dot_delta``) and one for the distillation gradient (CRD's term, and
+  KD's under ``crd+kd``: ``+ dot_delta``). The heads, reached by the CRD term only, and the student's
+  classifier, reached by CE only (when ``kd_weight=0``), keep one buffer at ``schedule.momentum``, as their
+  code does (``kdbench.training.dot`` has the update rule and the rest). ``dot_delta`` 0.075 (their CIFAR-100
+  value; they publish no CRD+DOT config nor, in their README, a CRD+DOT number). Off by default, and then not
+  part of a run's identity.
 - Reported (CRD benchmark, CIFAR-100): crd wrn_40_2->wrn_16_2 75.48, resnet56->resnet20 71.16,
   resnet32x4->resnet8x4 75.51, vgg13->vgg8 73.94; crd+kd 75.64, 71.63, 75.46, 74.29.
 """
@@ -48,7 +56,19 @@ from torch import Tensor, nn
 from kdbench.compute.distributed import all_gather_cat, all_reduce_sum, stream, world
 from kdbench.compute.seeding import class_groups, derive_seed
 from kdbench.data import Batch
-from kdbench.method import Count, Method, Range, StepOutput, Weight, full_precision, register_method, require, soft_kl
+from kdbench.method import (
+    Count,
+    DotDelta,
+    Method,
+    OptimizerChoice,
+    Range,
+    StepOutput,
+    Weight,
+    full_precision,
+    register_method,
+    require,
+    soft_kl,
+)
 from kdbench.training.connectors import L2Embed
 
 EPS = 1e-7
@@ -187,8 +207,10 @@ class CRD(Method):
                  mode: Mode = "exact",  # exact: positive = the anchor itself; relax: a same-class sample
                  negatives: Negatives = "other_class",  # other_class (authors' CIFAR sampler) | uniform (any sample)
                  beta: Weight = 0.8, ce_weight: Weight = 1.0, kd_weight: Weight = 0.0,
-                 temperature: Annotated[float, Range(gt=0)] = 4.0) -> None:
+                 temperature: Annotated[float, Range(gt=0)] = 4.0,
+                 optimizer: OptimizerChoice = "sgd", dot_delta: DotDelta = 0.075) -> None:
         super().__init__(student, teacher, ctx)
+        self.use_optimizer(optimizer, dot_delta)
         require(ctx.data.has_indices and ctx.train_labels is not None,
                 f"crd needs the index and label of every training sample; dataset {ctx.data.name!r} provides none")
         n = ctx.data.num_train

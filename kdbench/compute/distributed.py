@@ -173,7 +173,8 @@ class GradSync:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
-    def step(self) -> None:
+    def sync_grads(self) -> None:
+        """Average the gradients now in ``.grad`` over the processes (DOT calls it after each of its backwards)."""
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if grads:
             flat = torch._utils._flatten_dense_tensors(grads)
@@ -181,6 +182,9 @@ class GradSync:
             flat /= dist.get_world_size()
             for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
                 g.copy_(synced)
+
+    def step(self) -> None:
+        self.sync_grads()
         self.inner.step()
 
     def state_dict(self):

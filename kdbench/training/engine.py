@@ -181,7 +181,9 @@ class _Loop:
             params = list(self.method.trainable_parameters(None if stage is None else stage.modules))
             if not params:
                 raise KDBenchError(f"method {self.method.name!r}: stage {name!r} has no trainable parameters")
-            opt = build_optimizer(params, self.sched, self.fast.optimizer_impl)
+            # DOT (a method's ``optimizer=dot``) trains the main stage; initialisation stages keep SGD
+            opt = build_optimizer(params, self.sched, self.fast.optimizer_impl,
+                                  self.method.dot_delta if stage is None else None)
             self.optimizers[name] = ddp.GradSync(opt) if self.n_proc > 1 else opt
         return self.optimizers[name]
 

@@ -11,13 +11,25 @@ from omegaconf import DictConfig
 
 from kdbench.core.errors import KDBenchError
 from kdbench.experiment.identity import PRECISIONS, resolve_precision
+from kdbench.training.dot import DistillationOrientedSGD
 from kdbench.training.method import Method
 
 
-def build_optimizer(params, sched: DictConfig, impl: str = "for_loop") -> torch.optim.Optimizer:
-    """SGD as the schedule says; ``impl`` picks PyTorch's fused, foreach or per-tensor kernels (same math)."""
+def build_optimizer(params, sched: DictConfig, impl: str = "for_loop",
+                    dot_delta: float | None = None) -> torch.optim.Optimizer:
+    """SGD as the schedule says; ``impl`` picks PyTorch's fused, foreach or per-tensor kernels (same math).
+    With ``dot_delta`` (a method trained with DOT), DOT with the schedule's rate, momentum and decay."""
     if sched.optimizer != "sgd":
         raise KDBenchError(f"schedule.optimizer={sched.optimizer!r} is not one of: sgd")
+    if dot_delta is not None:
+        if bool(sched.nesterov):
+            raise KDBenchError("method.optimizer=dot has no Nesterov form: set schedule.nesterov=false")
+        m = float(sched.momentum)
+        if not (0 <= m - dot_delta and m + dot_delta < 1):
+            raise KDBenchError(f"method.dot_delta={dot_delta:g} with schedule.momentum={m:g}: DOT's momenta "
+                               f"{m - dot_delta:g} and {m + dot_delta:g} must lie in [0, 1)")
+        return DistillationOrientedSGD(list(params), lr=float(sched.lr), momentum=m, delta=float(dot_delta),
+                                       weight_decay=float(sched.weight_decay))
     kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     return torch.optim.SGD(list(params), lr=float(sched.lr), momentum=float(sched.momentum),
                            weight_decay=float(sched.weight_decay), nesterov=bool(sched.nesterov), **kw)

@@ -23,6 +23,7 @@ from kdbench.experiment.catalog import METHODS, method_defaults  # noqa: F401  (
 from kdbench.experiment.identity import check_method_hparams
 from kdbench.experiment.schema import CATEGORIES, SCHEMES  # noqa: F401  (the one list; re-exported for plug-ins)
 from kdbench.models import FeatureSpec, KDModel, ModelOutput
+from kdbench.training.dot import DOT_DELTA, TASK_TERMS, dot_step, is_dot, split_losses
 from kdbench.training.frozen_teacher import FrozenTeacher, frozen_state_prefixes
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ class Method(nn.Module):
     student_init_sha256: str | None = None
     #: the stage being trained: an :class:`InitStage`'s name, or ``MAIN_STAGE``; set by the engine
     stage: str = MAIN_STAGE
+    #: DOT's ``delta`` when the main stage trains with DOT (:meth:`use_optimizer`), else None: plain SGD
+    dot_delta: float | None = None
+    #: the loss terms DOT treats as the task loss; every other term is the distillation loss (kdbench.training.dot)
+    task_terms: ClassVar[tuple[str, ...]] = TASK_TERMS
 
     def __init__(self, student: KDModel, teacher: KDModel | None, ctx: MethodContext) -> None:
         super().__init__()
@@ -123,14 +128,27 @@ class Method(nn.Module):
         """One optimisation step: forward under ``autocast``, sum the losses, backward, step.
 
         Methods whose paper prescribes another update order (DML's sequential
-        updates) override this; everything else only implements :meth:`step`.
+        updates) override this; everything else only implements :meth:`step`. With DOT
+        (:meth:`use_optimizer`) the terms are split into task and distillation losses, each
+        with its own backward pass (:func:`kdbench.training.dot.dot_step`).
         """
         with autocast():
             out = self.step(batch, epoch)
+        if is_dot(optimizer):
+            dot_step(optimizer, *split_losses(out.losses, self.task_terms))
+            return out
         optimizer.zero_grad(set_to_none=True)
         sum(out.losses.values()).backward()
         optimizer.step()
         return out
+
+    def use_optimizer(self, optimizer: str, dot_delta: float = DOT_DELTA) -> None:
+        """Train the main stage with the schedule's SGD (``"sgd"``) or with DOT (``"dot"``, momentum gap
+        ``dot_delta``): for a method offering ``optimizer: OptimizerChoice`` and ``dot_delta: DotDelta``."""
+        require(optimizer in ("sgd", "dot"), f"method.optimizer={optimizer!r} is not one of: sgd, dot")
+        require(optimizer == "dot" or dot_delta == DOT_DELTA,
+                f"method.dot_delta={dot_delta!r} applies with method.optimizer=dot only")
+        self.dot_delta = float(dot_delta) if optimizer == "dot" else None
 
     # -- defaults subclasses may override -----------------------------------------
     def init_stages(self) -> list[InitStage]:

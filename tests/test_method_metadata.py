@@ -25,7 +25,8 @@ from kdbench.training.losses import kl_divergence
 
 CRD_TABLE = ["vanilla", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd",
              "crd+kd", "dkd", "reviewkd", "takd", "dml", "one", "tf-kd-self", "tf-kd-reg", "byot", "cs-kd"]
-LATER = ["dist", "nkd", "ofd", "kdsvd", "irg", "wsld", "ickd", "ctkd", "srd", "cat-kd"]  # issue 25's methods, in the order they register
+# issue 25's methods, in the order they register
+LATER = ["dist", "nkd", "ofd", "kdsvd", "irg", "wsld", "ickd", "ctkd", "srd", "cat-kd"]
 
 
 @pytest.fixture

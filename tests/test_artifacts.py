@@ -53,6 +53,19 @@ def test_a_kept_model_of_another_run_is_refused(kept, tmp_path):
                                       f"paths.work={tmp / 'work'}"])
 
 
+def test_a_moved_store_evaluates_its_own_kept_model(kept, tmp_path):
+    """Hostile round 2: eval followed the absolute models path stored in the record, so a copied store's run was
+    evaluated from the original store (or refused once that was moved away)."""
+    import shutil
+
+    tmp, rec = kept
+    store = tmp_path / "moved" / "results"
+    shutil.copytree(tmp / "results", store)
+    (store / "models" / f"{rec['run_id']}.pt").rename(store / "models" / "elsewhere.pt")
+    with pytest.raises(KDBenchError, match=str(store / "models")):  # looked for in the copy, not the original
+        eval_target(rec["run_id"], [f"paths.results={store}", f"paths.work={tmp / 'work'}"])
+
+
 def test_a_plain_state_dict_is_evaluated_with_its_architecture(kept, tmp_path):
     tmp, rec = kept
     model, facts = load_model(tmp / "results" / "models" / f"{rec['run_id']}.pt")

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.usefixtures("teacher_cache")  # every test here reads i
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_tiny_full_run_per_method(make_cfg, method):
-    # FSP needs equal channel counts on both models (the digits pair's differ): a cnn_small teacher for it;
+    # FSP and KDSVD need equal channel counts on both models (the digits pair's differ): a cnn_small teacher;
     # the methods with an initialisation stage run one epoch of it (the digits pair's AB and FT take 3)
-    extra = {"fsp": ["pair.teacher=cnn_small"]}.get(method, [])
+    extra = {"fsp": ["pair.teacher=cnn_small"], "kdsvd": ["pair.teacher=cnn_small"]}.get(method, [])
     cfg = make_cfg(f"method={method}", *extra, *(["method.init_epochs=1"] if method in ("ab", "ft", "fsp") else []))
     rec = run(cfg)
     path = RunPaths.of(cfg).record

@@ -265,6 +265,9 @@ def test_speed_records_become_a_table(real_records, tmp_path):
 def test_cost_rows_say_where_and_how_steadily_they_were_measured(real_records, tmp_path):
     # KD's runs given three epochs to judge steadiness by
     recs = [relabel(r, epochs=3) if r["method"]["name"] == "kd" else copy.deepcopy(r) for r in real_records]
+    for r in recs:  # steady epochs by construction: the real runs' own times vary with the machine's load
+        for row in r["history"]:
+            row["time_s"] = 1.0
     kd = [r for r in recs if r["method"]["name"] == "kd"]
     kd[0]["history"][1]["time_s"] = 10 * kd[0]["history"][0]["time_s"] + 1  # an epoch paused or shared
     kd[1]["environment"]["hardware"] = "Other CPU x8"
@@ -575,3 +578,33 @@ def test_against_kd_marks_each_cell_up_or_down_as_the_crd_table_does(real_record
     assert "as the CRD table marks them against KD" in files["README.md"].decode()
     plain = {r["method"]: r for r in _csv(render(_store(tmp_path / "plain", real_records + variants))["benchmark.csv"])}
     assert not plain["KD (temperature=1)"][pair].endswith("↓")
+
+
+def test_a_backslash_cannot_unescape_a_link_and_csv_headers_are_inert():
+    """Hostile round 2: a record's ``\\[x](url)`` became a live link (the escape's own backslash was escaped
+    away); a pair name such as ``=HYPERLINK(...)`` reached a CSV header, where tables name columns by pair."""
+    import pandas as pd
+
+    from kdbench.report.render import _md_escape, csv_safe
+
+    assert _md_escape("\\[bh](http://e.x/bh)") == "\\\\\\[bh\\](http://e.x/bh)"  # \\ then \[: no link
+    out = csv_safe(pd.DataFrame({"=HYPERLINK(\"http://x\")": [1], "+cmd-2+3": ["=1+1"], "cifar100/a-b": [2.0]}))
+    assert list(out.columns) == ["'=HYPERLINK(\"http://x\")", "'+cmd-2+3", "cifar100/a-b"]
+    assert out.iloc[0, 1] == "'=1+1" and out.iloc[0, 2] == 2.0
+
+
+def test_a_killed_builds_temp_files_never_block_or_stain_the_next_build(real_records, tmp_path):
+    """Hostile round 2: a kill during the first build's claim left only ``.manifest.json.*.tmp`` and the next
+    build refused the folder as foreign; a stale ``.index.html.*.tmp`` failed ``--check`` forever."""
+    root = _store(tmp_path, real_records)
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / ".manifest.json.k1ll3d.tmp").write_text("{")
+    build_leaderboard(root, first)
+    assert check_leaderboard(root, first) == []
+    (first / ".index.html.k1ll3d.tmp").write_text("half")
+    build_leaderboard(root, first)
+    assert check_leaderboard(root, first) == [] and not (first / ".index.html.k1ll3d.tmp").exists()
+    (first / ".notes.txt.x1.tmp").write_text("not ours")  # a temp of a file we never wrote stays, and is named
+    build_leaderboard(root, first)
+    assert any(".notes.txt.x1.tmp" in p for p in check_leaderboard(root, first))

@@ -39,6 +39,14 @@ def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad)
     assert not (tmp_path / "results" / "runs").exists() or not list((tmp_path / "results" / "runs").iterdir())
 
 
+@pytest.mark.parametrize("method,bad", [("dml", "method.peers=5"), ("takd", "method.assistants=7")])
+def test_a_list_hyper_parameter_that_is_not_a_list_is_one_message(capsys, tmp_path, method, bad):
+    """Hostile round 2: these were TypeError tracebacks from inside the method."""
+    assert main(["run", *tiny_overrides(tmp_path), f"method={method}", bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "must be a list" in err
+
+
 def test_a_method_count_out_of_range_is_refused_before_anything_runs(capsys, tmp_path):
     assert main(["run", *tiny_overrides(tmp_path), "method=crd", "method.nce_k=-5"]) == 2
     err = capsys.readouterr().err
@@ -112,6 +120,15 @@ def test_another_runs_checkpoint_is_never_resumed(make_cfg):
     mine.mkdir(parents=True)
     shutil.copy(Path(other.paths.runs) / run_identity(other) / "checkpoint.pt", mine / "checkpoint.pt")
     with pytest.raises(KDBenchError, match=f"belongs to {run_identity(other)}, not to {run_identity(cfg)}"):
+        run(cfg)
+    assert [r["seed"] for r in _records(cfg)] == [1]
+    # hostile round 2: the same checkpoint with its owner removed was resumed
+    import torch
+
+    state = torch.load(mine / "checkpoint.pt", weights_only=True)
+    del state["owner"]
+    torch.save(state, mine / "checkpoint.pt")
+    with pytest.raises(KDBenchError, match="names no run"):
         run(cfg)
     assert [r["seed"] for r in _records(cfg)] == [1]
 
@@ -417,3 +434,25 @@ def test_ctrl_c_outside_training_does_not_claim_a_checkpoint(monkeypatch, capsys
     assert main(["list", "methods"]) == 130
     err = capsys.readouterr().err
     assert "nothing was changed" in err and "checkpoint" not in err
+
+
+@pytest.mark.parametrize("damage", [lambda m: m["weights"].pop("sha256"), lambda m: m.pop("spec"),
+                                    lambda m: m.pop("source"), lambda m: m.update(metrics=[])])
+def test_a_damaged_teacher_json_is_one_message_and_list_skips_it(tmp_path, damage):
+    """Hostile round 2: each of these was a KeyError or TypeError traceback from `run` or `teacher list`."""
+    import json
+
+    from kdbench.orchestration.teacher_cache import list_teachers, read_entry
+
+    entry = tmp_path / "0123456789abcdef"
+    entry.mkdir()
+    meta = {"schema_version": 1, "hash": entry.name, "source": "trained", "arch": "cnn_wide", "dataset": "digits",
+            "spec": {"seed": 0, "schedule": {"epochs": 1}}, "metrics": {"test_top1": 90.0},
+            "weights": {"file": "model.pt", "sha256": "0" * 64}, "created": "2026-12-03T00:00:00+00:00"}
+    (entry / "teacher.json").write_text(json.dumps(meta))
+    assert read_entry(entry).arch == "cnn_wide" and len(list_teachers(tmp_path)) == 1
+    damage(meta)
+    (entry / "teacher.json").write_text(json.dumps(meta))
+    with pytest.raises(KDBenchError, match="teacher.json is damaged"):
+        read_entry(entry)
+    assert list_teachers(tmp_path) == []

@@ -11,7 +11,15 @@ import pytest
 
 from kdbench import KDBenchError
 from kdbench.cli import main
-from kdbench.experiment.results import add_record, export_bundle, import_bundle, load_records, valid_records
+from kdbench.experiment.results import (
+    add_record,
+    counted_records,
+    export_bundle,
+    import_bundle,
+    load_records,
+    runs_dir,
+    valid_records,
+)
 from kdbench.experiment.schema import validate_record
 from tests.conftest import write_records
 from tests.helpers import relabel, set_top1
@@ -190,8 +198,19 @@ def test_a_stores_repeats_of_a_run_import_into_an_empty_store(real_records, tmp_
     again = set_top1(copy.deepcopy(real_records[0]), 50.0)
     again["created"] = "2099-01-01T00:00:00+00:00"
     bundle = export_bundle(write_records(tmp_path / "mine", [*real_records, again]), tmp_path / "b.tar.gz")
-    assert len(import_bundle(bundle, tmp_path / "store")) == len(real_records) + 1
-    assert import_bundle(bundle, tmp_path / "store") == []
+    runs = tmp_path / "work" / "runs"  # as `kdbench results import` calls it: holding each run's lock, once
+    assert len(import_bundle(bundle, tmp_path / "store", runs)) == len(real_records) + 1
+    assert import_bundle(bundle, tmp_path / "store", runs) == []
+
+
+@pytest.mark.parametrize("junk", ['[1]', '{"status": "completed", "run_id": "RUN"}'])
+def test_a_file_in_the_store_that_is_not_a_record_neither_breaks_nor_blocks_an_import(real_records, tmp_path, junk):
+    bundle = export_bundle(write_records(tmp_path / "mine", real_records[:2]), tmp_path / "b.tar.gz")
+    store = runs_dir(tmp_path / "store")
+    store.mkdir(parents=True)
+    (store / f"{real_records[0]['run_id']}.json").write_text(junk.replace("RUN", real_records[0]["run_id"]))
+    assert len(import_bundle(bundle, tmp_path / "store", tmp_path / "work" / "runs")) == 2
+    assert {r["run_id"] for r in counted_records(tmp_path / "store")} == {r["run_id"] for r in real_records[:2]}
 
 
 def test_import_never_races_a_run_that_is_training_here(real_records, tmp_path):

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdbench.core.errors import KDBenchError
 from kdbench.core.hashing import digest
-from kdbench.experiment.values import Leaf, type_node
+from kdbench.experiment.values import Leaf, ListOf, type_node
 
 EXPERIMENT = ("protocol", "data", "pair", "method", "schedule", "seed", "teacher")
 RUNTIME = ("engine", "paths", "speed", "bench", "suite", "resume", "force", "retry_failed", "note", "hydra")
@@ -129,6 +129,8 @@ def _method_types(name: str) -> dict[str, _Declared]:
                 out[pname] = _Declared(Leaf(kinds.pop(), nullable=nullable, choices=choices), ranges)
         elif hint in (int, float, bool, str):
             out[pname] = _Declared(Leaf(hint, nullable=nullable), ranges)
+        elif hint is list or typing.get_origin(hint) is list:  # names (TAKD's assistants, DML's peers; None: default)
+            out[pname] = _Declared(ListOf(Leaf(str, nullable=True)))
     return out
 
 

@@ -255,7 +255,9 @@ def import_bundle(bundle: str | Path, results_root: str | Path, runs: str | Path
             _recover_locked(Path(results_root))
         existing: dict[str, set[str]] = {}
         for s in load_records(results_root):
-            if s.record:
+            if s.errors:  # not a record (a JSON list, a bare status): neither a conflict nor a reason to refuse
+                _not_counted(s.path, s.errors)
+            else:
                 existing.setdefault(str(s.record.get("run_id")), set()).add(_canonical(s.record))
         new, conflicts, seen = [], [], set()
         for rec in records:
@@ -274,8 +276,9 @@ def import_bundle(bundle: str | Path, results_root: str | Path, runs: str | Path
                                "(a run id is one experiment and seed: keep one record of it):\n  - "
                                + "\n  - ".join(conflicts))
         with contextlib.ExitStack() as held:  # each new run's lock (``runs``: paths.runs), as a training run holds it
-            busy = [rec["run_id"] for rec in new if runs is not None and not held.enter_context(
-                file_lock(Path(runs) / f"{rec['run_id']}.lock", blocking=False))]
+            ids = list(dict.fromkeys(rec["run_id"] for rec in new))  # a run's repeats share its one lock
+            busy = [i for i in ids if runs is not None and not held.enter_context(
+                file_lock(Path(runs) / f"{i}.lock", blocking=False))]
             if busy:
                 raise KDBenchError(f"{bundle} was not imported: {len(busy)} of its runs are being trained here by "
                                    f"another process ({', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}); "

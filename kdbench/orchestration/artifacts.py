@@ -142,8 +142,9 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
     record = max(recs, key=lambda r: r["created"])  # the newest record of the run is the kept model's
     cfg = OmegaConf.merge(OmegaConf.create(record["config"]), OmegaConf.from_dotlist(
         [o for o in overrides if "=" in o and not o.startswith(("+", "~"))]))
-    if cfg.paths.get("models") is None:
-        cfg.paths.models = f"{cfg.paths.results}/models"
+    # the store and its kept models are this invocation's (default <paths.results>/models), never the absolute
+    # paths stored in the record: a moved or copied store evaluates its own model
+    cfg.paths.results, cfg.paths.models = str(base.paths.results), str(base.paths.models)
     file = model_path(cfg, run_id)
     if not file.exists():
         raise KDBenchError(f"run {run_id} kept no model at {file} (engine.keep_model was off, or the run predates "

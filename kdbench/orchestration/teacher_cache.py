@@ -78,12 +78,24 @@ def find_teacher(cfg: DictConfig) -> TeacherEntry | None:
     return read_entry(path) if (path / "teacher.json").exists() else None
 
 
+_ENTRY_FIELDS = {"arch": str, "dataset": str, "source": str, "created": str, "spec": dict, "weights": dict,
+                 "metrics": dict}
+
+
 def read_entry(path: Path) -> TeacherEntry:
     try:
         meta = read_json(path / "teacher.json")
-        if not isinstance(meta, dict) or not {"arch", "weights", "metrics"} <= set(meta):
-            raise ValueError("fields missing")
-        name = meta["weights"].get("file") if isinstance(meta["weights"], dict) else None
+        # every field a command reads from an entry, with its type: a damaged one is one message, not a traceback
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        for key, kind in _ENTRY_FIELDS.items():
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+        weights, metrics = meta["weights"], meta["metrics"]
+        top1 = metrics.get("test_top1")  # None: imported with --no-eval
+        if not isinstance(weights.get("sha256"), str) or not (top1 is None or isinstance(top1, (int, float))):
+            raise ValueError("weights.sha256 or metrics.test_top1 is missing or of the wrong type")
+        name = weights.get("file")
         if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
             raise ValueError(f"its weights file {name!r} is not a file of the entry")
     except (OSError, ValueError) as exc:

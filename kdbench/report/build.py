@@ -150,6 +150,9 @@ def _is_ours(manifest: dict[str, Any]) -> bool:
             and all(isinstance(v, str) and hex64.fullmatch(v) for v in manifest["files"].values()))
 
 
+_TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")  # atomic_write_bytes's temp file of NAME: .NAME.XXXXXXXX.tmp
+
+
 def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
                       compare_short: bool = False, against: str | None = None) -> list[Path]:
     """Write every file of the leaderboard into ``out``, each atomically, the manifest last.
@@ -162,6 +165,12 @@ def build_leaderboard(results_root: str | Path, out: Path, metric: str = "last",
     if out.exists() and not out.is_dir():
         raise KDBenchError(f"--out {out} is a file, not a folder")
     previous = _read_manifest(out) if out.is_dir() else None
+    if out.is_dir():  # a killed build's temp files are ours (``.NAME.*.tmp`` of a file we write): gone first
+        ours = {"manifest.json", *(previous or {}).get("files", {})}
+        for p in out.iterdir():
+            m = _TEMP.fullmatch(p.name)
+            if m and p.is_file() and (m.group(1) in ours or previous is None and m.group(1) == "manifest.json"):
+                p.unlink()
     if previous is None and out.is_dir() and any(out.iterdir()):
         raise KDBenchError(f"{out}/ is not empty and was not written by `kdbench leaderboard` (it has no "
                            "manifest.json): refusing to write into it; give --out a new or empty folder")

@@ -39,8 +39,10 @@ def csv_text(s: str) -> str:
 
 
 def csv_safe(df):
-    """Every text cell of a table about to be written as CSV made inert (:func:`csv_text`); numbers untouched."""
+    """Every text cell and header of a table about to be written as CSV made inert (:func:`csv_text`); numbers
+    untouched. (Headers too: a table's columns may be named by a record's pair.)"""
     out = df.copy()
+    out.columns = [csv_text(c) if isinstance(c, str) else c for c in out.columns]
     for col in out.columns:
         if any(isinstance(v, str) for v in out[col]):  # object or string dtype alike
             out[col] = [csv_text(v) if isinstance(v, str) else v for v in out[col]]
@@ -57,7 +59,7 @@ def csv_rows(table: Table, **extra: Any) -> list[dict[str, Any]]:
 def _md_escape(s: Any) -> str:
     # Markdown renders raw HTML, links and images: text that may come from records is escaped like the page
     # escapes it, and its brackets so that [x](url) and ![x](url) stay text.
-    return (html.escape(str(s), quote=False).replace("|", "\\|").replace("\n", " ")
+    return (html.escape(str(s), quote=False).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
             .replace("[", "\\[").replace("]", "\\]"))
 
 

@@ -51,9 +51,12 @@ class RunState:
                                "not written by kdbench): delete it to start this run over, or pass force=true"
                                ) from None
         owner, here = state.get("owner"), Path(path).parent.name
-        if owner is not None and owner != here:  # written for another run and copied here: never resumed
-            raise KDBenchError(f"the checkpoint {path} belongs to {owner}, not to {here}: resuming it would record "
-                               f"another run's training under this run's id; delete it to start {here} over")
+        if owner != here:  # written for another run and copied here, or naming none: never resumed
+            whose = f"belongs to {owner}" if owner is not None else \
+                "names no run (its owner was removed, or an older kdbench wrote it)"
+            raise KDBenchError(f"the checkpoint {path} {whose}, not to {here}: resuming it could record another "
+                               f"run's training under this run's id (the id holds the experiment's digest); delete "
+                               f"it to start {here} over")
         method.load_checkpoint_state(state["method"])
         partial = state.get("partial")  # stopped mid-epoch (Ctrl-C): continue at the next step
         if partial is not None and len(partial["ranks"]) != n_proc:

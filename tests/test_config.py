@@ -50,8 +50,9 @@ def test_every_registered_method_composes_from_its_class_defaults():
         cifar = compose([f"method={name}", "pair=cifar100/resnet32x4-resnet8x4", "dataset=cifar100"])
         own = dict(cifar.pair.method_overrides.get(name) or {})
         assert dict(cifar.method) == {**method_defaults(name), **own}
-        # the authors' tuned weight only; TAKD's assistant is the pair's
-        assert set(own) <= {"reviewkd": {"beta"}, "takd": {"assistants"}}.get(name, set())
+        # the authors' tuned weights only (CAT-KD's three per-pair settings); TAKD's assistant is the pair's
+        assert set(own) <= {"reviewkd": {"beta"}, "takd": {"assistants"},
+                            "cat-kd": {"beta", "cam_resolution", "normalize"}}.get(name, set())
 
 
 @pytest.mark.parametrize("registry", [METHODS, MODELS, DATASETS, PAIRS])

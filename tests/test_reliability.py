@@ -31,7 +31,8 @@ def _records(cfg) -> list:
                                  # failed record under the real run id and so block the corrected command
                                  "engine.eval_batch_size=0", "engine.log_every=abc", "engine.threads=0",
                                  "engine.keep_model=maybe", "bench.cohort=maybe", "resume=maybe", "speed.steps=0",
-                                 "method.kd_weight=-1", "method.temperature=0"])
+                                 "method.kd_weight=-1", "method.temperature=0",
+                                 "engine.track=[bogus]"])  # hostile round 2: refused only after data and teacher
 def test_a_config_error_is_one_message_and_stores_nothing(capsys, tmp_path, bad):
     assert main(["run", *tiny_overrides(tmp_path), "method=kd", bad]) == 2
     err = capsys.readouterr().err
@@ -456,3 +457,12 @@ def test_a_damaged_teacher_json_is_one_message_and_list_skips_it(tmp_path, damag
     with pytest.raises(KDBenchError, match="teacher.json is damaged"):
         read_entry(entry)
     assert list_teachers(tmp_path) == []
+
+
+def test_an_unknown_tracker_is_refused_when_the_config_is_composed():
+    """Hostile round 2: engine.track=[bogus] was refused only after data loaded and the teacher was trained, and
+    not at all for a run already done."""
+    from kdbench.orchestration.config import compose
+
+    with pytest.raises(KDBenchError, match="unknown tracker 'bogus'. Valid trackers: tensorboard"):
+        compose(["engine.track=[bogus]"])

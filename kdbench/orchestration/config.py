@@ -265,3 +265,7 @@ def check_engine(cfg: DictConfig) -> None:
         except RuntimeError:
             raise KDBenchError(f"engine.device={device!r} is not a device: auto, cpu, cuda or cuda:N") from None
     resolve_fast_path(cfg.engine, torch.device("cpu"), str(cfg.protocol.precision))
+    from kdbench.training.tracking import TRACKERS
+
+    for name in cfg.engine.get("track") or []:  # a tracker's name, not its construction (that opens its files)
+        TRACKERS.get(str(name))

@@ -165,3 +165,22 @@ def approx_float32_kl(expected: float, bound: float):
     of the loss (T instead of T**2, a weight, a reduction) could pass."""
     assert bound <= 0.05 * abs(expected), f"the float32 bound {bound:.3g} would hide a wrong factor of {expected:.3g}"
     return pytest.approx(expected, abs=bound)
+
+
+def small_method(name: str, *overrides: str, cifar: bool = False):
+    """Method ``name`` built on freshly seeded small models, as a run would build it from its composed config:
+    the digits pair (cnn_wide -> cnn_small, 10 classes, 1x8x8), or with ``cifar`` a resnet20 -> resnet8 of
+    CIFAR-100 shapes composed on the resnet56 -> resnet20 pair."""
+    from kdbench.data import DatasetInfo
+    from kdbench.method import build_method
+    from kdbench.models import seeded_model
+    from kdbench.orchestration.config import compose
+
+    if cifar:
+        cfg = compose([f"method={name}", *overrides, "pair=cifar100/resnet56-resnet20", "dataset=cifar100"])
+        info, (s_arch, t_arch), shape = DatasetInfo("x", 100, (3, 32, 32), 16), ("resnet8", "resnet20"), (100, 3)
+    else:
+        cfg = compose([f"method={name}", *overrides])
+        info, (s_arch, t_arch), shape = DatasetInfo("x", 10, (1, 8, 8), 16), ("cnn_small", "cnn_wide"), (10, 1)
+    s, t = seeded_model(s_arch, *shape, 0), seeded_model(t_arch, *shape, 0, "teacher-init")
+    return build_method(cfg.method, s, info, 0, teacher=t, student_arch=s_arch, teacher_arch=t_arch)

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from kdbench.methods.cat_kd import cat_loss, pooled_cams
 
-from kdbench.data import Batch, DatasetInfo
-from kdbench.method import build_method
-from kdbench.models import seeded_model
+from kdbench.data import Batch
 from tests import parity
+from tests.helpers import small_method
 
 FIXTURE = parity.load("cat-kd")
 # float64 in and out. Ours pools the map before the 1x1 product, theirs after: the same sums in another
@@ -56,12 +55,7 @@ def test_the_loss_by_hand_and_the_normalisation_ignores_scale():
 
 
 def _method(*overrides: str):
-    from kdbench.orchestration.config import compose
-
-    cfg = compose(["method=cat-kd", *overrides])
-    info = DatasetInfo("x", 10, (1, 8, 8), 16)
-    s, t = seeded_model("cnn_small", 10, 1, 0), seeded_model("cnn_wide", 10, 1, 0, "teacher-init")
-    return build_method(cfg.method, s, info, 0, teacher=t, student_arch="cnn_small", teacher_arch="cnn_wide")
+    return small_method("cat-kd", *overrides)
 
 
 def test_the_step_compares_both_models_cams_and_trains_the_students_classifier():

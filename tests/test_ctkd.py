@@ -13,6 +13,7 @@ from kdbench.methods.kd import kd_loss
 
 from kdbench.method import CurriculumTemperature
 from tests import parity
+from tests.helpers import small_method
 
 FIXTURE = parity.load("ctkd")
 
@@ -52,15 +53,7 @@ def test_the_curriculum_reverses_the_gradient_ever_more_strongly_then_holds():
 
 
 def _method(name: str, *overrides: str):
-    from kdbench.data import DatasetInfo
-    from kdbench.method import build_method
-    from kdbench.models import seeded_model
-    from kdbench.orchestration.config import compose
-
-    cfg = compose([f"method={name}", *overrides])
-    info = DatasetInfo("x", 10, (1, 8, 8), 16)
-    s, t = seeded_model("cnn_small", 10, 1, 0), seeded_model("cnn_wide", 10, 1, 0, "teacher-init")
-    return build_method(cfg.method, s, info, 0, teacher=t, student_arch="cnn_small", teacher_arch="cnn_wide")
+    return small_method(name, *overrides)
 
 
 def test_ctkd_is_kd_with_the_modifier_and_theta_gets_the_reversed_gradient():

@@ -10,6 +10,7 @@ import torch
 from kdbench.methods.dist import dist_loss, dist_relations, pearson_distance
 
 from tests import parity
+from tests.helpers import small_method
 
 FIXTURE = parity.load("dist")
 FLOAT64_CASES = [c["name"] for c in FIXTURE["cases"] if c["inputs"]["z_s"].dtype == torch.float64]
@@ -96,16 +97,8 @@ def test_the_teachers_own_predictions_leave_only_the_eps_and_logit_shifts_change
     assert inter.item() > 1.98 and intra.item() > 1.98
 
 
-def _method(*overrides):
-    from kdbench.data import DatasetInfo
-    from kdbench.method import build_method
-    from kdbench.models import seeded_model
-    from kdbench.orchestration.config import compose
-
-    cfg = compose(["method=dist", *overrides, "pair=cifar100/resnet56-resnet20", "dataset=cifar100"])
-    info = DatasetInfo("x", 100, (3, 32, 32), 16)
-    s, t = seeded_model("resnet8", 100, 3, 0), seeded_model("resnet20", 100, 3, 0, "teacher-init")
-    return build_method(cfg.method, s, info, 0, teacher=t, student_arch="resnet8", teacher_arch="resnet20")
+def _method(*overrides: str):
+    return small_method("dist", *overrides, cifar=True)
 
 
 def test_the_step_returns_ce_and_both_weighted_relations():

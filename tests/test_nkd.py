@@ -11,6 +11,7 @@ from kdbench.methods.kd import kd_loss
 from kdbench.methods.nkd import nkd_loss, nkd_terms
 
 from tests import parity
+from tests.helpers import small_method
 
 FIXTURE = parity.load("nkd")
 FLOAT64_CASES = [c["name"] for c in FIXTURE["cases"] if c["inputs"]["z_s"].dtype == torch.float64]
@@ -90,16 +91,8 @@ def test_the_non_target_term_is_kd_on_the_normalized_distributions_plus_the_teac
     assert math.isclose(nkd_terms(zs2, zt, y, T)[1].item(), non_target.item(), rel_tol=1e-12)
 
 
-def _method(*overrides):
-    from kdbench.data import DatasetInfo
-    from kdbench.method import build_method
-    from kdbench.models import seeded_model
-    from kdbench.orchestration.config import compose
-
-    cfg = compose(["method=nkd", *overrides, "pair=cifar100/resnet56-resnet20", "dataset=cifar100"])
-    info = DatasetInfo("x", 100, (3, 32, 32), 16)
-    s, t = seeded_model("resnet8", 100, 3, 0), seeded_model("resnet20", 100, 3, 0, "teacher-init")
-    return build_method(cfg.method, s, info, 0, teacher=t, student_arch="resnet8", teacher_arch="resnet20")
+def _method(*overrides: str):
+    return small_method("nkd", *overrides, cifar=True)
 
 
 def test_the_step_returns_ce_and_both_nkd_terms():

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from kdbench.methods.srd import Connector, probe, srd_terms
 from torch import nn
 
-from kdbench.data import Batch, DatasetInfo
-from kdbench.method import build_method
-from kdbench.models import create_model, seeded_model
+from kdbench.data import Batch
+from kdbench.models import create_model
 from tests import parity
+from tests.helpers import small_method
 
 FIXTURE = parity.load("srd")
 # float64 in and out; each term is a mean of at most a few hundred squares after a BatchNorm over <= 48
@@ -92,12 +92,7 @@ def test_the_student_map_averages_to_the_embedding_in_training_mode(arch):
 
 
 def _method(*overrides: str):
-    from kdbench.orchestration.config import compose
-
-    cfg = compose(["method=srd", *overrides])
-    info = DatasetInfo("x", 10, (1, 8, 8), 16)
-    s, t = seeded_model("cnn_small", 10, 1, 0), seeded_model("cnn_wide", 10, 1, 0, "teacher-init")
-    return build_method(cfg.method, s, info, 0, teacher=t, student_arch="cnn_small", teacher_arch="cnn_wide")
+    return small_method("srd", *overrides)
 
 
 def test_the_step_uses_the_frozen_teacher_classifier_and_trains_only_the_connector():

@@ -47,6 +47,5 @@ from kdbench.method import Count, CurriculumTemperature, Positive, Weight, regis
 class CTKD(KD):
     def __init__(self, student, teacher, ctx, *, ce_weight: Weight = 0.1, kd_weight: Weight = 0.9,
                  t_start: Positive = 1.0, t_end: Positive = 20.0, loops: Count = 10) -> None:
-        super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight,
-                         temperature_schedule="ctkd")
-        self.curriculum = CurriculumTemperature(t_start, t_end, loops)
+        super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight)
+        self.curriculum = CurriculumTemperature(t_start, t_end, loops)  # KD's temperature_schedule=ctkd, its knobs set

@@ -73,3 +73,60 @@ def test_a_finished_runs_leftover_folder_goes_when_the_run_is_next_asked_for(mak
     folder.mkdir(parents=True)
     run(kept)
     assert folder.exists()  # asked to keep it
+
+
+@pytest.mark.usefixtures("teacher_cache")
+def test_a_kill_between_model_and_record_never_loses_the_kept_model(make_cfg, tmp_path, monkeypatch, capsys):
+    """Hostile round 2: a kill after the record and before the kept model lost the model for good, silently. The
+    model is now written first and the record names its digest; doctor names a missing or replaced model."""
+    import torch
+
+    from kdbench.orchestration import runner
+    from kdbench.orchestration.artifacts import eval_target, model_facts, save_model
+
+    cfg = make_cfg("method=vanilla", epochs=1)
+    run_id = run_identity(cfg)
+    model = tmp_path / "results" / "models" / f"{run_id}.pt"
+    real_add = runner.add_record
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands for a kill after the model, before the record
+
+    monkeypatch.setattr(runner, "add_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert model.exists() and not (tmp_path / "results" / "runs" / f"{run_id}.json").exists()  # not done: re-runs
+    monkeypatch.setattr(runner, "add_record", real_add)
+    rec = run(make_cfg("method=vanilla", "resume=true", epochs=1))  # as a bench resumes it
+    assert rec["kept_model"]["weights_sha256"] == model_facts(model)["weights_sha256"]
+
+    ov = [f"paths.results={tmp_path / 'results'}", f"paths.work={tmp_path / 'work'}"]
+    from kdbench.models import create_model
+
+    other = create_model("cnn_small", num_classes=10, in_channels=1)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    save_model(cfg, run_id, other, 10, 1)  # a later force=true training, stopped before its record
+    assert main(["doctor", *ov]) == 0
+    assert f"not the model run {run_id}'s newest record kept" in capsys.readouterr().out
+    with pytest.raises(Exception, match="not the student that run"):
+        eval_target(run_id, ov)
+    model.unlink()
+    assert main(["doctor", *ov]) == 0
+    assert f"missing: run {run_id}'s record names this kept model" in capsys.readouterr().out
+
+
+def test_a_run_folder_stopped_before_its_first_checkpoint_is_named_and_cleaned(tmp_path, capsys):
+    """Hostile round 2: a run folder holding only config.yaml (killed before its first checkpoint) was not listed."""
+    runs = tmp_path / "work" / "runs"
+    dead = runs / "kd__cifar100_resnet32x4-resnet8x4__s0__0123456789"
+    foreign = runs / "my-notes"
+    for d in (dead, foreign):
+        d.mkdir(parents=True)
+        (d / "config.yaml").write_text("x: 1\n")
+    ov = [f"paths.results={tmp_path / 'results'}", f"paths.work={tmp_path / 'work'}"]
+    assert main(["doctor", *ov]) == 0
+    out = capsys.readouterr().out
+    assert str(dead) in out and "before its first checkpoint" in out and str(foreign) not in out
+    assert main(["doctor", "--clean", *ov]) == 0
+    assert not dead.exists() and foreign.exists()

@@ -30,8 +30,11 @@ def model_path(cfg: DictConfig, run_id: str) -> Path:
     return Path(cfg.paths.models) / f"{run_id}.pt"
 
 
-def save_model(cfg: DictConfig, run_id: str, model: KDModel, num_classes: int, in_channels: int) -> Path:
-    """The run's final student, written whole or not at all (a newer record of the run replaces it)."""
+def save_model(cfg: DictConfig, run_id: str, model: KDModel, num_classes: int, in_channels: int
+               ) -> tuple[Path, str]:
+    """The run's final student, written whole or not at all, and its weights digest. Written before the run's
+    record, which names the digest (``kept_model``): a kill between the two leaves a run that is not done (it
+    runs again), never a record whose model is missing or another training's."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT, "run_id": run_id, "arch": str(cfg.pair.student), "num_classes": int(num_classes),
             "in_channels": int(in_channels), "created": now_iso(), "weights_sha256": state_dict_digest(state),
@@ -43,9 +46,22 @@ def save_model(cfg: DictConfig, run_id: str, model: KDModel, num_classes: int, i
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
-        raise KDBenchError(f"could not keep the student at {path}: {exc.strerror or exc} (the record is written; "
-                           "engine.keep_model=false skips this)") from None
-    return path
+        raise KDBenchError(f"could not keep the student at {path}: {exc.strerror or exc} (the record is written "
+                           "without it; engine.keep_model=false skips this)") from None
+    return path, blob["weights_sha256"]
+
+
+def model_facts(path: Path) -> dict[str, Any]:
+    """A kept model's stored facts, with ``weights_sha256`` the digest of the weights it actually holds; ``{}``
+    when it is unreadable or not a kdbench artifact (``doctor`` compares it with the record's)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # never unpickle code; unreadable is "not the named model"
+        return {}
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not isinstance(blob.get("state_dict"), dict):
+        return {}
+    return {**{k: v for k, v in blob.items() if k != "state_dict"},
+            "weights_sha256": state_dict_digest(blob["state_dict"])}
 
 
 def load_model(path: Path, arch: str | None = None, num_classes: int | None = None,
@@ -154,6 +170,11 @@ def eval_target(target: str, overrides: list[str], split: str = "test", arch: st
         raise KDBenchError(f"{file} is the kept student of {facts.get('run_id') or 'no kdbench run'}, not of run "
                            f"{run_id}: its numbers would be reported as this run's; delete it (run {run_id} again "
                            "with force=true to keep its own)")
+    named = (record.get("kept_model") or {}).get("weights_sha256")
+    if named and facts.get("weights_sha256") != named:  # a later training of the run, killed before its record
+        raise KDBenchError(f"{file} is not the student that run {run_id}'s newest record kept (its weights differ "
+                           "from the digest the record names): a later training of the run stopped before its "
+                           f"record was written; run {run_id} again with force=true")
     out = evaluate_model(cfg, model, split)
     primary = record["metrics"]["primary_model"]
     recorded = record["metrics"]["last"][primary].get(split) if split in ("val", "test") else None

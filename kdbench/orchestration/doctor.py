@@ -3,12 +3,14 @@
 Every kind of leftover is named by the command that makes it, so each one is recognisably ours: temp files of
 atomic writes (``.NAME.*.tmp``), an import's stage (``results/.import-stage-*``), a run's folder (its checkpoint) kept
 after its record was written, a teacher training's ``KEY.partial`` folder, a teacher import's stage, a cache
-entry without its ``teacher.json``, a kept model without a record. ``--clean`` removes only what is provably
+entry without its ``teacher.json``, a kept model without a record, a run folder killed before its first checkpoint;
+and, never removed, a kept model that its run's record names but that is missing or replaced. ``--clean`` removes only what is provably
 dead: nothing that a running process holds a lock on, nothing a later command could still use (an interrupted
 run's checkpoint is resumed by ``resume=true``; a file that is not a valid record is the user's to read).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from kdbench.core.locks import is_locked
 from kdbench.experiment.results import load_records
 
 STALE_TMP_S = 3600.0  # a temp file of an atomic write lives for milliseconds; an hour old, its writer is gone
+# a run id (kdbench.experiment.identity.run_id_from): method__pair-slug__sSEED__10 hex digits
+_RUN_FOLDER = re.compile(r"[\w.+-]+__[\w.+-]+__s\d+__[0-9a-f]{10}")
 
 
 def is_finished_leftover(run_dir: Path, keep_checkpoint: bool) -> bool:
@@ -51,6 +55,7 @@ def find_leftovers(cfg: DictConfig) -> list[Leftover]:
     if models.is_dir():
         out += [Leftover(p, "a kept model of no stored run", False) for p in sorted(models.glob("*.pt"))
                 if p.stem not in known]
+    out += _kept_model_problems(stored, models)
     if runs.is_dir():
         for d in sorted(p for p in runs.iterdir() if p.is_dir()):
             if d.name in done:
@@ -61,6 +66,9 @@ def find_leftovers(cfg: DictConfig) -> list[Leftover]:
                 continue  # being trained now
             elif (d / "checkpoint.pt").exists():
                 out.append(Leftover(d, "an interrupted run: `resume=true` (or the suite) continues it", False))
+            elif _RUN_FOLDER.fullmatch(d.name) and {p.name for p in d.iterdir()} <= {"config.yaml"}:
+                out.append(Leftover(d, "a run stopped before its first checkpoint: nothing to resume (run again, "
+                                       "it starts afresh)", True))
     if teachers.is_dir():
         out += _teacher_leftovers(teachers)
     now = time.time()
@@ -72,6 +80,33 @@ def find_leftovers(cfg: DictConfig) -> list[Leftover]:
                                if now - p.stat().st_mtime > STALE_TMP_S else
                                Leftover(p, "the temp file of a write under way, or killed less than an hour ago "
                                            "(--clean removes it once it is an hour old)", False))
+    return out
+
+
+def _kept_model_problems(stored, models: Path) -> list[Leftover]:
+    """Runs whose newest record names a kept model that is missing, or that is not the model it names (a later
+    training of the run, killed before its record). Never removable: the user decides (``force=true`` re-runs)."""
+    from kdbench.orchestration.artifacts import model_facts
+
+    newest: dict[str, dict] = {}
+    for s in stored:
+        r = s.record
+        if not s.errors and r.get("status") == "completed" and (
+                r["run_id"] not in newest or r["created"] > newest[r["run_id"]]["created"]):
+            newest[r["run_id"]] = r
+    out = []
+    for run_id, r in sorted(newest.items()):
+        named = (r.get("kept_model") or {}).get("weights_sha256")
+        if not named:
+            continue  # kept nothing (engine.keep_model=false), or written before records named their model
+        path = models / f"{run_id}.pt"
+        if not path.is_file():
+            out.append(Leftover(path, f"missing: run {run_id}'s record names this kept model (deleted, or the "
+                                      "store was copied without models/); `kdbench eval` cannot evaluate the run "
+                                      "until it runs again with force=true", False))
+        elif model_facts(path).get("weights_sha256") != named:
+            out.append(Leftover(path, f"not the model run {run_id}'s newest record kept (a later training was "
+                                      "stopped before its record): run it again with force=true", False))
     return out
 
 

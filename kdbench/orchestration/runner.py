@@ -246,6 +246,7 @@ def _completed_record(cfg: DictConfig, run_id: str, spec: dict[str, Any], method
         "environment": {**run_environment(data.device), "processes": ddp.world()},
         "git": git_state(),
         "note": str(cfg.note),
+        "kept_model": None,  # set once the student is kept (engine.keep_model)
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -355,12 +356,20 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
                                time.time() - t0)
     if not ddp.is_main():
         return record  # rank 0 writes the record
-    out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
-    log.info("record written: %s", out)
-    if cfg.engine.get("keep_model", True):
+    kept_error = None
+    if cfg.engine.get("keep_model", True):  # the model first: a record is written only once its model is in place
         from kdbench.orchestration.artifacts import save_model
 
-        log.info("student kept: %s", save_model(cfg, run_id, method.student, info.num_classes, info.input_shape[0]))
+        try:
+            path, digest = save_model(cfg, run_id, method.student, info.num_classes, info.input_shape[0])
+            record["kept_model"] = {"file": path.name, "weights_sha256": digest}
+            log.info("student kept: %s", path)
+        except KDBenchError as exc:  # the run's numbers are still worth their record
+            kept_error = exc
+    out = add_record(cfg.paths.results, record)  # never overwrites: force=true adds a record beside the old one
+    log.info("record written: %s", out)
+    if kept_error is not None:
+        raise kept_error
     if not cfg.engine.keep_checkpoint:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record

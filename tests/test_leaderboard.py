@@ -311,6 +311,13 @@ def test_a_foreign_manifest_is_not_taken_for_ours(real_records, tmp_path):
     with pytest.raises(KDBenchError, match="not written by `kdbench leaderboard`"):
         build_leaderboard(root, site)
     assert (site / "index.html").read_text() == "theirs"
+    old = tmp_path / "old"  # a build of ours from before the marker: its files all as it wrote them
+    build_leaderboard(root, old)
+    m = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({k: m[k] for k in ("version", "options", "inputs_sha256",
+                                                                      "files")} | {"version": 3}))
+    build_leaderboard(root, old)
+    assert check_leaderboard(root, old) == []
     assert any("not written by" in p for p in check_leaderboard(root, site))
 
 
@@ -341,11 +348,37 @@ def test_a_damaged_manifest_says_to_rebuild(real_records, tmp_path):
     root = _store(tmp_path, real_records)
     out = tmp_path / "lb"
     build_leaderboard(root, out)
-    (out / "manifest.json").write_text('{"version": 3, "fil')
+    manifest = out / "manifest.json"
+    manifest.write_text(manifest.read_text()[:60])  # truncated
     (problem,) = check_leaderboard(root, out)
     assert "damaged" in problem and "rebuild" in problem
     with pytest.raises(KDBenchError, match="rebuild"):
         build_leaderboard(root, out)
+
+
+def test_a_foreign_manifest_is_never_advised_away_nor_taken_by_its_shape(real_records, tmp_path):
+    """Hostile round 2: another tool's unreadable manifest.json got "damaged: delete OUT/" advice, and one of our
+    old (version 3) shape was taken as ours, so a build removed the files it listed."""
+    root = _store(tmp_path, real_records)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text("not json at all")
+    (problem,) = check_leaderboard(root, site)
+    assert "not a manifest of `kdbench leaderboard`" in problem and "delete" not in problem
+    theirs = {"version": 3, "options": {"metric": "last", "compare_short": False, "against": None},
+              "inputs_sha256": "a" * 64, "files": {"index.html": "b" * 64}}
+    (site / "index.html").write_text("theirs")
+    (site / "manifest.json").write_text(json.dumps(theirs))
+    with pytest.raises(KDBenchError, match="not written by `kdbench leaderboard`"):
+        build_leaderboard(root, site)
+    assert (site / "index.html").read_text() == "theirs"
+    old = tmp_path / "old"  # a build of ours from before the marker: its files all as it wrote them
+    build_leaderboard(root, old)
+    m = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({k: m[k] for k in ("version", "options", "inputs_sha256",
+                                                                      "files")} | {"version": 3}))
+    build_leaderboard(root, old)
+    assert check_leaderboard(root, old) == []
 
 
 def test_check_honours_the_options_it_is_asked_for(real_records, tmp_path):
@@ -479,6 +512,20 @@ def test_nothing_from_a_record_is_live_in_any_output(real_records, tmp_path):
         if name.endswith(".tex"):
             assert "$\\frac{$" not in data.decode()  # the record's mathtext is escaped, never typeset
     assert any(n.endswith(".png") for n in files)  # the figures rendered with the hostile labels
+
+
+def test_names_of_any_length_make_file_names_that_can_be_written(real_records, tmp_path):
+    """Hostile round 2: a 257-character dataset name made a figure's file name too long to write. Two long names
+    that share their first characters still get files of their own."""
+    long = "d" * 300
+    recs = [relabel(r, dataset=long + suffix) if r["method"]["name"] in ("kd", "vanilla") else copy.deepcopy(r)
+            for suffix in ("a", "b") for r in real_records]
+    out = tmp_path / "lb"
+    build_leaderboard(_store(tmp_path, recs), out)
+    names = [p.name for p in out.iterdir()]
+    assert max(len(n.encode()) for n in names) <= 255
+    gains = [n for n in names if n.startswith("gain_" + "d" * 60)]
+    assert len(gains) == 2, names
 
 
 def test_the_reporting_layer_never_imports_torch():

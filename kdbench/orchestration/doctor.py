@@ -4,9 +4,10 @@ Every kind of leftover is named by the command that makes it, so each one is rec
 atomic writes (``.NAME.*.tmp``), an import's stage (``results/.import-stage-*``), a run's folder (its checkpoint) kept
 after its record was written, a teacher training's ``KEY.partial`` folder, a teacher import's stage, a cache
 entry without its ``teacher.json``, a kept model without a record, a run folder killed before its first checkpoint;
-and, never removed, a kept model that its run's record names but that is missing or replaced. ``--clean`` removes only what is provably
-dead: nothing that a running process holds a lock on, nothing a later command could still use (an interrupted
-run's checkpoint is resumed by ``resume=true``; a file that is not a valid record is the user's to read).
+and, never removed, a kept model that its run's record names but that is missing or replaced. ``--clean`` removes
+only what is provably dead: nothing that a running process holds a lock on, nothing a later command could still use
+(an interrupted run's checkpoint is resumed by ``resume=true``; a file that is not a valid record is the user's to
+read).
 """
 from __future__ import annotations
 

@@ -125,29 +125,45 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise KDBenchError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(text)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
             raise ValueError("no file list")
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if f'"format": "{MANIFEST_FORMAT}"' not in text:  # nothing says it is ours: never advise deleting it
+            raise KDBenchError(f"{path} is not a manifest of `kdbench leaderboard` ({exc}): refusing to touch "
+                               f"{out}/; give --out a new or empty folder") from None
         raise KDBenchError(f"{path} is damaged ({exc}; truncated?): delete {out}/ and rebuild it with "
                            f"`kdbench leaderboard --out {out}`") from None
-    if not _is_ours(manifest):  # another tool's manifest.json: its file list is not ours
+    if not _is_ours(manifest, out):  # another tool's manifest.json: its file list is not ours
         raise KDBenchError(f"{path} was not written by `kdbench leaderboard` (no \"format\": \"{MANIFEST_FORMAT}\"): "
                            f"refusing to touch {out}/; give --out a new or empty folder (or delete an old "
                            "kdbench build and rebuild it)")
     return manifest
 
 
-def _is_ours(manifest: dict[str, Any]) -> bool:
-    """Our marker, or the exact shape of a manifest this command wrote before it had one (version 3)."""
+def _is_ours(manifest: dict[str, Any], out: Path) -> bool:
+    """Our marker; or the exact shape of a manifest this command wrote before it had one (version 3) *and* the
+    folder still holding every file it lists, byte for byte -- a shape alone is easy to share with another tool,
+    and this answer decides which files a build may remove."""
     if manifest.get("format") == MANIFEST_FORMAT:
         return True
     hex64 = re.compile(r"[0-9a-f]{64}")
-    return (set(manifest) == {"version", "options", "inputs_sha256", "files"} and manifest["version"] == 3
+    if not (set(manifest) == {"version", "options", "inputs_sha256", "files"} and manifest["version"] == 3
             and isinstance(manifest["options"], dict)
             and set(manifest["options"]) == {"metric", "compare_short", "against"}
             and isinstance(manifest["inputs_sha256"], str) and hex64.fullmatch(manifest["inputs_sha256"]) is not None
-            and all(isinstance(v, str) and hex64.fullmatch(v) for v in manifest["files"].values()))
+            and manifest["files"]
+            and all(isinstance(v, str) and hex64.fullmatch(v) for v in manifest["files"].values())):
+        return False
+    for name, digest in manifest["files"].items():
+        path = out / name
+        if "/" in name or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return False
+    return True
 
 
 _TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9_]+\.tmp")  # atomic_write_bytes's temp file of NAME: .NAME.XXXXXXXX.tmp

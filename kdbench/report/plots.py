@@ -9,9 +9,18 @@ from kdbench.experiment.schema import VANILLA
 from .frame import Setting
 from .tables import _baseline, _in_order, display
 
+SLUG_MAX = 80  # a file name holds two slugs and a prefix, within the 255 bytes every file system allows
+
 
 def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+    """``s`` as a file-name part: safe characters only, and a long one cut and made unique by its digest (a
+    record's dataset or pair name of any length must not make a figure's file name too long to write)."""
+    import hashlib
+
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
+    if len(out) > SLUG_MAX:
+        out = f"{out[:SLUG_MAX - 11]}-{hashlib.sha256(s.encode()).hexdigest()[:10]}"
+    return out
 
 
 def _png(fig) -> bytes:

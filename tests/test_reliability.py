@@ -48,6 +48,17 @@ def test_a_list_hyper_parameter_that_is_not_a_list_is_one_message(capsys, tmp_pa
     assert "Traceback" not in err and "must be a list" in err
 
 
+@pytest.mark.parametrize("command", [["run", "method=kd"], ["results", "import", "b.tar.gz"], ["status"]])
+def test_a_store_or_work_folder_that_is_a_file_is_refused_up_front(capsys, tmp_path, command):
+    """Hostile round 2: `paths.results=FILE` trained the run and failed only when writing its record."""
+    (tmp_path / "file").write_text("not a folder")
+    for key, value in (("paths.results", tmp_path / "file"), ("paths.work", tmp_path / "file" / "w")):
+        assert main([*command, *tiny_overrides(tmp_path), f"{key}={value}"]) == 2
+        err = capsys.readouterr().err
+        assert f"{key}=" in err and "a file, not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists()  # no teacher trained, nothing written
+
+
 def test_a_method_count_out_of_range_is_refused_before_anything_runs(capsys, tmp_path):
     assert main(["run", *tiny_overrides(tmp_path), "method=crd", "method.nce_k=-5"]) == 2
     err = capsys.readouterr().err
@@ -134,19 +145,22 @@ def test_another_runs_checkpoint_is_never_resumed(make_cfg):
     assert [r["seed"] for r in _records(cfg)] == [1]
 
 
-def test_a_teacher_of_nan_weights_is_not_imported(make_cfg, tmp_path, capsys):
+@pytest.mark.parametrize("value", [float("nan"), 3e38])
+def test_a_teacher_of_nan_or_overflowing_weights_is_not_imported(make_cfg, tmp_path, capsys, value):
+    """NaN weights, and (hostile round 2) finite weights so large that float32 overflows in the forward."""
     from kdbench.data import load_data
     from kdbench.orchestration.teacher import ensure_teacher
 
     cfg = make_cfg("method=kd", epochs=1)
     state = torch.load(ensure_teacher(cfg, load_data(cfg)).path / "model.pt", weights_only=True)
     key = next(k for k, v in state.items() if v.is_floating_point())
-    state[key] = torch.full_like(state[key], float("nan"))
-    torch.save(state, tmp_path / "nan.pt")
-    assert main(["teacher", "import", str(tmp_path / "nan.pt"), "--arch", str(cfg.pair.teacher), "--dataset",
+    state[key] = torch.full_like(state[key], value)
+    torch.save(state, tmp_path / "bad.pt")
+    assert main(["teacher", "import", str(tmp_path / "bad.pt"), "--arch", str(cfg.pair.teacher), "--dataset",
                  "digits", "--no-eval", f"paths.work={tmp_path / 'other'}"]) == 2
     err = capsys.readouterr().err
-    assert "not finite" in err and key in err and "Traceback" not in err
+    assert "not finite" in err and "Traceback" not in err
+    assert key in err if value != value else "3e+38" in err
     assert not list((tmp_path / "other").rglob("teacher.json"))
 
 
@@ -466,3 +480,41 @@ def test_an_unknown_tracker_is_refused_when_the_config_is_composed():
 
     with pytest.raises(KDBenchError, match="unknown tracker 'bogus'. Valid trackers: tensorboard"):
         compose(["engine.track=[bogus]"])
+
+
+def test_whether_a_lock_is_held_is_asked_without_write_access(tmp_path, monkeypatch):
+    """Hostile round 2: `status` failed on a read-only work folder, since asking whether a run is locked opened
+    (and created) the lock file read-write. Asking now only reads; here every write-access open is refused."""
+    from kdbench.core import locks
+
+    held, free, absent = tmp_path / "held.lock", tmp_path / "free.lock", tmp_path / "absent.lock"
+    free.touch()
+    with locks.file_lock(held):
+        real_open = os.open
+
+        def read_only_disk(path, flags, *a):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(30, "Read-only file system", str(path))
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(locks.os, "open", read_only_disk)
+        assert locks.is_locked(held) and not locks.is_locked(free) and not locks.is_locked(absent)
+    assert not absent.exists()
+
+
+def test_a_full_disk_is_reported_with_the_file_it_could_not_write(tmp_path, monkeypatch, capsys):
+    """Hostile round 2: a write(2) that fails for lack of space names no file, so `run` (its config.yaml) and
+    `eval --out` said "No space left on device" and nothing else."""
+    import errno
+
+    from kdbench.experiment import records
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "fsync", full)
+    target = tmp_path / "out" / "m.json"
+    with pytest.raises(OSError) as info:
+        records.write_json_atomic(target, {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list((tmp_path / "out").iterdir()) == []  # nor a temp file left

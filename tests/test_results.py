@@ -5,6 +5,7 @@ import copy
 import json
 import multiprocessing as mp
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,20 @@ def test_a_file_in_the_store_that_is_not_a_record_neither_breaks_nor_blocks_an_i
     (store / f"{real_records[0]['run_id']}.json").write_text(junk.replace("RUN", real_records[0]["run_id"]))
     assert len(import_bundle(bundle, tmp_path / "store", tmp_path / "work" / "runs")) == 2
     assert {r["run_id"] for r in counted_records(tmp_path / "store")} == {r["run_id"] for r in real_records[:2]}
+
+
+def test_what_the_store_counts_exports_and_imports_and_an_odd_file_name_is_named(real_records, tmp_path):
+    """Hostile round 2: a record under an odd name (RUN__my copy!.json) was counted and exported, and the bundle
+    then did not import. One rule for the store and the bundle: such a file is named as not a valid record."""
+    store = write_records(tmp_path / "mine", real_records[:2])
+    ok, odd = (runs_dir(store) / f"{real_records[1]['run_id']}{s}.json" for s in ("__copy_2", "__my copy!"))
+    (runs_dir(store) / f"{real_records[1]['run_id']}.json").rename(ok)
+    shutil.copy(ok, odd)
+    (bad,) = [s for s in load_records(store) if s.errors]
+    assert bad.path == odd and "rename it" in bad.errors[0]
+    odd.unlink()
+    bundle = export_bundle(store, tmp_path / "b.tar.gz")
+    assert len(import_bundle(bundle, tmp_path / "store", tmp_path / "work" / "runs")) == 2
 
 
 def test_import_never_races_a_run_that_is_training_here(real_records, tmp_path):

@@ -30,11 +30,23 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
 
 
 def is_locked(path: Path) -> bool:
-    """True when another process holds the lock on ``path``."""
-    if not Path(path).exists():
+    """True when another process holds the lock on ``path``. Only looks: opens the file read-only and creates
+    nothing, so ``status`` and ``doctor`` work on a read-only work folder (a holder always creates the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    with file_lock(path, blocking=False) as got:
-        return not got
+    except OSError:  # unreadable: nothing this process could take either; say held, so nothing is removed
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # flock needs no write access to the file
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

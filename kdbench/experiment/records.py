@@ -26,9 +26,10 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
     target exists, so two writers can never replace each other's record.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: records are shared files, like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -38,8 +39,12 @@ def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)  # raises FileExistsError instead of clobbering
+    except OSError as exc:
+        if exc.filename is None:  # a failed write(2) (a full disk) names no file: every message should
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

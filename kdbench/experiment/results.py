@@ -25,7 +25,7 @@ from typing import Any
 from kdbench.core.errors import KDBenchError
 from kdbench.core.locks import deferred_interrupts, file_lock
 from kdbench.experiment.records import environment, now_iso, read_json, write_json_atomic
-from kdbench.experiment.schema import validate_record
+from kdbench.experiment.schema import RECORD_FILE, validate_record
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def format_problems(bad: list[StoredRecord]) -> str:
 BUNDLE_FORMAT = "kdbench-results-bundle"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists names and digests: far below this
 MAX_RECORD_BYTES = 32 << 20    # a record with its history and config is ~10-100 KB
-_MEMBER = re.compile(r"^records/[A-Za-z0-9_.+-]+\.json$")
+_MEMBER = re.compile(r"^records/" + RECORD_FILE.pattern + "$")  # a stored record's name (schema.RECORD_FILE)
 
 
 def store_lock(results_root: str | Path):

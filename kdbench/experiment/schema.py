@@ -184,6 +184,10 @@ def _finite(v: Any, path: str, errs: list) -> None:
             _finite(x, f"{path}[{i}]", errs)
 
 
+# the name of a stored record (kdbench.experiment.results.add_record): the run id, an optional suffix of its own
+RECORD_FILE = re.compile(r"[A-Za-z0-9_.+-]+\.json")
+
+
 def _identity_errors(record: dict[str, Any], filename: str | None) -> list[str]:
     """The run id, experiment id and name fields must all follow from the stored experiment and seed."""
     from kdbench.experiment.identity import experiment_id, run_id_from
@@ -204,6 +208,9 @@ def _identity_errors(record: dict[str, Any], filename: str | None) -> list[str]:
         stem = filename[:-5] if filename.endswith(".json") else filename
         if stem != record["run_id"] and not stem.startswith(record["run_id"] + "__"):
             errs.append(f"run_id: {record['run_id']!r} does not match the file name {filename!r}")
+        elif not RECORD_FILE.fullmatch(filename):  # what the store counts, a bundle must carry and import
+            errs.append(f"file name {filename!r}: a record is stored as RUN_ID.json or RUN_ID__SUFFIX.json with "
+                        "letters, digits and _.+- only; rename it")
     return errs
 
 

@@ -126,9 +126,32 @@ def finalize(cfg: DictConfig, overrides, check: bool = True) -> DictConfig:
     _apply_teacher_choice(cfg, overrides)
     type_config(cfg)
     type_runtime(cfg)
+    check_paths(cfg)
     if check:
         check_config(cfg)
     return cfg
+
+
+STORE_PATHS = ("results", "work", "runs", "teachers", "models")
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """Every folder kdbench writes must be a folder, or not exist yet: a results store that is a file was
+    found only when the first record was written, after the training (hostile round 2). Creates nothing."""
+    from pathlib import Path
+
+    for key in STORE_PATHS:
+        value = (cfg.get("paths") or {}).get(key)
+        if value is None:
+            continue
+        path = Path(str(value))
+        for p in (path, *path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    where = "is" if p == path else f"lies under {p}, which is"
+                    raise KDBenchError(f"paths.{key}={path} {where} a file, not a folder: give paths.{key} a "
+                                       "folder (new or existing)")
+                break
 
 
 # Where `+key=value` may add a key that the config files do not have; anywhere else it is a typo

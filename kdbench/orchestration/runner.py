@@ -24,7 +24,7 @@ from kdbench.experiment.identity import (
     run_id_from,
     teacher_config,
 )
-from kdbench.experiment.records import git_state, now_iso
+from kdbench.experiment.records import atomic_write_bytes, git_state, now_iso
 from kdbench.experiment.results import add_record, completed_records, records_of_run, runs_dir
 from kdbench.experiment.schema import SCHEMA_VERSION
 from kdbench.models import count_parameters, forward_flops, seeded_model
@@ -328,7 +328,7 @@ def _run_locked(cfg: DictConfig, run_id: str, spec: dict[str, Any], run_dir: Pat
     costs = _model_costs(method, teacher_costs, info.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ddp.is_main():
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg).encode())
     log.info("run %s: %s on %s, seed %d, device %s", run_id, cfg.method.name, cfg.pair.name, seed, device)
     t0 = time.time()
     started = now_iso()

@@ -29,6 +29,7 @@ from kdbench.models import KDModel, count_parameters, create_model, seeded_model
 from kdbench.orchestration.teacher_cache import (
     TeacherEntry,
     check_finite,
+    check_outputs_finite,
     find_teacher,
     load_state_strict,
     load_teacher,
@@ -174,6 +175,7 @@ def import_teacher(path: Path, arch: str, cfg: DictConfig, data: DataBundle | No
     model = create_model(arch, num_classes=num_classes, in_channels=shape[0])
     check_finite(state, str(path))
     load_state_strict(model, state, str(path), arch)
+    check_outputs_finite(model, shape, str(path))
     key = digest({"imported": source_sha, "arch": arch, "dataset": cfg.data.name})[:16]
     root = Path(cfg.paths.teachers)
     # Locked like training (two imports of one checkpoint: one writes, the other finds it), staged in a

@@ -162,6 +162,24 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a diverged or damaged checkpoint")
 
 
+def check_outputs_finite(model: KDModel, input_shape: list[int] | tuple[int, ...], source: str) -> None:
+    """Refuse a teacher whose logits on a probe batch (standard normal, the shape of standardised images) are not
+    finite: finite but huge weights overflow float32 in the forward, and every student would learn NaN."""
+    probe = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(probe).logits
+    finally:
+        model.train(was_training)
+    if not bool(torch.isfinite(logits).all()):
+        big = max((float(v.abs().max()) for v in model.state_dict().values()
+                   if torch.is_floating_point(v) and v.numel()), default=0.0)
+        raise KDBenchError(f"{source} gives logits that are not finite on a probe batch (its largest weight is "
+                           f"{big:.3g}): float32 overflows in its forward; a diverged or damaged checkpoint")
+
+
 def load_state_strict(model: KDModel, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """``model.load_state_dict(state, strict=True)`` with a message that names what differs."""
     own = model.state_dict()

@@ -1,11 +1,23 @@
 """Shared fixtures: configs pointed at a temporary store, with tiny schedules."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from kdbench.orchestration.config import compose
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``make test`` runs one worker per core) each worker computes on one thread, and so do
+    the runs and subprocesses it starts (``engine.threads=auto`` leaves a set OMP_NUM_THREADS standing): several
+    processes each taking every core oversubscribe them, and torch's waiting threads then spin."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def tiny_overrides(tmp: Path, epochs: int = 2, teachers: Path | None = None) -> list[str]:

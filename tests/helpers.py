@@ -184,3 +184,16 @@ def small_method(name: str, *overrides: str, cifar: bool = False):
         info, (s_arch, t_arch), shape = DatasetInfo("x", 10, (1, 8, 8), 16), ("cnn_small", "cnn_wide"), (10, 1)
     s, t = seeded_model(s_arch, *shape, 0), seeded_model(t_arch, *shape, 0, "teacher-init")
     return build_method(cfg.method, s, info, 0, teacher=t, student_arch=s_arch, teacher_arch=t_arch)
+
+
+# The zoo's networks whose forward pass at 32x32 costs 2.3 GFLOPs or more (kdbench.models.forward_flops:
+# resnet34, resnet50, wrn_16_8, wrn_28_10, resnext29 -- the survey's networks): a test that runs every model
+# runs these in the slow tier, so `make test` stays fast as the zoo grows. test_zoo checks the list (slow tier).
+LARGE_MODELS = frozenset({"resnet34", "resnet50", "wrn_16_8", "wrn_28_10", "resnext29", "resnet152",
+                          "resnext50_4"})
+LARGE_GFLOPS = 2.3
+
+
+def by_cost(names) -> list:
+    """``names`` as pytest parameters, the large networks (:data:`LARGE_MODELS`) marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in LARGE_MODELS else n for n in names]

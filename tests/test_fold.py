@@ -8,6 +8,7 @@ from torch import nn
 from kdbench.models import MODELS, ModelOutput, create_model
 from kdbench.models.base import KDModel
 from kdbench.models.fold import fold_batchnorm
+from tests.helpers import by_cost
 
 CIFAR = [e.name for e in MODELS if e.meta.get("family") == "cifar"]
 
@@ -32,7 +33,7 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("name", CIFAR)
+@pytest.mark.parametrize("name", by_cost(CIFAR))
 def test_folding_keeps_every_output_of_every_cifar_model(name):
     torch.manual_seed(0)
     model = create_model(name, 10).eval()

@@ -24,6 +24,7 @@ from kdbench.data import Batch, DatasetInfo
 from kdbench.method import build_method
 from kdbench.models import create_model
 from tests import parity
+from tests.helpers import by_cost
 
 FIXTURE = parity.load("ofd")
 DISTILLER_CASES = ["three_levels_edge_margins", "four_levels_batch_2", "one_level_batch_5"]
@@ -133,7 +134,7 @@ ARCHS = {"resnet8x4": 3, "resnet20": 3, "resnet18": 3, "resnet50": 3, "wrn_16_2"
          "mobilenetv2": 3, "shufflenetv1": 3, "shufflenetv2": 3, "cnn_small": 1}
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", by_cost(sorted(ARCHS)))
 def test_each_found_batchnorm_feeds_its_stages_preactivation(arch):
     """Adding delta to the found BatchNorm's bias moves the stage's pre-activation by exactly delta in its
     channels (the residual shortcut and ShuffleNetV2's pass-through half stay): it is the BN before the ReLU."""

@@ -13,12 +13,12 @@ from kdbench.method import build_method
 from kdbench.models import create_model
 from kdbench.models.registry import MODELS
 from kdbench.orchestration.config import compose
-from tests.helpers import approx_float32_kl, float32_kl_error
+from tests.helpers import approx_float32_kl, by_cost, float32_kl_error
 
 SPLITTABLE = [e.name for e in MODELS if not e.name.startswith("imagenet/")]
 
 
-@pytest.mark.parametrize("arch", SPLITTABLE)
+@pytest.mark.parametrize("arch", by_cost(SPLITTABLE))
 def test_trunk_then_tail_is_the_model(arch):
     digits = arch.startswith("cnn")
     m = create_model(arch, num_classes=10, in_channels=1 if digits else 3).eval()

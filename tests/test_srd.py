@@ -12,7 +12,7 @@ from torch import nn
 from kdbench.data import Batch
 from kdbench.models import create_model
 from tests import parity
-from tests.helpers import small_method
+from tests.helpers import by_cost, small_method
 
 FIXTURE = parity.load("srd")
 # float64 in and out; each term is a mean of at most a few hundred squares after a BatchNorm over <= 48
@@ -72,7 +72,7 @@ FAMILIES = {"resnet8x4": "features", "resnet20": "features", "vgg8": "features",
             "wrn_40_2": "preact_relu", "shufflenetv2": "module_relu", "mobilenetv2": "module"}
 
 
-@pytest.mark.parametrize("arch", sorted(FAMILIES))
+@pytest.mark.parametrize("arch", by_cost(sorted(FAMILIES)))
 def test_the_student_map_averages_to_the_embedding_in_training_mode(arch):
     torch.manual_seed(0)
     model = create_model(arch, num_classes=100).train()

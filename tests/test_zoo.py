@@ -10,6 +10,7 @@ from kdbench.models import MODELS, ModelOutput, count_parameters, create_model
 from kdbench.orchestration.config import compose
 from kdbench.orchestration.teacher import import_teacher
 from kdbench.orchestration.teacher_cache import load_teacher
+from tests.helpers import LARGE_GFLOPS, LARGE_MODELS, by_cost
 
 CIFAR = [e.name for e in MODELS if e.meta.get("family") == "cifar"]
 
@@ -124,7 +125,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("name", CIFAR)
+@pytest.mark.parametrize("name", by_cost(CIFAR))
 def test_every_cifar_model_gives_the_feature_interface(name):
     m = create_model(name, num_classes=7)
     out = m(torch.randn(2, 3, 32, 32))
@@ -272,3 +273,12 @@ def test_a_suite_of_imported_teachers_pins_the_one_import_per_architecture(tmp_p
         compose(over)
     s = load_suite(["suite=crd-cifar100"])
     assert s.teachers == "imported" and len(s.pairs) == 13
+
+
+@pytest.mark.slow
+def test_the_large_models_list_is_every_network_of_2_3_gflops_or_more():
+    """tests.helpers.LARGE_MODELS (run in the slow tier by every per-model test) is measured, not guessed."""
+    from kdbench.models import forward_flops
+
+    large = {n for n in CIFAR if forward_flops(create_model(n, 100), (3, 32, 32)) >= LARGE_GFLOPS * 1e9}
+    assert large == LARGE_MODELS & set(CIFAR)
